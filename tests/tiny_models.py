@@ -1,0 +1,38 @@
+"""Tiny randomly initialised backbones (GPT-2 and Llama layouts) for fast unit tests.
+
+They use the real SmolLM2 tokenizer, so text round-trips exactly as on the packaged model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from editors.backbone import DEFAULT_MODEL, Backbone, resolve_model_dir
+
+CACHE_DIR = Path("~/.cache/editserve").expanduser()
+
+
+def packaged_tokenizer():
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir(DEFAULT_MODEL, CACHE_DIR))
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_backbone(kind: str, tokenizer, seed: int = 0, layers: int = 3) -> Backbone:
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    if kind == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=64, n_layer=layers, n_head=4)
+        model = GPT2LMHeadModel(config)
+    elif kind == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                             tie_word_embeddings=True)
+        model = LlamaForCausalLM(config)
+    else:
+        raise ValueError(kind)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Backbone(model=model, tokenizer=tokenizer, name=f"tiny-{kind}", device=torch.device("cpu"))
