@@ -1,0 +1,67 @@
+"""SQLAlchemy 2 models. The schema itself is created and changed only by Alembic (migrations/)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ACTIVE, WITHDRAWN, CORRUPT = "active", "withdrawn", "corrupt"
+STATUSES = (ACTIVE, WITHDRAWN, CORRUPT)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """SQLite keeps no time zone: store naive UTC, hand back aware UTC so the API says +00:00."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EditRecord(Base):
+    """One edit: what the user asked for, where its neurons are on disk, and its status history."""
+
+    __tablename__ = "edits"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    method: Mapped[str] = mapped_column(String(32), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)
+    retrofit: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=ACTIVE)
+    neurons: Mapped[int] = mapped_column(Integer, default=0)
+    # File name under the blob dir. A new name on every retrain, so the old blob stays valid until
+    # the row that points at the new one is committed.
+    blob: Mapped[str] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text, default=None)  # why the edit is corrupt
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class EditorState(Base):
+    """Per-method state that every stored edit of that method depends on (iReVa: the key centre),
+    with the settings it was made under, so a data dir is never reused with a model it does not fit."""
+
+    __tablename__ = "editor_states"
+
+    method: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[dict] = mapped_column(JSON)
+    blob: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

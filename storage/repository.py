@@ -1,0 +1,153 @@
+"""The one way in and out of storage: edit rows in SQLite and their neuron tensors as blobs.
+
+Every write puts the blob on disk (durably) before the row that names it is committed, and removes
+a blob it wrote if that commit fails, so a failing request leaves storage as it found it. A blob
+that no row names (left by a crash between the two steps) is an orphan, removed at start.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+import torch
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import sessionmaker
+
+from storage.blobs import SUFFIX, BlobStore
+from storage.models import ACTIVE, CORRUPT, WITHDRAWN, EditorState, EditRecord, utcnow
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "editserve.db"
+BLOB_DIR = "blobs"
+
+
+def database_url(data_dir: Path | str) -> str:
+    return f"sqlite:///{Path(data_dir).expanduser().resolve() / DB_FILE}"
+
+
+def _blob_name(stem: str) -> str:
+    # A fresh name per write: the blob a committed row names is never overwritten in place.
+    return f"{stem}.{secrets.token_hex(4)}{SUFFIX}"
+
+
+class Repository:
+    def __init__(self, data_dir: Path | str):
+        self.data_dir = Path(data_dir).expanduser()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Requests run on a thread pool; the service serialises writes, SQLite serialises the rest.
+        self.engine = create_engine(database_url(self.data_dir), connect_args={"check_same_thread": False})
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.blobs = BlobStore(self.data_dir / BLOB_DIR)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- reads -------------------------------------------------------------------------------------
+    def get(self, edit_id: str) -> EditRecord | None:
+        with self.sessions() as s:
+            return s.get(EditRecord, edit_id)
+
+    def list(self, status: str | None = None, method: str | None = None,
+             limit: int | None = None, offset: int = 0) -> tuple[list[EditRecord], int]:
+        """A page of edits, oldest first, and how many match in all."""
+        query = select(EditRecord)
+        if status is not None:
+            query = query.where(EditRecord.status == status)
+        if method is not None:
+            query = query.where(EditRecord.method == method)
+        with self.sessions() as s:
+            count = s.scalar(select(func.count()).select_from(query.subquery()))
+            page = query.order_by(EditRecord.created_at, EditRecord.id).offset(offset).limit(limit)
+            return list(s.scalars(page)), count
+
+    def active_with_prompt(self, method: str, prompt: str) -> EditRecord | None:
+        query = select(EditRecord).where(EditRecord.method == method, EditRecord.prompt == prompt,
+                                         EditRecord.status == ACTIVE)
+        with self.sessions() as s:
+            return s.scalars(query.limit(1)).first()
+
+    def read_tensors(self, record: EditRecord) -> dict[str, torch.Tensor]:
+        return self.blobs.read(record.blob)
+
+    # -- writes ------------------------------------------------------------------------------------
+    def create(self, *, edit_id: str, method: str, prompt: str, target: str, retrofit: bool,
+               neurons: int, tensors: dict[str, torch.Tensor]) -> EditRecord:
+        now = utcnow()
+        record = EditRecord(id=edit_id, method=method, prompt=prompt, target=target, retrofit=retrofit,
+                            status=ACTIVE, neurons=neurons, blob=_blob_name(edit_id), created_at=now, updated_at=now)
+        self.blobs.write(record.blob, tensors)
+        try:
+            with self.sessions.begin() as s:
+                s.add(record)
+        except BaseException:
+            self.blobs.delete(record.blob)
+            raise
+        return record
+
+    def retrain(self, edit_id: str, *, prompt: str, target: str, neurons: int,
+                tensors: dict[str, torch.Tensor]) -> EditRecord:
+        """New prompt/target and neurons for an edit (it becomes active again if it was corrupt)."""
+        blob = _blob_name(edit_id)
+        self.blobs.write(blob, tensors)
+        try:
+            with self.sessions.begin() as s:
+                record = s.get(EditRecord, edit_id)
+                old_blob = record.blob
+                record.prompt, record.target, record.neurons, record.blob = prompt, target, neurons, blob
+                record.status, record.error, record.updated_at = ACTIVE, None, utcnow()
+        except BaseException:
+            self.blobs.delete(blob)
+            raise
+        self.blobs.delete(old_blob)  # if this fails the old blob is an orphan, removed at next start
+        return record
+
+    def withdraw(self, edit_id: str) -> EditRecord:
+        # The blob stays with the record, for audit.
+        with self.sessions.begin() as s:
+            record = s.get(EditRecord, edit_id)
+            record.status, record.withdrawn_at = WITHDRAWN, utcnow()
+        return record
+
+    def mark_corrupt(self, edit_id: str, error: str) -> EditRecord:
+        with self.sessions.begin() as s:
+            record = s.get(EditRecord, edit_id)
+            record.status, record.error = CORRUPT, error
+        return record
+
+    def remove_orphans(self) -> list[str]:
+        """Delete files in the blob dir that no row names (crash leftovers, temp files)."""
+        with self.sessions() as s:
+            named = set(s.scalars(select(EditRecord.blob))) | set(s.scalars(select(EditorState.blob)))
+        orphans = [name for name in self.blobs.names() if name not in named]
+        for name in orphans:
+            self.blobs.delete(name)
+        return orphans
+
+    # -- per-method state --------------------------------------------------------------------------
+    def editor_state(self, method: str) -> EditorState | None:
+        with self.sessions() as s:
+            return s.get(EditorState, method)
+
+    def read_editor_state(self, state: EditorState) -> dict[str, torch.Tensor]:
+        return self.blobs.read(state.blob)
+
+    def save_editor_state(self, method: str, fingerprint: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Create or replace a method's state (replacing happens only when the old blob was lost)."""
+        blob = _blob_name(f"state-{method}")
+        self.blobs.write(blob, tensors)
+        old_blob = None
+        try:
+            with self.sessions.begin() as s:
+                state = s.get(EditorState, method)
+                if state is None:
+                    s.add(EditorState(method=method, fingerprint=fingerprint, blob=blob))
+                else:
+                    old_blob = state.blob
+                    state.fingerprint, state.blob, state.created_at = fingerprint, blob, utcnow()
+        except BaseException:
+            self.blobs.delete(blob)
+            raise
+        if old_blob is not None:
+            self.blobs.delete(old_blob)
