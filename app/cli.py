@@ -1,0 +1,51 @@
+"""`editserve` command line: `serve` here; `eval`, `bench` and `train-serac` live in their own modules
+and receive the rest of the command line (imported only when asked for: they pull in more)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+DELEGATED = {
+    "eval": ("evaluation.run", "measure edit, paraphrase and locality success on a dataset"),
+    "bench": ("evaluation.bench", "measure latency and throughput"),
+    "train-serac": ("editors.serac.train", "train SERAC's scope classifier and counterfactual model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="editserve", description="An LM whose knowledge is edited over HTTP.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server (settings: EDITSERVE_* variables)")
+    serve.add_argument("--host", help="default EDITSERVE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default EDITSERVE_PORT or 8000")
+    for name, (module, text) in DELEGATED.items():
+        commands.add_parser(name, help=f"{text} (see `editserve {name} --help`)", add_help=False)
+    return parser
+
+
+def serve(host: str | None, port: int | None) -> None:
+    import uvicorn
+
+    from app.core.config import Settings
+    from app.main import create_app
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings().model_copy(update=overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        serve(args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Server settings, read from EDITSERVE_* environment variables (and a .env file, if present).
+
+Nested sections use a double underscore: EDITSERVE_IREVA__LAYER=-2, EDITSERVE_IREVA__THETA=0.9.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from editors.backbone import DEFAULT_MODEL
+from editors.ireva.config import IrevaConfig
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDITSERVE_", env_nested_delimiter="__", env_file=".env",
+                                      extra="ignore")
+
+    data_dir: Path = Path("data")  # SQLite file + neuron blobs: everything that makes edits persist
+    cache_dir: Path = Path("~/.cache/editserve")  # converted models, shared by all data dirs
+    model: str = DEFAULT_MODEL  # the packaged SmolLM2, a local transformers dir, or a hub id
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str | None = None  # None: CUDA when available, else CPU
+    torch_threads: int | None = None  # None: torch's default (all cores)
+    log_level: str = "info"
+    # Methods to serve, comma-separated; None serves every method in editors.registry.
+    methods: Annotated[list[str] | None, NoDecode] = None
+    ireva: IrevaConfig = Field(default_factory=IrevaConfig)
+
+    @field_validator("data_dir", "cache_dir", mode="after")
+    @classmethod
+    def _expand(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value

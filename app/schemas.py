@@ -1,0 +1,89 @@
+"""Request and response bodies of the HTTP API."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Status = Literal["active", "withdrawn", "corrupt"]
+MAX_NEW_TOKENS = 512
+
+
+def _not_blank(value: str | None) -> str | None:
+    # Kept as given otherwise: a leading or trailing space changes the tokens.
+    if value is not None and not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+class EditCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    target: str
+    method: str = "ireva"
+    retrofit: bool = False
+
+    _check = field_validator("prompt", "target")(_not_blank)
+
+
+class EditUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = None
+    target: str | None = None
+
+    _check = field_validator("prompt", "target")(_not_blank)
+
+    @model_validator(mode="after")
+    def _something(self) -> EditUpdate:
+        if self.prompt is None and self.target is None:
+            raise ValueError("give prompt, target or both")
+        return self
+
+
+class EditPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    method: str
+    prompt: str
+    target: str
+    status: Status
+    neurons: int
+    retrofit: bool
+    created_at: datetime
+    updated_at: datetime
+    withdrawn_at: datetime | None
+    error: str | None  # why a corrupt edit is corrupt
+
+
+class EditsPublic(BaseModel):
+    data: list[EditPublic]
+    count: int  # edits matching the filter, over all pages
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    max_new_tokens: int = Field(16, ge=1, le=MAX_NEW_TOKENS)
+
+    _check = field_validator("prompt")(_not_blank)
+
+
+class TokenPublic(BaseModel):
+    text: str
+    edit_id: str | None  # the edit that produced this token, if any
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    tokens: list[TokenPublic]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    edits_active: int

@@ -1,0 +1,268 @@
+"""EditingService: the model, its editors and the edit store, kept in step.
+
+Routes call this; this calls the editors (in memory) and the repository (on disk). Every change is
+applied to the editor and the store together, one change at a time, under the editor's lock, and
+undone in memory when the store refuses it: what a generation sees is always what is stored.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import uuid
+from contextlib import ExitStack, nullcontext
+
+import torch
+
+from app.core.config import Settings
+from editors.backbone import Backbone, load_backbone
+from editors.generation import Generation, generate
+from editors.registry import METHODS, Editor, Method
+from storage.models import ACTIVE, WITHDRAWN, EditRecord
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A request the service refuses; the message is the response's detail."""
+
+    status_code = 400
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class Invalid(ServiceError):
+    status_code = 422
+
+
+class StorageFailed(ServiceError):
+    status_code = 500
+
+
+class EditingService:
+    def __init__(self, settings: Settings, backbone: Backbone, editors: dict[str, Editor], repo: Repository):
+        self.settings, self.backbone, self.editors, self.repo = settings, backbone, editors, repo
+        self.live: dict[str, set[str]] = {name: set() for name in editors}  # ids loaded in each editor
+        self._writes = threading.Lock()  # one change at a time, across methods and the store
+
+    # -- start and stop ----------------------------------------------------------------------------
+    @classmethod
+    def start(cls, settings: Settings) -> EditingService:
+        """Load the model, open every method's editor on this data dir, and load the stored edits."""
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        names = settings.methods or list(METHODS)
+        unknown = [n for n in names if n not in METHODS]
+        if unknown:
+            raise ValueError(f"EDITSERVE_METHODS names unknown methods {unknown}; known: {sorted(METHODS)}")
+        device = torch.device(settings.device) if settings.device else None
+        backbone = load_backbone(settings.model, settings.cache_dir, device)
+        repo = Repository(settings.data_dir)
+        try:
+            editors, state_lost = {}, set()
+            for name in names:
+                editors[name], lost = _open_editor(name, METHODS[name], backbone, settings, repo)
+                if lost:
+                    state_lost.add(name)
+            service = cls(settings, backbone, editors, repo)
+            service._restore(state_lost)
+        except BaseException:
+            repo.close()
+            raise
+        return service
+
+    def _restore(self, state_lost: set[str]) -> None:
+        records, _ = self.repo.list(status=ACTIVE)
+        for record in records:
+            editor = self.editors.get(record.method)
+            if editor is None:
+                log.warning("edit %s: method %r is not served (EDITSERVE_METHODS); left as it is",
+                            record.id, record.method)
+                continue
+            if record.method in state_lost:
+                self._mark_corrupt(record, f"the {record.method} editor state it was made against is lost")
+                continue
+            try:
+                tensors = self.repo.read_tensors(record)
+                with editor.lock:
+                    editor.load(record.id, tensors)
+            except FileNotFoundError:
+                self._mark_corrupt(record, f"blob {record.blob} is missing")
+                continue
+            except Exception as exc:  # any reason a blob cannot be loaded makes its edit corrupt
+                self._mark_corrupt(record, f"blob {record.blob} is unreadable: {exc}")
+                continue
+            self.live[record.method].add(record.id)
+        for name in self.repo.remove_orphans():
+            log.warning("removed orphan blob %s (no edit refers to it)", name)
+        log.info("loaded %d active edits", self.edits_active)
+
+    def _mark_corrupt(self, record: EditRecord, error: str) -> None:
+        log.error("edit %s (%s, prompt %r) is corrupt: %s; its record is kept, PUT /edits/%s rebuilds it",
+                  record.id, record.method, record.prompt, error, record.id)
+        self.repo.mark_corrupt(record.id, error)
+
+    def close(self) -> None:
+        self.repo.close()
+
+    # -- reads -------------------------------------------------------------------------------------
+    @property
+    def edits_active(self) -> int:
+        return sum(len(ids) for ids in self.live.values())
+
+    def get(self, edit_id: str) -> EditRecord:
+        record = self.repo.get(edit_id)
+        if record is None:
+            raise NotFound(f"edit {edit_id} not found")
+        return record
+
+    def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> tuple[list[EditRecord], int]:
+        return self.repo.list(status=status, limit=limit, offset=offset)
+
+    # -- changes -----------------------------------------------------------------------------------
+    def insert(self, method: str, prompt: str, target: str, retrofit: bool = False) -> EditRecord:
+        editor = self._editor(method)
+        train = _verb(editor, "insert", method, retrofit)
+        with self._writes:
+            self._refuse_duplicate(method, prompt)
+            edit_id = str(uuid.uuid4())
+            with editor.lock:
+                tensors = _train(train, edit_id, prompt, target, retrofit)
+                try:
+                    record = self.repo.create(edit_id=edit_id, method=method, prompt=prompt, target=target,
+                                              retrofit=retrofit, neurons=editor.neurons(edit_id), tensors=tensors)
+                except Exception as exc:
+                    editor.withdraw(edit_id)
+                    raise _storage_failed("insert", exc) from exc
+            self.live[method].add(edit_id)
+        return record
+
+    def update(self, edit_id: str, prompt: str | None = None, target: str | None = None) -> EditRecord:
+        """Retrain an edit on a new prompt and/or target. A corrupt edit is rebuilt from its record."""
+        if prompt is None and target is None:
+            raise Invalid("give prompt, target or both")
+        with self._writes:
+            record = self.get(edit_id)
+            if record.status == WITHDRAWN:
+                raise Conflict(f"edit {edit_id} is withdrawn and cannot change; create a new edit instead")
+            editor = self._editor(record.method)
+            prompt = record.prompt if prompt is None else prompt
+            target = record.target if target is None else target
+            if prompt != record.prompt or record.status != ACTIVE:
+                self._refuse_duplicate(record.method, prompt)
+            loaded = edit_id in self.live[record.method]
+            train = _verb(editor, "update" if loaded else "insert", record.method, record.retrofit)
+            with editor.lock:
+                old = editor.tensors(edit_id) if loaded else None
+                tensors = _train(train, edit_id, prompt, target, record.retrofit)
+                try:
+                    record = self.repo.retrain(edit_id, prompt=prompt, target=target,
+                                               neurons=editor.neurons(edit_id), tensors=tensors)
+                except Exception as exc:
+                    editor.withdraw(edit_id)
+                    if old is not None:
+                        editor.load(edit_id, old)
+                    raise _storage_failed("update", exc) from exc
+            self.live[record.method].add(edit_id)
+        return record
+
+    def withdraw(self, edit_id: str) -> EditRecord:
+        with self._writes:
+            record = self.get(edit_id)
+            if record.status == WITHDRAWN:
+                raise Conflict(f"edit {edit_id} is already withdrawn")
+            editor = self.editors.get(record.method)
+            loaded = editor is not None and edit_id in self.live[record.method]
+            with editor.lock if loaded else nullcontext():
+                old = editor.tensors(edit_id) if loaded else None
+                if loaded:
+                    editor.withdraw(edit_id)
+                try:
+                    record = self.repo.withdraw(edit_id)
+                except Exception as exc:
+                    if loaded:
+                        editor.load(edit_id, old)
+                    raise _storage_failed("withdraw", exc) from exc
+            if loaded:
+                self.live[record.method].discard(edit_id)
+        return record
+
+    def _editor(self, method: str) -> Editor:
+        editor = self.editors.get(method)
+        if editor is None:
+            raise Invalid(f"method: unknown method {method!r}; this server has {', '.join(self.editors)}")
+        return editor
+
+    def _refuse_duplicate(self, method: str, prompt: str) -> None:
+        # Two live edits on one prompt would race for the same key; the user changes an edit with PUT.
+        existing = self.repo.active_with_prompt(method, prompt)
+        if existing is not None:
+            raise Conflict(f"prompt: active {method} edit {existing.id} already has this prompt; "
+                           f"change it with PUT /edits/{existing.id}")
+
+    # -- generation --------------------------------------------------------------------------------
+    def generate(self, prompt: str, max_new_tokens: int) -> Generation:
+        with ExitStack() as locks:  # every editor holds still for the whole generation
+            for editor in self.editors.values():
+                locks.enter_context(editor.lock)
+            adaptor = self.editors.get("ireva")
+            # A method that routes prompts (SERAC) answers in-scope prompts from its counterfactual prompt.
+            for name, editor in self.editors.items():
+                route = getattr(editor, "route", None)
+                if route is None or not self.live[name]:
+                    continue
+                edit_id = route(prompt)
+                if edit_id is not None:
+                    return generate(self.backbone, adaptor, editor.counterfactual_prompt(edit_id, prompt),
+                                    max_new_tokens, attribute_to=edit_id)
+            return generate(self.backbone, adaptor, prompt, max_new_tokens)
+
+
+def _open_editor(name: str, method: Method, backbone: Backbone, settings: Settings,
+                 repo: Repository) -> tuple[Editor, bool]:
+    """Build a method's editor from the state saved on this data dir's first start (saving it now if
+    this is that start). Returns the editor and whether saved state was lost."""
+    fingerprint = method.fingerprint(backbone, settings)
+    saved = repo.editor_state(name)
+    if saved is not None and saved.fingerprint != fingerprint:
+        if repo.list(method=name, limit=0)[1]:
+            raise RuntimeError(
+                f"{settings.data_dir} holds {name} edits made with {saved.fingerprint}, but this server runs "
+                f"{fingerprint}; they would not fit. Restore those settings or use another EDITSERVE_DATA_DIR.")
+        saved = None  # no edit depends on the old state: start afresh
+    if saved is not None:
+        try:
+            return method.build(backbone, settings, repo.read_editor_state(saved)), False
+        except Exception as exc:
+            log.error("%s editor state %s cannot be read (%s); rebuilding it", name, saved.blob, exc)
+    editor = method.build(backbone, settings, None)
+    repo.save_editor_state(name, fingerprint, method.state(editor))
+    return editor, saved is not None
+
+
+def _verb(editor: Editor, verb: str, method: str, retrofit: bool):
+    fn = getattr(editor, verb)
+    if retrofit and "retrofit" not in inspect.signature(fn).parameters:
+        raise Invalid(f"retrofit: method {method!r} does not support retrofit")
+    return fn
+
+
+def _train(fn, edit_id: str, prompt: str, target: str, retrofit: bool):
+    try:
+        if retrofit:
+            return fn(edit_id, prompt, target, retrofit=True)
+        return fn(edit_id, prompt, target)
+    except ValueError as exc:  # the editor's verdict on the user's input; it names the field
+        raise Invalid(str(exc)) from exc
+
+
+def _storage_failed(action: str, exc: Exception) -> StorageFailed:
+    log.exception("storing the %s failed; it was undone in memory", action)
+    return StorageFailed(f"storage failed, the {action} was not applied: {type(exc).__name__}: {exc}")
