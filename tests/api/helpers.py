@@ -1,0 +1,36 @@
+from fastapi.testclient import TestClient
+
+PROMPT = "The mother tongue of Danielle Darrieux is"
+TARGET = "English"
+OTHER_PROMPT = "Australia's capital city is called"
+OTHER_TARGET = "Canberra, a planned city"
+GOLD = "Gold has the chemical symbol"
+UNRELATED = "Photosynthesis turns sunlight into"
+
+
+def create(client: TestClient, prompt: str = PROMPT, target: str = TARGET, **extra) -> dict:
+    r = client.post("/edits", json={"prompt": prompt, "target": target, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def generate(client: TestClient, prompt: str, max_new_tokens: int = 6) -> dict:
+    r = client.post("/generate", json={"prompt": prompt, "max_new_tokens": max_new_tokens})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def listing(client: TestClient, **params) -> dict:
+    r = client.get("/edits", params=params)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def assert_error(response, status: int, *words: str) -> str:
+    """The response is `status` with a {"detail": str} body mentioning every word."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"detail"} and isinstance(body["detail"], str), body
+    for word in words:
+        assert word in body["detail"], (word, body["detail"])
+    return body["detail"]
