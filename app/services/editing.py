@@ -219,7 +219,10 @@ class EditingService:
                 if route is None or not self.live[name]:
                     continue
                 edit_id = route(prompt)
-                if edit_id is not None:
+                if edit_id is None:
+                    continue
+                # The method may turn the backbone into its counterfactual model (SERAC's trained adapter).
+                with getattr(editor, "counterfactual", nullcontext)():
                     return generate(self.backbone, adaptor, editor.counterfactual_prompt(edit_id, prompt),
                                     max_new_tokens, attribute_to=edit_id)
             return generate(self.backbone, adaptor, prompt, max_new_tokens)
