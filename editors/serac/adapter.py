@@ -1,0 +1,62 @@
+"""The trained counterfactual adapter (a peft LoRA), applied to the shared backbone through hooks.
+
+`editserve train-serac` saves a peft adapter (adapter_config.json + adapter_model.safetensors). At
+serving time the backbone is shared with iReVa and the base path, so instead of wrapping its layers the
+adapter adds its low-rank update through forward hooks that exist only inside `active()`: outside it the
+backbone is exactly the base model and pays nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def has_adapter(path: str | Path | None) -> bool:
+    return path is not None and (Path(path) / CONFIG).exists() and (Path(path) / WEIGHTS).exists()
+
+
+class LoraHooks:
+    def __init__(self, model: nn.Module, path: str | Path):
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg = json.loads((path / CONFIG).read_text())
+        r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
+        self.scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+        self.path, self.config = path, cfg
+        weights = load_file(str(path / WEIGHTS))
+        modules = dict(model.named_modules())
+        device = next(model.parameters()).device
+        self.pairs: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        for key, a in weights.items():
+            if not key.endswith("lora_A.weight"):
+                continue
+            name = key[: -len(".lora_A.weight")].removeprefix("base_model.model.")
+            if name not in modules:
+                raise ValueError(f"adapter {path} names {name!r}, which the backbone lacks")
+            b = weights[key.replace("lora_A", "lora_B")]
+            self.pairs.append((modules[name], a.float().to(device), (b.float() * self.scale).to(device)))
+        if not self.pairs:
+            raise ValueError(f"adapter {path} holds no LoRA weights")
+
+    @staticmethod
+    def _hook(a: torch.Tensor, b: torch.Tensor):
+        def hook(module, args, output):
+            x = args[0]
+            return output + ((x.to(a.dtype) @ a.T) @ b.T).to(output.dtype)
+        return hook
+
+    @contextlib.contextmanager
+    def active(self):
+        handles = [m.register_forward_hook(self._hook(a, b)) for m, a, b in self.pairs]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
