@@ -33,7 +33,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.service.close()
 
     app = FastAPI(title="editserve", summary="An LM whose knowledge is edited over HTTP", lifespan=lifespan)
-    app.state.settings = settings
     app.include_router(api_router)
 
     @app.exception_handler(ServiceError)

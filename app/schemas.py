@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Status = Literal["active", "withdrawn", "corrupt"]
+from storage.models import STATUSES
+
+Status = Literal[STATUSES]
 MAX_NEW_TOKENS = 512
 
 

@@ -35,7 +35,6 @@ def _blob_name(stem: str) -> str:
 class Repository:
     def __init__(self, data_dir: Path | str):
         self.data_dir = Path(data_dir).expanduser()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         # Requests run on a thread pool; the service serialises writes, SQLite serialises the rest.
         self.engine = create_engine(database_url(self.data_dir), connect_args={"check_same_thread": False})
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.main import create_app
 from storage.repository import BLOB_DIR, DB_FILE
+from tests.api.helpers import stop
 from tests.tiny_models import packaged_tokenizer, tiny_backbone
 
 torch.set_num_threads(1)  # the test machine is shared
@@ -48,12 +49,6 @@ def start(settings):
     yield _start
     for client in reversed(clients):
         stop(client)
-
-
-def stop(client: TestClient) -> None:
-    if not getattr(client, "_stopped", False):
-        client.__exit__(None, None, None)
-        client._stopped = True
 
 
 @pytest.fixture

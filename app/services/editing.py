@@ -146,8 +146,6 @@ class EditingService:
 
     def update(self, edit_id: str, prompt: str | None = None, target: str | None = None) -> EditRecord:
         """Retrain an edit on a new prompt and/or target. A corrupt edit is rebuilt from its record."""
-        if prompt is None and target is None:
-            raise Invalid("give prompt, target or both")
         with self._writes:
             record = self.get(edit_id)
             if record.status == WITHDRAWN:

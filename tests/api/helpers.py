@@ -8,6 +8,13 @@ GOLD = "Gold has the chemical symbol"
 UNRELATED = "Photosynthesis turns sunlight into"
 
 
+def stop(client: TestClient) -> None:
+    """Shut the app down (its lifespan's exit), as a server stop would; safe to call twice."""
+    if not getattr(client, "_stopped", False):
+        client.__exit__(None, None, None)
+        client._stopped = True
+
+
 def create(client: TestClient, prompt: str = PROMPT, target: str = TARGET, **extra) -> dict:
     r = client.post("/edits", json={"prompt": prompt, "target": target, **extra})
     assert r.status_code == 201, r.text

@@ -8,8 +8,7 @@ import pytest
 from editors.ireva.config import IrevaConfig
 from editors.ireva.model import IrevaEditor
 from tests.api.helpers import (GOLD, OTHER_PROMPT, OTHER_TARGET, PROMPT, TARGET, UNRELATED, assert_error, create,
-                               generate, listing)
-from tests.conftest import stop
+                               generate, listing, stop)
 
 
 def test_create_returns_the_active_edit_and_the_model_answers_with_it(client):
