@@ -131,3 +131,18 @@ def test_update_retrains_in_place_and_bad_targets_are_rejected(backbone):
     with pytest.raises(ValueError, match="nothing"):
         editor.insert("c", "A prompt", "")
     assert "b" not in editor.slots and "c" not in editor.slots
+
+
+def test_retrofit_keeps_the_edit_and_pushes_keys_off_out_of_scope_inputs(backbone):
+    editor = IrevaEditor(backbone, IrevaConfig(retrofit_steps=10, irr_weight=1.0))
+    prompt, target = "The capital of France is", "Rome"
+    plain_keys, _ = editor.build_neurons(prompt, target)
+    editor.insert("r", prompt, target, retrofit=True)
+    slots = editor.slots["r"]
+    trained = editor.adaptor.keys[slots]
+    assert torch.allclose(trained.norm(dim=-1), torch.ones(len(slots)), atol=1e-5)
+    negatives = editor.negatives()[: len(editor._calibration_inputs)]
+    theta = editor.adaptor.theta
+    assert torch.relu(negatives @ trained.T - theta).sum() <= torch.relu(negatives @ plain_keys.T - theta).sum()
+    cases = prefix_cases(backbone.tokenizer, prompt, target)
+    assert next_tokens(backbone, [ids for ids, _ in cases]).tolist() == [t for _, t in cases]

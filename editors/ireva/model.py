@@ -27,6 +27,8 @@ class IrevaEditor:
     def __init__(self, backbone: Backbone, config: IrevaConfig | None = None, centre: torch.Tensor | None = None):
         self.backbone, self.config = backbone, config or IrevaConfig()
         model = backbone.model
+        self.lock = threading.RLock()  # one edit at a time; generation takes it too
+        self._value_dirs: dict[int, torch.Tensor] = {}
         self.layer = self.config.layer % backbone.num_layers
         self.is_top_layer = self.layer == backbone.num_layers - 1
         self.mlp = mlp_of(model, self.layer)
@@ -40,8 +42,6 @@ class IrevaEditor:
         self._handle = self.mlp.register_forward_hook(self.adaptor.hook)
         self.slots: dict[str, list[int]] = {}  # edit id -> adaptor slots, in target-token order
         self.owner: list[str] = []  # adaptor slot -> edit id
-        self._value_dirs: dict[int, torch.Tensor] = {}
-        self.lock = threading.RLock()  # one edit at a time; generation takes it too
 
     # -- forward passes ------------------------------------------------------------------------------
     def capture(self, ids: list[int]) -> Capture:
@@ -49,17 +49,19 @@ class IrevaEditor:
         h1 = self.mlp.register_forward_pre_hook(lambda m, a: seen.__setitem__("mlp", a[0][0].detach()))
         h2 = self.norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("final", a[0][0].detach()))
         adaptor = getattr(self, "adaptor", None)  # absent while the centre is being computed
-        was = adaptor is not None and adaptor.enabled
-        if adaptor is not None:
-            adaptor.enabled = False
-        try:
-            with torch.no_grad():
-                self.backbone.model(torch.tensor([ids], device=self.backbone.device), use_cache=False)
-        finally:
+        # The switch is model-wide, so it is made under the lock that generation holds too.
+        with self.lock:
+            was = adaptor is not None and adaptor.enabled
             if adaptor is not None:
-                adaptor.enabled = was
-            h1.remove()
-            h2.remove()
+                adaptor.enabled = False
+            try:
+                with torch.no_grad():
+                    self.backbone.model(torch.tensor([ids], device=self.backbone.device), use_cache=False)
+            finally:
+                if adaptor is not None:
+                    adaptor.enabled = was
+                h1.remove()
+                h2.remove()
         return Capture(seen["mlp"].float(), seen["final"].float())
 
     def _calibration_centre(self) -> torch.Tensor:
@@ -130,7 +132,7 @@ class IrevaEditor:
                     lo = cand[-1].item()
             return hi
 
-    def build_neurons(self, prompt: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def build_neurons(self, prompt: str, target: str, retrofit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """One neuron per target token (appendix 9.5): the key is the MLP input at the prefix that
         precedes the token, the value pushes that token to the top."""
         tok = self.backbone.tokenizer
@@ -146,17 +148,62 @@ class IrevaEditor:
         for pos, token in zip(positions, t_ids):
             d = self.value_direction(token)
             values.append(self.calibrate_scale(cap.final_hidden[pos], d, token) * d)
-        return keys, torch.stack(values)
+        values = torch.stack(values)
+        if retrofit:
+            keys, values = self.retrofit(keys, values, cap.mlp_inputs[positions], cap.final_hidden[positions],
+                                         torch.tensor(t_ids, device=keys.device))
+        return keys, values
+
+    def negatives(self) -> torch.Tensor:
+        """Out-of-scope inputs for L_irr (appendix 9.4): the calibration text's positions, which
+        stand in for the paper's generated questions, plus the keys of other live edits."""
+        if not hasattr(self, "_calibration_inputs"):
+            rows = [self.capture(encode_prompt(self.backbone.tokenizer, t)).mlp_inputs[1:] for t in CALIBRATION_TEXTS]
+            self._calibration_inputs = self.adaptor.normalise(torch.cat(rows))
+        n = self.adaptor.size
+        live = torch.isfinite(self.adaptor.mask_bias[:n])
+        others = self.adaptor.keys[:n][live]
+        if len(others) > 256:  # a fixed-size sample keeps retrofit cost flat as edits accumulate
+            others = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(n))[:256]]
+        return torch.cat([self._calibration_inputs, others])
+
+    def retrofit(self, keys, values, inputs, final_hidden, tokens):
+        """Adam on the new neurons only: L_edit + a * L_rec + b * L_irr (section 4.2), no max-pooling.
+
+        The output is computed from the residual entering the final norm plus the neuron's output,
+        exact for the top layer and a first-order stand-in for lower ones, so a step costs no pass
+        through the transformer."""
+        cfg, adaptor = self.config, self.adaptor
+        own = adaptor.normalise(inputs)
+        negatives = self.negatives()
+        k, v = keys.clone().requires_grad_(True), values.clone().requires_grad_(True)
+        # Keys are unit vectors and values are hundreds long: one step size cannot suit both, so the
+        # value's is relative to its length.
+        value_lr = cfg.retrofit_lr * float(values.norm(dim=-1).mean().clamp_min(1.0))
+        opt = torch.optim.Adam([{"params": [k], "lr": cfg.retrofit_lr}, {"params": [v], "lr": value_lr}])
+        with torch.enable_grad():
+            for _ in range(cfg.retrofit_steps):
+                unit = k / k.norm(dim=-1, keepdim=True)
+                act = adaptor.activation((own * unit).sum(-1))
+                l_edit = F.cross_entropy(self.logits(final_hidden + act[:, None] * v), tokens)
+                l_rec = ((keys - unit) * own).sum(-1).pow(2).mean()
+                l_irr = F.relu(negatives @ unit.T - adaptor.theta).mean()
+                loss = l_edit + cfg.rec_weight * l_rec + cfg.irr_weight * l_irr
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        k = k.detach()
+        return k / k.norm(dim=-1, keepdim=True), v.detach()
 
     # -- the verbs shared by all editors ---------------------------------------------------------------
-    def insert(self, edit_id: str, prompt: str, target: str) -> dict[str, torch.Tensor]:
-        keys, values = self.build_neurons(prompt, target)
+    def insert(self, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> dict[str, torch.Tensor]:
+        keys, values = self.build_neurons(prompt, target, retrofit)
         with self.lock:
             self._place(edit_id, keys, values)
         return self.tensors(edit_id)
 
-    def update(self, edit_id: str, prompt: str, target: str) -> dict[str, torch.Tensor]:
-        keys, values = self.build_neurons(prompt, target)
+    def update(self, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> dict[str, torch.Tensor]:
+        keys, values = self.build_neurons(prompt, target, retrofit)
         with self.lock:
             old = self.slots[edit_id]
             if len(old) == len(keys):
