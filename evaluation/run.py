@@ -43,7 +43,6 @@ from tqdm.auto import tqdm
 
 from editors.backbone import encode_target
 from evaluation import datasets
-from evaluation.teacher_forcing import next_tokens
 
 METRIC_KEYS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "n_edits", "seconds",
                "insert_seconds_per_edit")
@@ -115,22 +114,23 @@ def _model_fingerprint(backbone) -> str:
     return f"{backbone.name}:{sum(p.numel() for p in backbone.model.parameters())}:{float(w.double().sum()):.6e}"
 
 
-def base_predictions(backbone, seqs: list[list[int]], batch_size: int, progress: str, cache_dir: Path | None):
-    if not seqs:
+def base_predictions(backbone, cs, batch_size: int, progress: str, cache_dir: Path | None):
+    """The unedited model's predictions on a case set (one forward per pair), cached on disk."""
+    if not cs.seqs:
         return torch.zeros(0, dtype=torch.long)
     path = None
     if cache_dir is not None:
         h = hashlib.sha256()
-        h.update(json.dumps([_model_fingerprint(backbone), torch.__version__, torch.get_num_threads(), batch_size,
-                             str(backbone.device)]).encode())
-        h.update(json.dumps(seqs).encode())
+        h.update(json.dumps(["shared", _model_fingerprint(backbone), torch.__version__, torch.get_num_threads(),
+                             batch_size, str(backbone.device)]).encode())
+        h.update(json.dumps([cs.prompt_ids, cs.target_ids]).encode())
         path = cache_dir / f"{h.hexdigest()[:32]}.pt"
         if path.exists():
             try:
                 return torch.load(path)
             except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
                 pass
-    preds = next_tokens(backbone, seqs, batch_size, progress)
+    preds, _ = cs.plain(backbone, batch_size, progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -182,7 +182,7 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
         "locality": CaseSet.build(tok, [r.loc_prompt for r in records], [r.loc_answer for r in records]),
         "ns": CaseSet.build(tok, [q.prompt for q in questions], [q.answer for q in questions]),
     }
-    base = {name: cs.group(base_predictions(backbone, cs.seqs, args.batch_size, f"unedited {name}", cache_dir))
+    base = {name: cs.group(base_predictions(backbone, cs, args.batch_size, f"unedited {name}", cache_dir))
             for name, cs in sets.items()}
 
     system = build(args.method, backbone, batch_size=args.batch_size, layer=args.layer, retrofit=args.retrofit,

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from editors.backbone import Backbone, encode_prompt, encode_target, mlp_of, transformer_blocks
 from evaluation.datasets import Record
-from evaluation.teacher_forcing import greedy, next_tokens, prefix_cases
+from evaluation.teacher_forcing import greedy, next_tokens, prefix_cases, shared_next_tokens
 
 # per record: the (predicted, expected) token of each teacher-forced case
 PerRecord = list[list[tuple[int, int]]]
@@ -35,16 +35,27 @@ class CaseSet:
     seqs: list[list[int]] = field(default_factory=list)
     expected: list[int] = field(default_factory=list)
     owner: list[int] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    target_ids: list[list[int]] = field(default_factory=list)
 
     @classmethod
     def build(cls, tokenizer, queries: list[str], targets: list[str]) -> CaseSet:
+        """Cases in pair order, token order within a pair (the order shared_next_tokens returns)."""
         cs = cls(list(queries), list(targets))
         for k, (q, t) in enumerate(zip(queries, targets)):
-            for s, y in prefix_cases(tokenizer, q, t):
-                cs.seqs.append(s)
+            p_ids, t_ids = encode_prompt(tokenizer, q), encode_target(tokenizer, q, t)
+            cs.prompt_ids.append(p_ids)
+            cs.target_ids.append(t_ids)
+            for i, y in enumerate(t_ids):
+                cs.seqs.append(p_ids + t_ids[:i])
                 cs.expected.append(y)
                 cs.owner.append(k)
         return cs
+
+    def plain(self, backbone: Backbone, batch_size: int = 32, progress: str | None = None,
+              capture: nn.Module | None = None):
+        """Predictions of a plain causal LM (no last-position adaptor), one forward per pair."""
+        return shared_next_tokens(backbone, self.prompt_ids, self.target_ids, batch_size, progress, capture)
 
     def group(self, preds) -> PerRecord:
         out: PerRecord = [[] for _ in self.queries]
@@ -146,8 +157,32 @@ class IrevaSystem(System):
             seconds += time.perf_counter() - t
         return seconds
 
+    @torch.no_grad()
     def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None) -> PerRecord:
-        return cs.group(next_tokens(self.backbone, cs.seqs, self.batch_size, progress))
+        """Per-prefix semantics (the adaptor acts on each prefix's last position), computed cheaply:
+        one plain forward per pair (adaptor off) gives every case's prediction and the adaptor layer's
+        input there; the adaptor's own forward on those inputs tells which cases a neuron fires on, and
+        only those are run again, prefix by prefix, with the adaptor on. A case on which no neuron
+        fires is the plain model's case exactly (the adaptor adds nothing there)."""
+        adaptor = self.editor.adaptor
+        adaptor.enabled = False
+        try:
+            preds, x = cs.plain(self.backbone, self.batch_size, f"{progress} (plain)" if progress else None,
+                                capture=self.editor.mlp)
+        finally:
+            adaptor.enabled = True
+        fires = torch.zeros(len(preds), dtype=torch.bool)
+        if x is not None and adaptor.size:
+            for s in range(0, len(x), 1024):
+                _, fired = adaptor(x[s:s + 1024].to(adaptor.keys.device))
+                fires[s:s + 1024] = fired.cpu() >= 0
+        marked = fires.nonzero().flatten().tolist()
+        self.fired_cases = getattr(self, "fired_cases", 0) + len(marked)
+        if marked:
+            again = next_tokens(self.backbone, [cs.seqs[i] for i in marked], self.batch_size,
+                                f"{progress} (fired)" if progress else None)
+            preds[marked] = again
+        return cs.group(preds)
 
     def generate(self, queries, budgets, base=None, progress=None):
         prompts = [encode_prompt(self.backbone.tokenizer, q) for q in queries]
@@ -224,29 +259,20 @@ class SeracSystem(System):
         self.route_seconds.append(time.perf_counter() - t)
         return out
 
-    def _routed_cases(self, queries, targets, routes):
-        tok = self.backbone.tokenizer
-        seqs, expected, owner = [], [], []
-        for k, (q, t, r) in enumerate(zip(queries, targets, routes)):
-            if r is None:
-                continue
-            for s, y in prefix_cases(tok, self.editor.counterfactual_prompt(r, q), t):
-                seqs.append(s)
-                expected.append(y)
-                owner.append(k)
-        return seqs, expected, owner
-
     def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None) -> PerRecord:
         routes = [self.route(q) for q in tqdm(cs.queries, desc=f"{progress} route" if progress else None,
                                                disable=progress is None, leave=False)]
         self.last_routes = routes
-        out = [list(b) if r is None else [] for b, r in zip(base, routes)]
-        seqs, expected, owner = self._routed_cases(cs.queries, cs.targets, routes)
-        if seqs:
+        out = [list(b) for b in base]
+        routed = [k for k, r in enumerate(routes) if r is not None]
+        if routed:
+            cf = CaseSet.build(self.backbone.tokenizer,
+                               [self.editor.counterfactual_prompt(routes[k], cs.queries[k]) for k in routed],
+                               [cs.targets[k] for k in routed])
             with self._counterfactual():
-                preds = next_tokens(self.backbone, seqs, self.batch_size, progress)
-            for k, p, y in zip(owner, preds, expected):
-                out[k].append((int(p), y))
+                preds, _ = cf.plain(self.backbone, self.batch_size, progress)
+            for j, got in enumerate(cf.group(preds)):
+                out[routed[j]] = got
         return out
 
     def generate(self, queries, budgets, base=None, progress=None):
@@ -429,7 +455,7 @@ class FineTuneSystem(System):
         return time.perf_counter() - t0
 
     def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None) -> PerRecord:
-        return cs.group(next_tokens(self.backbone, cs.seqs, self.batch_size, progress))
+        return cs.group(cs.plain(self.backbone, self.batch_size, progress)[0])
 
     def generate(self, queries, budgets, base=None, progress=None):
         prompts = [encode_prompt(self.backbone.tokenizer, q) for q in queries]

@@ -54,6 +54,55 @@ def next_tokens(backbone: Backbone, sequences: list[list[int]], batch_size: int 
 
 
 @torch.no_grad()
+def shared_next_tokens(backbone: Backbone, prompts: list[list[int]], targets: list[list[int]], batch_size: int = 32,
+                       progress: str | None = None, capture: torch.nn.Module | None = None):
+    """The teacher-forced predictions of every prefix case of many (prompt, target) pairs, one forward
+    pass per pair: a causal LM's logits at each position of prompt + target[:-1] are its predictions for
+    the prefixes ending there. Valid for a plain model (no adaptor acting on the last position only);
+    identical in exact arithmetic to `next_tokens` over the prefix cases, and to float noise in practice.
+
+    Returns the predictions flat in case order (pair by pair, token by token) and, when `capture` is a
+    module, its input at each case's last position (n_cases, hidden) — e.g. the adaptor's MLP.
+    """
+    fulls = [p + t[:-1] for p, t in zip(prompts, targets)]
+    spans = [len(t) for t in targets]
+    offsets = [0]
+    for n in spans:
+        offsets.append(offsets[-1] + n)
+    preds = torch.zeros(offsets[-1], dtype=torch.long)
+    captured = None
+    seen: dict[str, torch.Tensor] = {}
+    handle = None
+    if capture is not None:
+        handle = capture.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
+    try:
+        batches = _batches([len(f) for f in fulls], batch_size)
+        for idx in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+            idx = [i for i in idx if spans[i] > 0]
+            if not idx:
+                continue
+            ids, mask = _left_padded(backbone, [fulls[i] for i in idx])
+            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            keep = max(spans[i] for i in idx)
+            logits = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                                    logits_to_keep=keep).logits
+            top = logits.argmax(-1).cpu()
+            for row, i in enumerate(idx):
+                preds[offsets[i]:offsets[i + 1]] = top[row, keep - spans[i]:]
+            if capture is not None:
+                x = seen["x"]
+                if captured is None:
+                    captured = torch.zeros(offsets[-1], x.shape[-1], dtype=x.dtype)
+                width = x.shape[1]
+                for row, i in enumerate(idx):
+                    captured[offsets[i]:offsets[i + 1]] = x[row, width - spans[i]:].cpu()
+    finally:
+        if handle is not None:
+            handle.remove()
+    return preds, captured
+
+
+@torch.no_grad()
 def greedy(backbone: Backbone, prompts: list[list[int]], max_new_tokens: list[int] | int, editor=None,
            batch_size: int = 32, progress: str | None = None, context=None) -> list[list[int]]:
     """Greedy continuations of many prompts at once, with a KV cache, stopping each at EOS.

@@ -78,3 +78,29 @@ def test_pararel_splits_and_preprocessing():
         assert "[MASK]" not in r.prompt and "[X]" not in r.prompt and not r.prompt.endswith(".")
         assert r.prompt != r.paraphrase and r.subject in r.prompt
         assert r.loc_prompt.startswith(datasets.NQ_PREFIX)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_one_forward_per_pair_equals_prefix_by_prefix(tokenizer, kind):
+    backbone = tiny_backbone(kind, tokenizer, seed=6)
+    cs = CaseSet.build(tokenizer, PROMPTS, ["English, and French", "Herman Melville", "Paris", "hello there"])
+    shared, captured = cs.plain(backbone, batch_size=3, capture=None)
+    assert captured is None
+    assert shared.tolist() == next_tokens(backbone, cs.seqs, batch_size=3).tolist()
+
+
+@pytest.mark.parametrize("layer", [-1, 0])
+def test_ireva_predictions_equal_prefix_by_prefix_with_the_adaptor(tokenizer, layer):
+    from evaluation.systems import IrevaSystem
+
+    backbone = tiny_backbone("llama", tokenizer, seed=7)
+    system = IrevaSystem(backbone, batch_size=3, layer=layer)
+    records = [datasets.Record(p, t, p, "Q: hi\nA:", "hello", "") for p, t in
+               zip(PROMPTS[:3], ["English, and French", "Herman Melville", "Rome"])]
+    system.insert_all(records)
+    cs = CaseSet.build(tokenizer, PROMPTS + ["The capital of Spain is"], ["English", "Herman Melville", "Rome", "Rome"])
+    got = system.predict(cs, base=None)
+    want = cs.group(next_tokens(backbone, cs.seqs, batch_size=3))  # adaptor on, every prefix on its own
+    assert got == want
+    assert 0 < system.fired_cases < len(cs.seqs) + 1
+    system.close()
