@@ -7,7 +7,7 @@ class IrevaConfig:
 
     layer: int = -1  # MLP the adaptor sits beside; negative counts from the top (-1 = last block)
     theta: float = 0.85  # margin on the centred cosine between the input and a key
-    ramp: float = 0.05  # activation rises linearly from theta to full strength at theta + ramp
+    ramp: float = 0.02  # activation rises linearly from theta to full strength at theta + ramp
     alpha: float = 1.0  # global scale on the adaptor output (per-neuron scales are calibrated)
     logit_margin: float = 5.0  # a neuron's value is scaled until its token leads the runner-up by this
     max_scale: float = 1e5

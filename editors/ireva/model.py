@@ -19,6 +19,7 @@ class Capture:
 
     mlp_inputs: torch.Tensor  # (T, hidden) input of the adaptor's MLP at every position
     final_hidden: torch.Tensor  # (T, hidden) residual stream entering the final norm
+    logits: torch.Tensor  # (T, vocab) the unedited model's logits
 
 
 class IrevaEditor:
@@ -56,13 +57,13 @@ class IrevaEditor:
                 adaptor.enabled = False
             try:
                 with torch.no_grad():
-                    self.backbone.model(torch.tensor([ids], device=self.backbone.device), use_cache=False)
+                    out = self.backbone.model(torch.tensor([ids], device=self.backbone.device), use_cache=False)
             finally:
                 if adaptor is not None:
                     adaptor.enabled = was
                 h1.remove()
                 h2.remove()
-        return Capture(seen["mlp"].float(), seen["final"].float())
+        return Capture(seen["mlp"].float(), seen["final"].float(), out.logits[0].float())
 
     def _calibration_centre(self) -> torch.Tensor:
         rows = []
@@ -87,50 +88,75 @@ class IrevaEditor:
             v = (self.unembed.weight[token] - self.mean_row).float()
             wins = self.logits(v[None] * 1e3)[0].argmax().item() == token
         if not wins:
+            # Optimise on the strongest rivals only (a full-vocabulary step costs a pass over the
+            # output embedding), then check against the whole vocabulary.
+            with torch.no_grad():
+                rivals = self.logits(v[None] * 1e3)[0].topk(512).indices
+            rivals = torch.cat([torch.tensor([token], device=rivals.device), rivals[rivals != token]])
+            rows = self.unembed.weight[rivals]
             v = v.clone().requires_grad_(True)
             opt = torch.optim.Adam([v], lr=0.05)
-            target = torch.tensor([token], device=v.device)
+            target = torch.zeros(1, dtype=torch.long, device=v.device)
             with torch.enable_grad():
-                for _ in range(20):
-                    loss = F.cross_entropy(self.logits(v[None]), target)
+                for _ in range(30):
+                    loss = F.cross_entropy((self.norm(v[None]) @ rows.T).float(), target)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
             v = v.detach()
         v = v / v.norm()
-        self._value_dirs[token] = v
+        if len(self._value_dirs) < 8192:  # bounded: at most 19 MB for a 576-wide model
+            self._value_dirs[token] = v
         return v
 
-    def calibrate_scale(self, hidden: torch.Tensor, direction: torch.Tensor, token: int) -> float:
+    def calibrate_scale(self, hidden: torch.Tensor, base_logits: torch.Tensor, direction: torch.Tensor,
+                        token: int) -> float:
         """Smallest scale s for which `token` leads every other token by `logit_margin` when s * direction
         is added to `hidden` (the residual entering the final norm; exact for the top layer, a first-order
-        stand-in for lower ones)."""
-        margin, top = self.config.logit_margin, self.config.max_scale
+        stand-in for lower ones). Where no scale reaches the margin, 90% of the lead reachable is asked.
 
-        def lead(s: torch.Tensor) -> torch.Tensor:  # margin of `token` for each scale in s
-            logits = self.logits(hidden[None] + s[:, None] * direction[None])
-            mine = logits[:, token].clone()
-            logits[:, token] = float("-inf")
-            return mine - logits.max(-1).values
-
+        RMSNorm and LayerNorm map h + s * v into the span of norm(h), norm(v) and norm(0) (the bias), so
+        the logits for any s mix three logit vectors: the unedited ones (`base_logits`, from the capture),
+        the direction's and the bias's. One pass through the output embedding serves the whole search."""
+        top = self.config.max_scale
         with torch.no_grad():
-            grid = torch.cat([torch.zeros(1), torch.logspace(0, torch.log10(torch.tensor(top)), 24)]).to(hidden)
-            ok = (lead(grid) >= margin).nonzero()
-            if len(ok) == 0:
-                return top
-            i = int(ok[0])
-            if i == 0:
-                return 0.0
-            lo, hi = grid[i - 1].item(), grid[i].item()
-            for _ in range(4):  # refine between the two grid points, 8 candidates a round
-                cand = torch.linspace(lo, hi, 10, device=hidden.device)[1:-1]
-                good = (lead(cand) >= margin).nonzero()
-                if len(good):
-                    hi = cand[int(good[0])].item()
-                    lo = cand[int(good[0]) - 1].item() if int(good[0]) > 0 else lo
-                else:
-                    lo = cand[-1].item()
-            return hi
+            if not hasattr(self, "_bias_logits"):  # norm(0) is the norm's bias: the same for every edit
+                self._bias_logits = self.logits(torch.zeros_like(hidden)[None])[0]
+            anchors = torch.stack([hidden, top * direction, torch.zeros_like(hidden)])
+            to_basis = torch.linalg.pinv(self.norm(anchors).float())
+            basis_logits = torch.stack([base_logits, self.logits(anchors[1:2])[0], self._bias_logits])
+            # Only tokens near the top of some basis vector can lead a mix of them; the answer is
+            # checked against the whole vocabulary below.
+            rivals = torch.unique(torch.cat([basis_logits.topk(64, dim=-1).indices.flatten(),
+                                             torch.tensor([token], device=hidden.device)]))
+            mine_at = int((rivals == token).nonzero()[0])
+
+            def lead(scales: torch.Tensor, columns: torch.Tensor, me: int) -> torch.Tensor:
+                normed = self.norm(hidden[None] + scales[:, None] * direction[None]).float()
+                logits = (normed @ to_basis) @ basis_logits[:, columns]
+                mine = logits[:, me].clone()
+                logits[:, me] = float("-inf")
+                return mine - logits.max(-1).values
+
+            def search(columns: torch.Tensor, me: int) -> float:
+                grid = torch.cat([torch.zeros(1), torch.logspace(0, torch.log10(torch.tensor(top)), 48)]).to(hidden)
+                leads = lead(grid, columns, me)
+                wanted = min(self.config.logit_margin, 0.9 * leads[-1].item())
+                ok = (leads >= wanted).nonzero()
+                if wanted <= 0 or len(ok) == 0:
+                    return top
+                i = int(ok[0])
+                if i == 0:
+                    return 0.0
+                fine = torch.linspace(grid[i - 1].item(), grid[i].item(), 65, device=hidden.device)[1:]
+                return fine[int((lead(fine, columns, me) >= wanted).nonzero()[0])].item()
+
+            scale = search(rivals, mine_at)
+            everyone = torch.arange(basis_logits.shape[1], device=hidden.device)
+            wanted = min(self.config.logit_margin, 0.9 * lead(torch.tensor([top]).to(hidden), everyone, token).item())
+            if lead(torch.tensor([scale]).to(hidden), everyone, token).item() < wanted - 1e-3:
+                scale = search(everyone, token)  # a rival outside the short list: search them all
+            return scale
 
     def build_neurons(self, prompt: str, target: str, retrofit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """One neuron per target token (appendix 9.5): the key is the MLP input at the prefix that
@@ -147,7 +173,7 @@ class IrevaEditor:
         values = []
         for pos, token in zip(positions, t_ids):
             d = self.value_direction(token)
-            values.append(self.calibrate_scale(cap.final_hidden[pos], d, token) * d)
+            values.append(self.calibrate_scale(cap.final_hidden[pos], cap.logits[pos], d, token) * d)
         values = torch.stack(values)
         if retrofit:
             keys, values = self.retrofit(keys, values, cap.mlp_inputs[positions], cap.final_hidden[positions],
