@@ -338,16 +338,24 @@ def _write_report(out, args, metrics, records, questions, sets, base, edited, ge
         f"es {_fmt(sum(all(p == y for p, y in x) for x in edited['es']) / len(records))}, "
         f"ps {_fmt(sum(all(p == y for p, y in x) for x in edited['ps']) / len(records))}.",
         "",
-        "Semantics: teacher-forced cases are one forward pass per prefix (an adaptor acting on the last "
-        "position sees each prefix as generation would); generation uses a KV cache exactly as the server "
-        "does (for an adaptor below the top layer, a step on which a neuron fired is cached again without "
-        "the adaptor, as editors/generation.py does).",
+        "Semantics: every teacher-forced case is evaluated as its own prefix (an adaptor acting on the last "
+        "position sees each prefix as generation would). A plain causal LM (the unedited model, FT, SERAC's "
+        "counterfactual model) gets all prefixes of a pair from one forward pass, which is the same "
+        "computation; for iReVa, cases on which a neuron fires (judged by the adaptor's own forward on the "
+        "layer's input) are re-run prefix by prefix with the adaptor on, the rest are the plain model's. "
+        "SERAC: a routed query is scored on counterfactual_prompt(edit, query) + target prefix, an "
+        "unrouted one is the unedited model. Generation uses a KV cache exactly as the server does (for an "
+        "adaptor below the top layer, a step on which a neuron fired is cached again without the adaptor, as "
+        "editors/generation.py does).",
     ]
     if rejected:
         lines += ["", f"Refused by the editor ({len(rejected)}; evaluated as they are, without an edit):"]
         lines += [f"- #{k} {records[k].prompt!r} -> {records[k].target!r}: {why}" for k, why in list(rejected.items())[:20]]
     if route_ms is not None:
         lines += ["", f"SERAC routing: {route_ms:.1f} ms per query on average."]
+    fired = description.get("fired_cases")
+    if fired is not None:
+        lines += ["", f"iReVa: a neuron fired on {fired} teacher-forced cases over all case sets."]
     if withdrawal:
         lines += ["", "Withdrawal: each edit withdrawn alone (editor.withdraw), its prompt's cases predicted, then "
                   "restored with editor.load of its own tensors. "

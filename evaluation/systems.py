@@ -142,7 +142,7 @@ class IrevaSystem(System):
         from dataclasses import asdict
 
         return {"config": asdict(self.config), "layer_index": self.editor.layer, "retrofit": self.retrofit,
-                "neurons": int(self.editor.adaptor.size)}
+                "neurons": int(self.editor.adaptor.size), "fired_cases": getattr(self, "fired_cases", None)}
 
     def insert_all(self, records: list[Record]) -> float:
         kwargs = {"retrofit": True} if self.retrofit else {}
