@@ -27,9 +27,14 @@ class LoraHooks:
 
         path = Path(path)
         cfg = json.loads((path / CONFIG).read_text())
+        unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save") if cfg.get(k)]
+        if cfg.get("peft_type", "LORA") != "LORA" or unsupported:
+            raise ValueError(f"adapter {path}: only plain LoRA is supported (found {cfg.get('peft_type')}, {unsupported})")
         r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
         self.scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
         self.path, self.config = path, cfg
+        meta = path / "serac_train.json"  # written by train-serac: the template the adapter learned
+        self.template: str | None = json.loads(meta.read_text()).get("template") if meta.exists() else None
         weights = load_file(str(path / WEIGHTS))
         modules = dict(model.named_modules())
         device = next(model.parameters()).device

@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     out = measure(editor, records, ids)
     out["insert_ms"] = insert_ms
     out["adapter"] = str(cfg.adapter_dir) if editor.adapter is not None else None
-    out["template"] = cfg.template
+    out["template"] = editor.template
     out["threshold"] = cfg.threshold
     for k, v in out.items():
         print(f"{k:>20}: {v:.4f}" if isinstance(v, float) else f"{k:>20}: {v!r}")

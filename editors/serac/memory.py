@@ -49,7 +49,10 @@ class EditMemory:
             self.owner.append(None)
             self.slot[edit_id] = slot
             self.owner[slot] = edit_id
-        self.matrix[slot] = embedding / embedding.norm().clamp_min(1e-12)
+        norm = float(embedding.norm())
+        if abs(norm - 1.0) > 1e-5:  # stored rows are unit vectors already: keep them bit for bit
+            embedding = embedding / max(norm, 1e-12)
+        self.matrix[slot] = embedding
         self.bias[slot] = 0.0
         return slot
 

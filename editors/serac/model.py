@@ -47,6 +47,9 @@ class SeracEditor:
         self.adapter: LoraHooks | None = None
         if cfg.use_adapter and has_adapter(cfg.adapter_dir):
             self.adapter = LoraHooks(backbone.model, cfg.adapter_dir)
+        # An adapter answers best in the template it was trained with.
+        self.template = (self.adapter.template if self.adapter is not None and self.adapter.template
+                         else cfg.template)
         self.lock = threading.RLock()
 
     # -- the verbs shared by all editors ---------------------------------------------------------------
@@ -134,7 +137,7 @@ class SeracEditor:
     # -- counterfactual model --------------------------------------------------------------------------
     def counterfactual_prompt(self, edit_id: str, query: str) -> str:
         prompt, target = self.edits[edit_id]
-        return self.config.template.format(prompt=prompt, target=target, query=query)
+        return self.template.format(prompt=prompt, target=target, query=query)
 
     @contextlib.contextmanager
     def counterfactual(self):
@@ -144,12 +147,3 @@ class SeracEditor:
             return
         with self.adapter.active():
             yield
-
-    def answer_span(self, text: str) -> str:
-        """The counterfactual model's answer is the first line it writes; the template's next
-        'Question:' is cut off."""
-        stripped = text.lstrip()
-        cut = stripped.find("\n")
-        if cut <= 0:
-            return text
-        return text[: len(text) - len(stripped) + cut]

@@ -1,0 +1,134 @@
+"""`editserve train-serac`: fine-tune SERAC's counterfactual model, a LoRA adapter on the backbone.
+
+Examples are (edit, in-scope query -> edit target), as in the paper's equation 3: the edit is a train
+record's (prompt, target), the query is its paraphrase or the prompt itself; the loss is the target's
+negative log-likelihood (plus the newline that ends the answer line) after the counterfactual prompt.
+Only the train files are read: zsre_mend_train-1k.json from --zsre-start on (records before it are
+held out for measurement) and counterfact-train.json. The adapter is written to
+<data dir>/serac/adapter (peft format); a server on that data dir uses it when it starts.
+
+    editserve train-serac [--data-dir DIR] [--steps 300] [--batch 8] [--lr 1e-3] [--rank 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from editors.backbone import DEFAULT_MODEL, encode_prompt, encode_target, load_backbone
+from editors.serac.config import SeracConfig
+from editors.serac.data import counterfact, zsre
+
+log = logging.getLogger(__name__)
+META = "serac_train.json"
+
+
+def default_adapter_dir(data_dir: Path | str) -> Path:
+    return Path(data_dir).expanduser() / "serac" / "adapter"
+
+
+def examples(records, template: str) -> list[tuple[str, str]]:
+    """(counterfactual prompt, target) pairs: each edit with its paraphrase and with its own prompt."""
+    out = []
+    for r in records:
+        for query in (r.paraphrase, r.prompt):
+            out.append((template.format(prompt=r.prompt, target=r.target, query=query), r.target))
+    return out
+
+
+def encode(tok, text: str, target: str, newline: list[int]) -> tuple[list[int], list[int]]:
+    p_ids, t_ids = encode_prompt(tok, text), encode_target(tok, text, target) + newline
+    return p_ids + t_ids, [-100] * len(p_ids) + t_ids
+
+
+def batches(encoded, batch_size: int, pad: int, rng: random.Random):
+    order = list(range(len(encoded)))
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            chunk = [encoded[i] for i in order[start:start + batch_size]]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s, _ in chunk])
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk])
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in chunk])
+            yield ids, labels, mask
+
+
+def main(argv=None) -> int:
+    from peft import LoraConfig, get_peft_model
+
+    ap = argparse.ArgumentParser(prog="editserve train-serac", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", default=None, help="server data dir (default EDITSERVE_DATA_DIR or ./data)")
+    ap.add_argument("--out", default=None, help="adapter directory (default <data dir>/serac/adapter)")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--cache-dir", default="~/.cache/editserve")
+    ap.add_argument("--zsre-start", type=int, default=300, help="zsRE train records before this are held out")
+    ap.add_argument("--cf-count", type=int, default=2000, help="CounterFact train records to use")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--alpha", type=int, default=16)
+    ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.out is None:
+        data_dir = args.data_dir
+        if data_dir is None:
+            from app.core.config import Settings
+            data_dir = Settings().data_dir
+        args.out = default_adapter_dir(data_dir)
+    out = Path(args.out).expanduser()
+
+    template = SeracConfig().template
+    records = zsre(args.zsre_start) + counterfact("train", 0, args.cf_count)
+    backbone = load_backbone(args.model, args.cache_dir, torch.device("cpu"))
+    tok = backbone.tokenizer
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    encoded = [encode(tok, text, target, newline) for text, target in examples(records, template)]
+    log.info("%d records -> %d examples; %d steps of %d", len(records), len(encoded), args.steps, args.batch)
+
+    lora = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.05, bias="none",
+                      target_modules=args.targets.split(","), task_type="CAUSAL_LM")
+    model = get_peft_model(backbone.model, lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / args.steps))
+    stream = batches(encoded, args.batch, tok.pad_token_id, random.Random(args.seed))
+    t0, running = time.time(), None
+    for step in range(args.steps):
+        ids, labels, mask = next(stream)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if step % 20 == 0 or step == args.steps - 1:
+            log.info("step %d/%d loss %.4f (avg %.4f) %.0fs", step, args.steps, loss.item(), running, time.time() - t0)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    meta = {"template": template, "records": {"zsre_start": args.zsre_start, "cf_count": args.cf_count},
+            "examples": len(encoded), "steps": args.steps, "batch": args.batch, "lr": args.lr,
+            "rank": args.rank, "alpha": args.alpha, "targets": args.targets, "final_loss": running,
+            "seconds": round(time.time() - t0), "model": args.model}
+    (out / META).write_text(json.dumps(meta, indent=1))
+    log.info("adapter saved to %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""SERAC: memory, scope classifier (real MiniLM embedder), routing, persistence, counterfactual path
+on the real packaged model."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from editors.generation import generate
+from editors.serac import SeracConfig, SeracEditor
+from editors.serac.memory import EditMemory
+from editors.serac.routing import counterfactual_generate, first_line, generate_routed
+
+torch.set_num_threads(1)
+
+# zsRE train records (zsre_mend_train-1k.json): prompt, target, paraphrase.
+EDITS = [
+    ("What is the product made by UniFirst?", "unmanned aircraft", "What will be the product of UniFirst?"),
+    ("Which family does Epiactis belong to?", "Nymphalidae", "What family is Epiactis a part of?"),
+    ("What is the original language of Hanes Hymnau?", "Italian", "In which language was Hanes Hymnau originally written?"),
+]
+UNRELATED = ["who sings does he love me with reba", "when was the last time anyone was on the moon",
+             "The capital of France is", "Photosynthesis turns sunlight into"]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    from editors.backbone import load_backbone
+    return load_backbone(device=torch.device("cpu"))
+
+
+@pytest.fixture
+def editor(backbone):
+    ed = SeracEditor(backbone, SeracConfig(use_adapter=False))
+    for i, (p, t, _) in enumerate(EDITS):
+        ed.insert(f"e{i}", p, t)
+    return ed
+
+
+# -- memory ------------------------------------------------------------------------------------------
+def test_memory_grows_by_doubling_and_finds_the_nearest():
+    mem = EditMemory(dim=8, capacity=2)
+    vecs = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    for i, v in enumerate(vecs):
+        mem.put(f"e{i}", v)
+    assert mem.matrix.shape[0] == 8 and len(mem) == 5
+    for i, v in enumerate(vecs):
+        edit, score = mem.nearest(v)
+        assert edit == f"e{i}" and score == pytest.approx(1.0, abs=1e-5)
+    mem.remove("e2")
+    assert mem.nearest(vecs[2])[0] != "e2" and "e2" not in mem
+    mem.put("e1", vecs[3])  # rewrite in place: same slot
+    assert mem.slot["e1"] == 1
+    assert mem.nearest(vecs[3])[0] == "e3"  # equal scores: the later insert wins
+
+
+def test_empty_memory_routes_without_embedding(backbone):
+    ed = SeracEditor(backbone, SeracConfig(use_adapter=False))
+
+    def boom(texts):
+        raise AssertionError("embedder called with no edits in memory")
+    ed.embedder = boom
+    assert ed.route("The capital of France is") is None and ed.nearest("x") is None
+
+
+# -- scope classifier and routing ----------------------------------------------------------------------
+def test_paraphrase_in_scope_unrelated_out(editor):
+    for i, (p, _, para) in enumerate(EDITS):
+        assert editor.route(p) == f"e{i}"
+        assert editor.route(para) == f"e{i}"
+        assert editor.nearest(para)[1] >= editor.config.threshold
+    for q in UNRELATED:
+        assert editor.route(q) is None, (q, editor.nearest(q))
+
+
+def test_withdraw_removes_from_index(editor):
+    editor.withdraw("e1")
+    assert editor.route(EDITS[1][0]) is None and editor.route(EDITS[1][2]) is None
+    assert editor.neurons("e1") == 0 and editor.neurons("e0") == 1
+    assert editor.route(EDITS[0][2]) == "e0"
+    with pytest.raises(KeyError):
+        editor.withdraw("e1")
+
+
+def test_update_in_place(editor):
+    slot = editor.memory.slot["e0"]
+    tensors = editor.update("e0", "Who is the designer of the Eiffel Tower?", "Gustave Flaubert")
+    assert editor.memory.slot["e0"] == slot and len(editor) == len(EDITS)
+    assert editor.route("Who designed the Eiffel Tower?") == "e0"
+    assert editor.route(EDITS[0][0]) is None  # the old prompt left with the update
+    assert bytes(tensors["target"].tolist()).decode() == "Gustave Flaubert"
+    with pytest.raises(KeyError):
+        editor.update("nope", "a?", "b")
+
+
+def test_state_round_trips_through_safetensors(editor, backbone, tmp_path):
+    for i in range(len(EDITS)):
+        save_file(editor.tensors(f"e{i}"), str(tmp_path / f"e{i}.safetensors"))
+    fresh = SeracEditor(backbone, SeracConfig(use_adapter=False), embedder=editor.embedder)
+    for i in range(len(EDITS)):
+        fresh.load(f"e{i}", load_file(str(tmp_path / f"e{i}.safetensors")))  # the blob alone suffices
+    for i, (p, t, para) in enumerate(EDITS):
+        assert fresh.edits[f"e{i}"] == (p, t)
+        assert torch.equal(fresh.memory.embedding(f"e{i}"), editor.memory.embedding(f"e{i}"))
+        assert fresh.route(para) == f"e{i}"
+        assert fresh.counterfactual_prompt(f"e{i}", para) == editor.counterfactual_prompt(f"e{i}", para)
+
+
+def test_bad_input_is_a_value_error(editor):
+    for prompt, target in [("", "x"), ("Who?", ""), ("Who?", "  "), ("Who?", "word " * 40)]:
+        with pytest.raises(ValueError):
+            editor.insert("bad", prompt, target)
+    with pytest.raises(ValueError):
+        editor.insert("e0", "Who?", "x")  # already live
+
+
+# -- counterfactual path ---------------------------------------------------------------------------------
+def test_counterfactual_prompt_states_the_edit(editor):
+    text = editor.counterfactual_prompt("e0", EDITS[0][2])
+    assert text == f"Question: {EDITS[0][0]}\nAnswer: {EDITS[0][1]}\nQuestion: {EDITS[0][2]}\nAnswer:"
+
+
+def test_routed_generation_answers_with_the_target_and_names_the_edit(editor, backbone):
+    for i, (p, t, para) in enumerate(EDITS):
+        for q in (p, para):
+            out = generate_routed(backbone, None, editor, q, max_new_tokens=8)
+            assert out.text.strip() == t, (q, out.text)
+            assert {e for _, e in out.tokens} == {f"e{i}"}
+    q = UNRELATED[2]
+    assert generate_routed(backbone, None, editor, q, 6) == generate(backbone, None, q, 6)
+
+
+def test_first_line_keeps_the_answer_only():
+    from editors.generation import Generation
+    gen = Generation(" Lyon\nQuestion", [1, 2, 3], [(" Lyon", "e"), ("\n", "e"), ("Question", "e")])
+    assert first_line(gen) == Generation(" Lyon", [1], [(" Lyon", "e")])
+    gen = Generation("\n Lyon.\nQ", [1, 2, 3], [("\n", "e"), (" Lyon.", "e"), ("\nQ", "e")])
+    assert first_line(gen).text == "\n Lyon."
+
+
+def test_counterfactual_path_switches_ireva_off(editor, backbone):
+    class FakeAdaptor:
+        enabled = True
+    class FakeIreva:
+        adaptor = FakeAdaptor()
+        lock = __import__("threading").RLock()
+    seen = []
+    orig = editor.counterfactual_prompt
+
+    def spy(edit_id, query):
+        seen.append(FakeIreva.adaptor.enabled)
+        return orig(edit_id, query)
+    editor.counterfactual_prompt = spy
+    counterfactual_generate(editor, "e0", EDITS[0][2], 2, ireva=FakeIreva())
+    assert seen == [False] and FakeIreva.adaptor.enabled
+
+
+# -- trained adapter ---------------------------------------------------------------------------------------
+def test_adapter_hooks_equal_peft_and_leave_the_base_alone(tmp_path):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from editors.serac.adapter import LoraHooks
+    from tests.tiny_models import packaged_tokenizer, tiny_backbone
+
+    bb = tiny_backbone("llama", packaged_tokenizer(), seed=0, layers=2)
+    peft_model = get_peft_model(copy.deepcopy(bb.model), LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0))
+    torch.manual_seed(1)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)  # B starts at zero: make the adapter do something
+    peft_model.save_pretrained(str(tmp_path))
+    peft_model.eval()
+    ids = torch.tensor([bb.tokenizer("Question: who?\nAnswer: me")["input_ids"]])
+    with torch.no_grad():
+        base = bb.model(ids).logits
+        expected = peft_model(ids).logits
+        hooks = LoraHooks(bb.model, tmp_path)
+        with hooks.active():
+            got = bb.model(ids).logits
+        after = bb.model(ids).logits
+    assert not torch.allclose(expected, base, atol=1e-3)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(after, base)
