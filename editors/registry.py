@@ -57,6 +57,23 @@ def _ireva_fingerprint(backbone: Backbone, settings: Any) -> dict:
     return {"model": backbone.name, "layer": settings.ireva.layer % backbone.num_layers}
 
 
+def _build_serac(backbone: Backbone, settings: Any, state: Tensors | None) -> Editor:
+    from editors.serac.method import build
+
+    return build(backbone, settings, state)
+
+
+def _serac_state(editor: Editor) -> Tensors:
+    return {}  # every SERAC blob carries its own prompt, target and embedding
+
+
+def _serac_fingerprint(backbone: Backbone, settings: Any) -> dict:
+    from editors.serac.method import fingerprint
+
+    return fingerprint(backbone, settings)
+
+
 METHODS: dict[str, Method] = {
     "ireva": Method(build=_build_ireva, state=_ireva_state, fingerprint=_ireva_fingerprint),
+    "serac": Method(build=_build_serac, state=_serac_state, fingerprint=_serac_fingerprint),
 }

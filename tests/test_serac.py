@@ -15,9 +15,10 @@ torch.set_num_threads(1)
 
 # zsRE train records (zsre_mend_train-1k.json): prompt, target, paraphrase.
 EDITS = [
-    ("What is the product made by UniFirst?", "unmanned aircraft", "What will be the product of UniFirst?"),
-    ("Which family does Epiactis belong to?", "Nymphalidae", "What family is Epiactis a part of?"),
-    ("What is the original language of Hanes Hymnau?", "Italian", "In which language was Hanes Hymnau originally written?"),
+    ("Which person was the head of government of Munich?", "Bruno Granier", "Who was the director of Munich?"),
+    ("What production company was involved in Sambhav Asambhav?", "Reliance Entertainment",
+     "The Sambhav Asambhav production company is what?"),
+    ("Who was the designor of Albert and Edith Adelman House?", "Frank Gehry", "Who made Albert and Edith Adelman House?"),
 ]
 UNRELATED = ["who sings does he love me with reba", "when was the last time anyone was on the moon",
              "The capital of France is", "Photosynthesis turns sunlight into"]
