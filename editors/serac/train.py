@@ -7,7 +7,7 @@ Only the train files are read: zsre_mend_train-1k.json from --zsre-start on (rec
 held out for measurement) and counterfact-train.json. The adapter is written to
 <data dir>/serac/adapter (peft format); a server on that data dir uses it when it starts.
 
-    editserve train-serac [--data-dir DIR] [--steps 300] [--batch 8] [--lr 1e-3] [--rank 8]
+    editserve train-serac [--data-dir DIR] [--steps 80] [--batch 8] [--lr 1e-3] [--rank 8]
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default="~/.cache/editserve")
     ap.add_argument("--zsre-start", type=int, default=300, help="zsRE train records before this are held out")
     ap.add_argument("--cf-count", type=int, default=2000, help="CounterFact train records to use")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=8)
