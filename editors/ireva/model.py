@@ -87,27 +87,34 @@ class IrevaEditor:
         with torch.no_grad():
             v = (self.unembed.weight[token] - self.mean_row).float()
             wins = self.logits(v[None] * 1e3)[0].argmax().item() == token
-        if not wins:
-            # Optimise on the strongest rivals only (a full-vocabulary step costs a pass over the
-            # output embedding), then check against the whole vocabulary.
+        for _ in range(8):
+            if wins:
+                break
+            # Optimise against the strongest rivals only (a full-vocabulary step costs a pass over the
+            # output embedding), then check against the whole vocabulary and widen the rivals if needed.
+            v = self._outrank(v, token)
             with torch.no_grad():
-                rivals = self.logits(v[None] * 1e3)[0].topk(512).indices
-            rivals = torch.cat([torch.tensor([token], device=rivals.device), rivals[rivals != token]])
-            rows = self.unembed.weight[rivals]
-            v = v.clone().requires_grad_(True)
-            opt = torch.optim.Adam([v], lr=0.05)
-            target = torch.zeros(1, dtype=torch.long, device=v.device)
-            with torch.enable_grad():
-                for _ in range(30):
-                    loss = F.cross_entropy((self.norm(v[None]) @ rows.T).float(), target)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-            v = v.detach()
+                wins = self.logits(v[None] * 1e3)[0].argmax().item() == token
         v = v / v.norm()
         if len(self._value_dirs) < 8192:  # bounded: at most 19 MB for a 576-wide model
             self._value_dirs[token] = v
         return v
+
+    def _outrank(self, v: torch.Tensor, token: int, steps: int = 30) -> torch.Tensor:
+        with torch.no_grad():
+            rivals = self.logits(v[None] * 1e3)[0].topk(512).indices
+        rivals = torch.cat([torch.tensor([token], device=rivals.device), rivals[rivals != token]])
+        rows = self.unembed.weight[rivals]
+        v = v.clone().requires_grad_(True)
+        opt = torch.optim.Adam([v], lr=0.05)
+        target = torch.zeros(1, dtype=torch.long, device=v.device)
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = F.cross_entropy((self.norm(v[None]) @ rows.T).float(), target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return v.detach()
 
     def calibrate_scale(self, hidden: torch.Tensor, base_logits: torch.Tensor, direction: torch.Tensor,
                         token: int) -> float:
@@ -142,9 +149,9 @@ class IrevaEditor:
                 grid = torch.cat([torch.zeros(1), torch.logspace(0, torch.log10(torch.tensor(top)), 48)]).to(hidden)
                 leads = lead(grid, columns, me)
                 wanted = min(self.config.logit_margin, 0.9 * leads[-1].item())
+                if wanted <= 0:  # the direction cannot make the token win here: push nothing else up
+                    return 0.0
                 ok = (leads >= wanted).nonzero()
-                if wanted <= 0 or len(ok) == 0:
-                    return top
                 i = int(ok[0])
                 if i == 0:
                     return 0.0
