@@ -189,7 +189,10 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
                    overrides=args.overrides)
     try:
         insert_seconds = system.insert_all(records)
-        edited = {name: system.predict(cs, base[name], progress=f"edited {name}") for name, cs in sets.items()}
+        edited, fired_by = {}, {}
+        for name, cs in sets.items():
+            edited[name] = system.predict(cs, base[name], progress=f"edited {name}")
+            fired_by[name] = getattr(system, "last_fired_owner", None)
 
         budgets = {"es": [len(encode_target(tok, r.prompt, r.target)) + GEN_EXTRA_TOKENS for r in records],
                    "ps": [len(encode_target(tok, r.paraphrase, r.target)) + GEN_EXTRA_TOKENS for r in records]}
@@ -204,6 +207,7 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
         withdrawal = {}
         if system.withdrawable:
             rs, con, withdrawal = measure_withdrawal(system, sets["es"], base["es"], edited["es"], args)
+        diagnostics = firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, system.ids)
         description = system.describe()
         rejected = dict(system.rejected)
         route_ms = None
@@ -229,8 +233,58 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_records(out, records, tok, edited, base, gen_texts, gen_ok, withdrawal, rejected)
     _write_report(out, args, metrics, records, questions, sets, base, edited, gen_texts, gen_ok, withdrawal,
-                  rejected, description, route_ms, backbone, tok)
+                  rejected, description, route_ms, backbone, tok, diagnostics)
+    if diagnostics:
+        (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2) + "\n")
     return metrics
+
+
+def firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, ids) -> dict:
+    """For a method that names the edit acting on each case (iReVa): which edit's neuron fired, and how
+    the cases fared in each group. Empty for other methods."""
+    if not any(fired_by.get(name) for name in sets):
+        return {}
+    own_of = {edit_id: k for k, edit_id in enumerate(ids)}
+    subject_of = {edit_id: records[k].subject for k, edit_id in enumerate(ids)}
+    out = {}
+    for name in ("es", "ps"):
+        owners = fired_by.get(name)
+        if owners is None:
+            continue
+        groups = {"own": [0, 0], "other edit, same subject": [0, 0], "other edit": [0, 0], "none": [0, 0]}
+        cs = sets[name]
+        flat = [pair for rec in edited[name] for pair in rec]
+        for i, ((p, y), who) in enumerate(zip(flat, owners)):
+            k = cs.owner[i]
+            if who is None:
+                g = "none"
+            elif own_of.get(who) == k:
+                g = "own"
+            elif subject_of.get(who) == records[k].subject:
+                g = "other edit, same subject"
+            else:
+                g = "other edit"
+            groups[g][0] += 1
+            groups[g][1] += p == y
+        out[name] = {g: {"cases": c, "accuracy": (r / c if c else None)} for g, (c, r) in groups.items()}
+    for name in ("locality", "ns"):
+        owners = fired_by.get(name)
+        if owners is None:
+            continue
+        flat_b = [pair for rec in base[name] for pair in rec]
+        flat_e = [pair for rec in edited[name] for pair in rec]
+        fired = [who is not None for who in owners]
+        changed = [pb != pe for (pb, _), (pe, _) in zip(flat_b, flat_e)]
+        out[name] = {"cases": len(owners), "fired": sum(fired),
+                     "changed_where_fired": sum(c and f for c, f in zip(changed, fired)),
+                     "changed_where_not_fired": sum(c and not f for c, f in zip(changed, fired))}
+    if withdrawal.get("fired_after"):
+        out["withdrawal"] = withdrawal["fired_after"]
+    return out
+
+
+def cs_subject(system, edit_id):
+    return system.subjects.get(edit_id) if getattr(system, "subjects", None) else None
 
 
 def measure_withdrawal(system, cs, base, edited, args):
@@ -240,24 +294,34 @@ def measure_withdrawal(system, cs, base, edited, args):
     if args.withdraw_sample is not None and args.withdraw_sample < n:
         chosen = sorted(random.Random(args.seed).sample(chosen, args.withdraw_sample))
     changed = back = total = same_as_base = 0
-    detail = {}
+    detail, fired_after = {}, {}
     for k in tqdm(chosen, desc="withdraw one edit at a time", leave=False):
         got = system.predict_withdrawn(k, cs, base)
         if got is None:
             continue
         w = got[0]
-        for (pb, _), (pe, _), (pw, _) in zip(base[k], edited[k], w):
+        owners = getattr(system, "last_fired_owner", None) or [None] * len(w)
+        for (pb, _), (pe, _), (pw, _), who in zip(base[k], edited[k], w, owners):
             total += 1
             same_as_base += pw == pb
             if pe != pb:
                 changed += 1
                 back += pw != pe
+            if hasattr(system, "last_fired_owner"):
+                mine = cs_subject(system, system.ids[k])
+                g = "none" if who is None else (
+                    "other edit, same subject" if mine is not None and cs_subject(system, who) == mine
+                    else "other edit")
+                slot = fired_after.setdefault(g, {"cases": 0, "as_unedited": 0})
+                slot["cases"] += 1
+                slot["as_unedited"] += pw == pb
         # a token the withdrawn path lacks counts as inconsistent
         total += max(0, len(base[k]) - len(w))
         detail[k] = [pw for pw, _ in w]
     rs = back / changed if changed else 1.0
     con = same_as_base / total if total else 1.0
-    info = {"edits": len(detail), "changed_tokens": changed, "tokens": total, "sampled": len(chosen) < n}
+    info = {"edits": len(detail), "changed_tokens": changed, "tokens": total, "sampled": len(chosen) < n,
+            "fired_after": fired_after}
     # numeric check: per-edit predictions (small batches) vs the batched ones the metrics used
     if hasattr(system, "predict_one"):
         try:
@@ -307,7 +371,7 @@ def _fmt(v) -> str:
 
 
 def _write_report(out, args, metrics, records, questions, sets, base, edited, gen_texts, gen_ok, withdrawal,
-                  rejected, description, route_ms, backbone, tok):
+                  rejected, description, route_ms, backbone, tok, diagnostics=None):
     cmd = "editserve eval " + " ".join(_argv_of(args))
     lines = [
         f"# eval: {args.method}{' + retrofit' if args.retrofit else ''} on {args.dataset} ({args.split}), "
@@ -365,6 +429,22 @@ def _write_report(out, args, metrics, records, questions, sets, base, edited, ge
         if "batch_noise_mismatches" in withdrawal:
             lines += [f"Numerical check: per-edit (small batch) predictions differ from the batched ones on "
                       f"{withdrawal['batch_noise_mismatches']} tokens of {withdrawal['batch_noise_sample']} edits."]
+    if diagnostics:
+        lines += ["", "Which edit's neuron fired (judged from the adaptor layer's input; diagnostics.json):"]
+        for name in ("es", "ps"):
+            if name in diagnostics:
+                parts = [f"{g}: {v['cases']} cases, accuracy {_fmt(v['accuracy'])}"
+                         for g, v in diagnostics[name].items() if v["cases"]]
+                lines.append(f"- {name}: " + "; ".join(parts))
+        for name in ("locality", "ns"):
+            if name in diagnostics:
+                d = diagnostics[name]
+                lines.append(f"- {name}: a neuron fired on {d['fired']} of {d['cases']} cases; prediction changed on "
+                             f"{d['changed_where_fired']} of them (and on {d['changed_where_not_fired']} where none fired)")
+        if "withdrawal" in diagnostics:
+            parts = [f"{g}: {v['cases']} cases, {_fmt(v['as_unedited'] / v['cases'] if v['cases'] else None)} as unedited"
+                     for g, v in diagnostics["withdrawal"].items()]
+            lines.append("- after withdrawing an edit, on its prompt's cases: " + "; ".join(parts))
     fails = [k for k in range(len(records)) if not all(p == y for p, y in edited["es"][k])][:10]
     if fails:
         lines += ["", "First ES failures (prompt -> target: teacher-forced prediction | generation):"]

@@ -64,7 +64,25 @@ class CaseSet:
         return out
 
     def cases_of(self, k: int) -> list[int]:
-        return [i for i, o in enumerate(self.owner) if o == k]
+        if getattr(self, "_index", None) is None or len(self._index_n) != len(self.owner):
+            index: dict[int, list[int]] = {}
+            for i, o in enumerate(self.owner):
+                index.setdefault(o, []).append(i)
+            self._index, self._index_n = index, list(self.owner)
+        return self._index.get(k, [])
+
+    def subset(self, ks: list[int]) -> CaseSet:
+        """The pairs ks (already tokenised) as a case set of their own."""
+        sub = CaseSet([self.queries[k] for k in ks], [self.targets[k] for k in ks])
+        for j, k in enumerate(ks):
+            p_ids, t_ids = self.prompt_ids[k], self.target_ids[k]
+            sub.prompt_ids.append(p_ids)
+            sub.target_ids.append(t_ids)
+            for i, y in enumerate(t_ids):
+                sub.seqs.append(p_ids + t_ids[:i])
+                sub.expected.append(y)
+                sub.owner.append(j)
+        return sub
 
 
 def set_config(config, overrides: dict[str, str]):
@@ -147,6 +165,7 @@ class IrevaSystem(System):
     def insert_all(self, records: list[Record]) -> float:
         kwargs = {"retrofit": True} if self.retrofit else {}
         self.ids = [f"e{i}" for i in range(len(records))]
+        self.subjects = {self.ids[i]: r.subject for i, r in enumerate(records)}
         seconds = 0.0
         for i, r in enumerate(tqdm(records, desc="insert (ireva)", leave=False)):
             t = time.perf_counter()
@@ -158,7 +177,7 @@ class IrevaSystem(System):
         return seconds
 
     @torch.no_grad()
-    def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None) -> PerRecord:
+    def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None, count: bool = True) -> PerRecord:
         """Per-prefix semantics (the adaptor acts on each prefix's last position), computed cheaply:
         one plain forward per pair (adaptor off) gives every case's prediction and the adaptor layer's
         input there; the adaptor's own forward on those inputs tells which cases a neuron fires on, and
@@ -171,13 +190,16 @@ class IrevaSystem(System):
                                 capture=self.editor.mlp)
         finally:
             adaptor.enabled = True
-        fires = torch.zeros(len(preds), dtype=torch.bool)
+        slots = torch.full((len(preds),), -1, dtype=torch.long)
         if x is not None and adaptor.size:
             for s in range(0, len(x), 1024):
                 _, fired = adaptor(x[s:s + 1024].to(adaptor.keys.device))
-                fires[s:s + 1024] = fired.cpu() >= 0
-        marked = fires.nonzero().flatten().tolist()
-        self.fired_cases = getattr(self, "fired_cases", 0) + len(marked)
+                slots[s:s + 1024] = fired.cpu()
+        marked = (slots >= 0).nonzero().flatten().tolist()
+        # which edit's neuron fires on each case (None: none), for the report's diagnostics
+        self.last_fired_owner = [self.editor.owner[int(j)] if j >= 0 else None for j in slots]
+        if count:
+            self.fired_cases = getattr(self, "fired_cases", 0) + len(marked)
         if marked:
             again = next_tokens(self.backbone, [cs.seqs[i] for i in marked], self.batch_size,
                                 f"{progress} (fired)" if progress else None)
@@ -196,13 +218,11 @@ class IrevaSystem(System):
             return None
         edit_id = self.ids[k]
         saved = self.editor.tensors(edit_id)
-        idx = cs.cases_of(k)
         self.editor.withdraw(edit_id)
         try:
-            preds = next_tokens(self.backbone, [cs.seqs[i] for i in idx], self.batch_size)
+            return self.predict(cs.subset([k]), None, count=False)
         finally:
             self.editor.load(edit_id, saved)
-        return [[(int(p), cs.expected[i]) for p, i in zip(preds, idx)]]
 
     def predict_one(self, k: int, cs: CaseSet) -> list[tuple[int, int]]:
         idx = cs.cases_of(k)

@@ -1,0 +1,35 @@
+"""Markdown table of several `editserve eval` runs: python -m evaluation.summarize RUN_DIR [RUN_DIR ...]"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+COLUMNS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "n_edits", "insert_seconds_per_edit",
+           "seconds")
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def table(dirs: list[Path]) -> str:
+    lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for d in dirs:
+        m = json.loads((d / "metrics.json").read_text())
+        lines.append(f"| {d.name} | " + " | ".join(_cell(m[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    print(table([Path(a) for a in argv if (Path(a) / "metrics.json").exists()]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
