@@ -185,3 +185,33 @@ def test_adapter_hooks_equal_peft_and_leave_the_base_alone(tmp_path):
     assert not torch.allclose(expected, base, atol=1e-3)
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.equal(after, base)
+
+
+def test_adapter_for_another_backbone_is_not_used(tmp_path, caplog):
+    from peft import LoraConfig, get_peft_model
+
+    from tests.tiny_models import packaged_tokenizer, tiny_backbone
+
+    tok = packaged_tokenizer()
+    other = tiny_backbone("llama", tok, seed=0, layers=2)
+    get_peft_model(other.model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(str(tmp_path))
+    bb = tiny_backbone("gpt2", tok, seed=0, layers=2)  # no q_proj at all
+    ed = SeracEditor(bb, SeracConfig(adapter_dir=str(tmp_path)))
+    assert ed.adapter is None and "not used" in caplog.text
+
+
+def test_adapter_is_found_in_the_data_dir_then_the_shared_cache(tmp_path):
+    from types import SimpleNamespace
+
+    from editors.serac.method import config_from
+    from editors.serac.train import default_adapter_dir, shared_adapter_dir
+
+    settings = SimpleNamespace(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", model="packaged:smollm2")
+    assert config_from(settings).adapter_dir == str(default_adapter_dir(settings.data_dir))  # none yet
+    for where in (shared_adapter_dir(settings.cache_dir, settings.model), default_adapter_dir(settings.data_dir)):
+        where.mkdir(parents=True)
+        (where / "adapter_config.json").write_text("{}")
+        (where / "adapter_model.safetensors").write_bytes(b"")
+        assert config_from(settings).adapter_dir == str(where)
+    settings.serac = SeracConfig(adapter_dir="/elsewhere")
+    assert config_from(settings).adapter_dir == "/elsewhere"

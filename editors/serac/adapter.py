@@ -34,7 +34,8 @@ class LoraHooks:
         self.scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
         self.path, self.config = path, cfg
         meta = path / "serac_train.json"  # written by train-serac: the template the adapter learned
-        self.template: str | None = json.loads(meta.read_text()).get("template") if meta.exists() else None
+        self.meta: dict = json.loads(meta.read_text()) if meta.exists() else {}
+        self.template: str | None = self.meta.get("template")
         weights = load_file(str(path / WEIGHTS))
         modules = dict(model.named_modules())
         device = next(model.parameters()).device
@@ -46,6 +47,9 @@ class LoraHooks:
             if name not in modules:
                 raise ValueError(f"adapter {path} names {name!r}, which the backbone lacks")
             b = weights[key.replace("lora_A", "lora_B")]
+            module = modules[name]
+            if (getattr(module, "in_features", a.shape[1]), getattr(module, "out_features", b.shape[0])) != (a.shape[1], b.shape[0]):
+                raise ValueError(f"adapter {path} does not fit {name} of this backbone (another model?)")
             self.pairs.append((modules[name], a.float().to(device), (b.float() * self.scale).to(device)))
         if not self.pairs:
             raise ValueError(f"adapter {path} holds no LoRA weights")

@@ -12,17 +12,24 @@ import torch
 from editors.serac.adapter import has_adapter
 from editors.serac.config import SeracConfig
 from editors.serac.model import SeracEditor
-from editors.serac.train import default_adapter_dir
+from editors.serac.train import default_adapter_dir, shared_adapter_dir
 
 log = logging.getLogger(__name__)
 
 
 def config_from(settings: Any) -> SeracConfig:
-    """settings.serac if the server has that section, else the defaults; the adapter defaults to
-    <data dir>/serac/adapter, used only if `editserve train-serac` wrote one there."""
+    """settings.serac if the server has that section, else the defaults. Unless configured, the
+    adapter is <data dir>/serac/adapter if `editserve train-serac` wrote one there, else the shared one
+    (`train-serac --shared`) in <cache dir>/serac/<model>/adapter, else none."""
     cfg = dataclasses.replace(getattr(settings, "serac", None) or SeracConfig())
-    if cfg.adapter_dir is None and getattr(settings, "data_dir", None) is not None:
-        cfg.adapter_dir = str(default_adapter_dir(Path(settings.data_dir)))
+    if cfg.adapter_dir is None:
+        candidates = []
+        if getattr(settings, "data_dir", None) is not None:
+            candidates.append(default_adapter_dir(Path(settings.data_dir)))
+        if getattr(settings, "cache_dir", None) is not None and getattr(settings, "model", None):
+            candidates.append(shared_adapter_dir(settings.cache_dir, settings.model))
+        found = [c for c in candidates if has_adapter(c)]
+        cfg.adapter_dir = str(found[0] if found else candidates[0]) if candidates else None
     return cfg
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from editors.serac.adapter import LoraHooks, has_adapter
 from editors.serac.config import SeracConfig
 from editors.serac.embedder import Embedder
 from editors.serac.memory import EditMemory
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
@@ -46,7 +49,14 @@ class SeracEditor:
         self.edits: dict[str, tuple[str, str]] = {}  # live edit id -> (prompt, target)
         self.adapter: LoraHooks | None = None
         if cfg.use_adapter and has_adapter(cfg.adapter_dir):
-            self.adapter = LoraHooks(backbone.model, cfg.adapter_dir)
+            try:
+                adapter = LoraHooks(backbone.model, cfg.adapter_dir)
+                trained_on = adapter.meta.get("model")
+                if trained_on is not None and trained_on != backbone.name:
+                    raise ValueError(f"it was trained on {trained_on}, this backbone is {backbone.name}")
+                self.adapter = adapter
+            except ValueError as exc:  # the prompted backbone still works: serve without the adapter
+                log.error("SERAC adapter %s not used: %s", cfg.adapter_dir, exc)
         # An adapter answers best in the template it was trained with.
         self.template = (self.adapter.template if self.adapter is not None and self.adapter.template
                          else cfg.template)

@@ -5,7 +5,9 @@ record's (prompt, target), the query is its paraphrase or the prompt itself; the
 negative log-likelihood (plus the newline that ends the answer line) after the counterfactual prompt.
 Only the train files are read: zsre_mend_train-1k.json from --zsre-start on (records before it are
 held out for measurement) and counterfact-train.json. The adapter is written to
-<data dir>/serac/adapter (peft format); a server on that data dir uses it when it starts.
+<data dir>/serac/adapter (peft format); a server on that data dir uses it when it starts. With
+--shared it goes to <cache dir>/serac/<model>/adapter instead, which every data dir without an adapter
+of its own uses.
 
     editserve train-serac [--data-dir DIR] [--steps 80] [--batch 8] [--lr 1e-3] [--rank 8]
 """
@@ -30,6 +32,12 @@ META = "serac_train.json"
 
 def default_adapter_dir(data_dir: Path | str) -> Path:
     return Path(data_dir).expanduser() / "serac" / "adapter"
+
+
+def shared_adapter_dir(cache_dir: Path | str, model: str) -> Path:
+    """Machine-wide adapter for one backbone, used by data dirs that have none of their own."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.split(":")[-1])
+    return Path(cache_dir).expanduser() / "serac" / slug / "adapter"
 
 
 def examples(records, template: str) -> list[tuple[str, str]]:
@@ -66,6 +74,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None, help="server data dir (default EDITSERVE_DATA_DIR or ./data)")
     ap.add_argument("--out", default=None, help="adapter directory (default <data dir>/serac/adapter)")
+    ap.add_argument("--shared", action="store_true",
+                    help="write to <cache dir>/serac/<model>/adapter, used by every data dir without its own")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--cache-dir", default="~/.cache/editserve")
     ap.add_argument("--zsre-start", type=int, default=300, help="zsRE train records before this are held out")
@@ -82,6 +92,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.out is None and args.shared:
+        args.out = shared_adapter_dir(args.cache_dir, args.model)
     if args.out is None:
         data_dir = args.data_dir
         if data_dir is None:
