@@ -215,3 +215,21 @@ def test_adapter_is_found_in_the_data_dir_then_the_shared_cache(tmp_path):
         assert config_from(settings).adapter_dir == str(where)
     settings.serac = SeracConfig(adapter_dir="/elsewhere")
     assert config_from(settings).adapter_dir == "/elsewhere"
+
+
+def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path):
+    from editors.serac.train import main
+
+    out = tmp_path / "data" / "serac" / "adapter"
+    assert main(["--out", str(out), "--steps", "2", "--batch", "2", "--zsre-start", "990", "--cf-count", "4"]) == 0
+    assert (out / "adapter_model.safetensors").exists() and (out / "serac_train.json").exists()
+    ed = SeracEditor(backbone, SeracConfig(adapter_dir=str(out)))
+    assert ed.adapter is not None and ed.template == SeracConfig().template
+    ed.insert("e0", *EDITS[0][:2])
+    ids = backbone.tokenizer(ed.counterfactual_prompt("e0", EDITS[0][2]), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        base = backbone.model(ids).logits
+        with ed.counterfactual():
+            adapted = backbone.model(ids).logits
+        assert torch.equal(backbone.model(ids).logits, base)  # the hooks are gone again
+    assert not torch.equal(adapted, base)

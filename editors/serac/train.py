@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -131,13 +133,18 @@ def main(argv=None) -> int:
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % 20 == 0 or step == args.steps - 1:
             log.info("step %d/%d loss %.4f (avg %.4f) %.0fs", step, args.steps, loss.item(), running, time.time() - t0)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
+    # Written beside the target and renamed, so a server never starts on half an adapter.
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    model.save_pretrained(str(tmp))
     meta = {"template": template, "records": {"zsre_start": args.zsre_start, "cf_count": args.cf_count},
             "examples": len(encoded), "steps": args.steps, "batch": args.batch, "lr": args.lr,
             "rank": args.rank, "alpha": args.alpha, "targets": args.targets, "final_loss": running,
             "seconds": round(time.time() - t0), "model": args.model}
-    (out / META).write_text(json.dumps(meta, indent=1))
+    (tmp / META).write_text(json.dumps(meta, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, out)
     log.info("adapter saved to %s", out)
     return 0
 
