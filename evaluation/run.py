@@ -163,6 +163,7 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
     from evaluation.systems import CaseSet, build
 
     started = time.perf_counter() if started is None else started
+    code_version = _git_describe()  # at the start: the code this run imported
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     root = datasets.data_root(args.data_dir)
@@ -233,7 +234,7 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _write_records(out, records, tok, edited, base, gen_texts, gen_ok, withdrawal, rejected)
     _write_report(out, args, metrics, records, questions, sets, base, edited, gen_texts, gen_ok, withdrawal,
-                  rejected, description, route_ms, backbone, tok, diagnostics)
+                  rejected, description, route_ms, backbone, tok, diagnostics, code_version)
     if diagnostics:
         (out / "diagnostics.json").write_text(json.dumps(diagnostics, indent=2) + "\n")
     return metrics
@@ -371,13 +372,14 @@ def _fmt(v) -> str:
 
 
 def _write_report(out, args, metrics, records, questions, sets, base, edited, gen_texts, gen_ok, withdrawal,
-                  rejected, description, route_ms, backbone, tok, diagnostics=None):
+                  rejected, description, route_ms, backbone, tok, diagnostics=None, code_version=None):
     cmd = "editserve eval " + " ".join(_argv_of(args))
     lines = [
         f"# eval: {args.method}{' + retrofit' if args.retrofit else ''} on {args.dataset} ({args.split}), "
         f"{len(records)} edits", "",
         f"- command: `{cmd}`",
-        f"- model: {backbone.name}; code: {_git_describe()}; torch threads: {torch.get_num_threads()}",
+        f"- model: {backbone.name}; code at start: {code_version or _git_describe()}; "
+        f"torch threads: {torch.get_num_threads()}",
         f"- method settings: `{json.dumps(description, default=str)}`",
         f"- data: {datasets.data_root(args.data_dir)}; NS on {len(questions)} NQ questions "
         f"({'efficientqa test' if args.split == 'acceptance' else 'NQ-open dev'})",
