@@ -10,7 +10,7 @@ import sys
 DELEGATED = {
     "eval": ("evaluation.run", "measure edit, paraphrase and locality success on a dataset"),
     "bench": ("evaluation.bench", "measure latency and throughput"),
-    "train-serac": ("editors.serac.train", "train SERAC's scope classifier and counterfactual model"),
+    "train-serac": ("editors.serac.train", "train SERAC's counterfactual model (a LoRA adapter)"),
 }
 
 

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from editors.backbone import DEFAULT_MODEL
 from editors.ireva.config import IrevaConfig
+from editors.serac.config import SeracConfig
 
 
 class Settings(BaseSettings):
@@ -29,6 +30,7 @@ class Settings(BaseSettings):
     # Methods to serve, comma-separated; None serves every method in editors.registry.
     methods: Annotated[list[str] | None, NoDecode] = None
     ireva: IrevaConfig = Field(default_factory=IrevaConfig)
+    serac: SeracConfig = Field(default_factory=SeracConfig)
 
     @field_validator("data_dir", "cache_dir", mode="after")
     @classmethod

@@ -18,6 +18,7 @@ from app.core.config import Settings
 from editors.backbone import Backbone, load_backbone
 from editors.generation import Generation, generate
 from editors.registry import METHODS, Editor, Method
+from editors.serac.routing import counterfactual_generate
 from storage.models import ACTIVE, WITHDRAWN, EditRecord
 from storage.repository import Repository
 
@@ -219,10 +220,9 @@ class EditingService:
                 edit_id = route(prompt)
                 if edit_id is None:
                     continue
-                # The method may turn the backbone into its counterfactual model (SERAC's trained adapter).
-                with getattr(editor, "counterfactual", nullcontext)():
-                    return generate(self.backbone, adaptor, editor.counterfactual_prompt(edit_id, prompt),
-                                    max_new_tokens, attribute_to=edit_id)
+                # SERAC's path: its counterfactual model (adapter inside counterfactual()), iReVa's
+                # neurons off, the output cut after the answer line, every token naming the edit.
+                return counterfactual_generate(editor, edit_id, prompt, max_new_tokens, ireva=adaptor)
             return generate(self.backbone, adaptor, prompt, max_new_tokens)
 
 
