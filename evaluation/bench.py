@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     a = editor.adaptor
     per = a.keys.element_size() * a.keys.shape[1] + a.values.element_size() * a.values.shape[1] + a.mask_bias.element_size()
     result["bytes_per_neuron"] = per
-    details["memory_bytes_with_n_edits"] = per * a.keys.shape[0]
+    details["memory_bytes_live_neurons"] = per * int(a.live)
+    details["memory_bytes_allocated"] = per * a.keys.shape[0]  # the adaptor's buffers grow by doubling
 
     if "serac" in args.skip:
         result["serac_query_overhead_ms"] = None
