@@ -466,7 +466,7 @@ class FineTuneSystem(System):
                         opt.zero_grad()
                         loss.backward()
                         opt.step()
-                        total, count = total + float(loss) * len(batch), count + len(batch)
+                        total, count = total + loss.item() * len(batch), count + len(batch)
                     self.losses.append(total / max(count, 1))
         finally:
             for p in params:
