@@ -148,7 +148,7 @@ def insert_vs_forward(backbone, editor, pairs, samples: int, retrofit: bool = Fa
                 t0 = time.perf_counter()
                 editor.insert(edit_id, p, t, **kwargs)
                 ins.append(time.perf_counter() - t0)
-        editor.withdraw(edit_id)  # keep the edit count at N
+        editor.discard(edit_id)  # keep the edit count at N
     ratio = _median(ins) / _median(fwd)
     return {"ratio": ratio, "insert_median_s": _median(ins), "forward_median_s": _median(fwd),
             "paired_ratio_median": _median([a / b for a, b in zip(ins, fwd)]), "samples": samples}

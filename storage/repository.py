@@ -3,14 +3,21 @@
 Every write puts the blob on disk (durably) before the row that names it is committed, and removes
 a blob it wrote if that commit fails, so a failing request leaves storage as it found it. A blob
 that no row names (left by a crash between the two steps) is an orphan, removed at start.
+
+Reading 10,000 small blobs one by one takes seconds, so the server also keeps a pack: one
+safetensors file holding copies of many blobs, each under its blob's name. Blob names are never
+reused, so a pack entry is valid exactly when a row still names that blob; the pack is a cache
+that can be stale, torn or missing without losing anything, and the blobs stay the source of truth.
 """
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
@@ -21,6 +28,8 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "editserve.db"
 BLOB_DIR = "blobs"
+PACK_FILE = "pack.safetensors"
+_PACK_SEP = "::"  # pack entry name: <blob name>::<tensor name>
 
 
 def database_url(data_dir: Path | str) -> str:
@@ -69,6 +78,54 @@ class Repository:
 
     def read_tensors(self, record: EditRecord) -> dict[str, torch.Tensor]:
         return self.blobs.read(record.blob)
+
+    def to_load(self) -> list[EditRecord]:
+        """The edits a starting server puts back in its editors: active and withdrawn, oldest first."""
+        query = (select(EditRecord).where(EditRecord.status.in_((ACTIVE, WITHDRAWN)))
+                 .order_by(EditRecord.created_at, EditRecord.id))
+        with self.sessions() as s:
+            return list(s.scalars(query))
+
+    def read_many(self, records: list[EditRecord]) -> tuple[dict[str, dict[str, torch.Tensor] | Exception], int]:
+        """Each record's tensors (or the exception reading its blob raised), taken from the pack where
+        it holds the record's current blob; also how many had to be read from their own blob."""
+        pack = self._read_pack()
+        out: dict[str, dict[str, torch.Tensor] | Exception] = {}
+        misses = 0
+        for record in records:
+            tensors = pack.get(record.blob)
+            if tensors is None:
+                misses += 1
+                try:
+                    tensors = self.blobs.read(record.blob)
+                except Exception as exc:  # noqa: BLE001 - the caller decides what a bad blob means
+                    tensors = exc
+            out[record.id] = tensors
+        return out, misses
+
+    def write_pack(self, records: list[EditRecord], tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Replace the pack with these records' tensors (record id -> tensors)."""
+        flat = {f"{r.blob}{_PACK_SEP}{name}": t.detach().cpu().contiguous()
+                for r in records if isinstance(tensors.get(r.id), dict) for name, t in tensors[r.id].items()}
+        final = self.data_dir / PACK_FILE
+        tmp = final.with_name(final.name + ".tmp")
+        save_file(flat, str(tmp))
+        os.replace(tmp, final)  # readers see the old pack or the new one, never half of one
+
+    def _read_pack(self) -> dict[str, dict[str, torch.Tensor]]:
+        path = self.data_dir / PACK_FILE
+        if not path.exists():
+            return {}
+        try:
+            flat = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - a torn or foreign pack only costs time
+            log.warning("pack %s is unreadable (%s); reading every blob", path, exc)
+            return {}
+        pack: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in flat.items():
+            blob, _, name = key.partition(_PACK_SEP)
+            pack.setdefault(blob, {})[name] = tensor
+        return pack
 
     # -- writes ------------------------------------------------------------------------------------
     def create(self, *, edit_id: str, method: str, prompt: str, target: str, retrofit: bool,

@@ -50,18 +50,31 @@ def test_margin_silences_weak_matches():
     assert fired.tolist() == [0] and torch.allclose(delta, torch.tensor([[2.5, 0, 0, 0]]), atol=1e-4)
 
 
-def test_masked_neuron_never_fires_and_second_best_takes_over():
+def test_discarded_neuron_never_fires_and_second_best_takes_over():
     a = make_adaptor()
     slots = a.add(torch.stack([unit([1, 0, 0, 0]), unit([1, 0.2, 0, 0])]), torch.eye(4)[:2])
     x = unit([1, 0, 0, 0])[None]
     assert a(x)[1].tolist() == [0]
     a.mask([slots[0]])
     delta, fired = a(x)
-    assert fired.tolist() == [1]  # the dead neuron does not hide the live runner-up
+    assert fired.tolist() == [1]  # a discarded neuron does not hide the live runner-up
     assert torch.allclose(delta, torch.eye(4)[1:2])
     a.mask([slots[1]])
     assert a(x)[1].tolist() == [-1]
     assert a.live == 0
+
+
+def test_withdrawn_key_keeps_its_inputs_on_the_unedited_output():
+    a = make_adaptor()
+    slots = a.add(torch.stack([unit([1, 0, 0, 0]), unit([1, 0.2, 0, 0])]), torch.eye(4)[:2])
+    own, near_other = unit([1, 0, 0, 0])[None], unit([1, 0.25, 0, 0])[None]
+    a.retire([slots[0]])
+    delta, fired = a(own)
+    assert fired.tolist() == [-1] and torch.count_nonzero(delta) == 0  # not the runner-up's value
+    assert a(near_other)[1].tolist() == [1]  # inputs closer to the live key still get it
+    assert a.live == 1
+    again = a.add(unit([1, 0, 0, 0])[None], torch.eye(4)[2:3])  # the same key inserted anew wins the tie
+    assert a(own)[1].tolist() == again
 
 
 def test_growth_keeps_existing_neurons():
@@ -98,6 +111,35 @@ def test_edit_changes_its_prompt_and_withdrawal_restores_it(backbone, layer):
     assert after[0] == rome and after[1] == before[1]
     editor.withdraw("paris")
     assert torch.equal(next_tokens(backbone, [encode_prompt(backbone.tokenizer, p) for p in prompts]), before)
+
+
+def test_withdrawn_edits_restore_as_withdrawn_and_reinsertion_wins(backbone):
+    prompt, other = "The capital of France is", "The largest planet is"
+    editor = IrevaEditor(backbone, IrevaConfig())
+    seqs = [encode_prompt(backbone.tokenizer, p) for p in (prompt, other)]
+    editor.adaptor.enabled = False
+    before = next_tokens(backbone, seqs)
+    editor.adaptor.enabled = True
+    editor.insert("old", prompt, "Rome")
+    editor.insert("planet", other, "Saturn")
+    saved = {e: editor.tensors(e) for e in ("old", "planet")}
+    editor.withdraw("old")
+    editor.insert("new", prompt, "Berlin")  # same prompt again: the live key beats the withdrawn one
+    berlin = encode_target(backbone.tokenizer, prompt, "Berlin")[0]
+    saturn = encode_target(backbone.tokenizer, other, "Saturn")[0]
+    assert next_tokens(backbone, seqs).tolist() == [berlin, saturn]
+    saved["new"] = editor.tensors("new")
+    editor.withdraw("new")
+    assert next_tokens(backbone, seqs).tolist() == [before[0], saturn]
+    editor.load("new", saved["new"])  # reinstating (a rollback) takes the withdrawn copy out
+    assert next_tokens(backbone, seqs).tolist() == [berlin, saturn] and "new" not in editor.retired
+    editor.withdraw("new")
+    editor.adaptor.enabled = False
+    restored = IrevaEditor(backbone, IrevaConfig(), centre=editor.adaptor.centre.cpu())
+    for edit_id, withdrawn in (("old", True), ("planet", False), ("new", True)):
+        restored.load(edit_id, saved[edit_id], withdrawn=withdrawn)
+    assert next_tokens(backbone, seqs).tolist() == [before[0], saturn]
+    assert restored.adaptor.live == editor.adaptor.live
 
 
 def test_state_round_trips_through_safetensors(backbone, tmp_path):

@@ -24,6 +24,8 @@ from storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
+PACK_AFTER_MISSES = 64  # blobs read one by one at start before a fresh pack is worth writing
+
 
 class ServiceError(Exception):
     """A request the service refuses; the message is the response's detail."""
@@ -52,6 +54,8 @@ class EditingService:
         self.settings, self.backbone, self.editors, self.repo = settings, backbone, editors, repo
         self.live: dict[str, set[str]] = {name: set() for name in editors}  # ids loaded in each editor
         self._writes = threading.Lock()  # one change at a time, across methods and the store
+        self._packer: threading.Thread | None = None
+        self._blobs_written = 0  # since start: blobs the pack does not hold
 
     # -- start and stop ----------------------------------------------------------------------------
     @classmethod
@@ -80,30 +84,53 @@ class EditingService:
         return service
 
     def _restore(self, state_lost: set[str]) -> None:
-        records, _ = self.repo.list(status=ACTIVE)
+        """Put every stored edit back in its editor: active ones acting, withdrawn ones as withdrawn
+        (an iReVa key keeps its prompts on the unedited answer). Tensors come from the pack where it
+        is current; when many had to be read blob by blob, a fresh pack is written in the background."""
+        records = [r for r in self.repo.to_load() if self._restorable(r, state_lost)]
+        tensors, misses = self.repo.read_many(records)
         for record in records:
-            editor = self.editors.get(record.method)
-            if editor is None:
-                log.warning("edit %s: method %r is not served (EDITSERVE_METHODS); left as it is",
-                            record.id, record.method)
-                continue
-            if record.method in state_lost:
-                self._mark_corrupt(record, f"the {record.method} editor state it was made against is lost")
-                continue
+            withdrawn = record.status == WITHDRAWN
+            loaded = tensors[record.id]
             try:
-                tensors = self.repo.read_tensors(record)
-                with editor.lock:
-                    editor.load(record.id, tensors)
-            except FileNotFoundError:
-                self._mark_corrupt(record, f"blob {record.blob} is missing")
-                continue
+                if isinstance(loaded, Exception):
+                    raise loaded
+                self.editors[record.method].load(record.id, loaded, withdrawn=withdrawn)
             except Exception as exc:  # any reason a blob cannot be loaded makes its edit corrupt
-                self._mark_corrupt(record, f"blob {record.blob} is unreadable: {exc}")
+                why = f"blob {record.blob} is missing" if isinstance(exc, FileNotFoundError) else \
+                    f"blob {record.blob} is unreadable: {exc}"
+                if withdrawn:  # nothing acts for it anyway; its record stays as it is
+                    log.warning("withdrawn edit %s: %s", record.id, why)
+                else:
+                    self._mark_corrupt(record, why)
+                tensors[record.id] = exc
                 continue
-            self.live[record.method].add(record.id)
+            if not withdrawn:
+                self.live[record.method].add(record.id)
         for name in self.repo.remove_orphans():
             log.warning("removed orphan blob %s (no edit refers to it)", name)
-        log.info("loaded %d active edits", self.edits_active)
+        if misses >= PACK_AFTER_MISSES:
+            self._packer = threading.Thread(target=self._write_pack, args=(records, tensors), daemon=True,
+                                            name="editserve-pack")
+            self._packer.start()
+        log.info("loaded %d active edits (%d blobs read one by one)", self.edits_active, misses)
+
+    def _restorable(self, record: EditRecord, state_lost: set[str]) -> bool:
+        if record.method not in self.editors:
+            log.warning("edit %s: method %r is not served (EDITSERVE_METHODS); left as it is",
+                        record.id, record.method)
+            return False
+        if record.method in state_lost:
+            if record.status == ACTIVE:
+                self._mark_corrupt(record, f"the {record.method} editor state it was made against is lost")
+            return False
+        return True
+
+    def _write_pack(self, records: list[EditRecord], tensors: dict) -> None:
+        try:
+            self.repo.write_pack(records, tensors)
+        except Exception:  # noqa: BLE001 - the pack only saves time at the next start
+            log.exception("writing the pack failed; the next start reads the blobs one by one")
 
     def _mark_corrupt(self, record: EditRecord, error: str) -> None:
         log.error("edit %s (%s, prompt %r) is corrupt: %s; its record is kept, PUT /edits/%s rebuilds it",
@@ -111,6 +138,12 @@ class EditingService:
         self.repo.mark_corrupt(record.id, error)
 
     def close(self) -> None:
+        """Stop: refresh the pack if many blobs changed since start, so the next start stays fast."""
+        if self._packer is not None:
+            self._packer.join()
+        if self._blobs_written >= PACK_AFTER_MISSES:
+            records = self.repo.to_load()
+            self._write_pack(records, self.repo.read_many(records)[0])
         self.repo.close()
 
     # -- reads -------------------------------------------------------------------------------------
@@ -140,9 +173,10 @@ class EditingService:
                     record = self.repo.create(edit_id=edit_id, method=method, prompt=prompt, target=target,
                                               retrofit=retrofit, neurons=editor.neurons(edit_id), tensors=tensors)
                 except Exception as exc:
-                    editor.withdraw(edit_id)
+                    editor.discard(edit_id)
                     raise _storage_failed("insert", exc) from exc
             self.live[method].add(edit_id)
+            self._blobs_written += 1
         return record
 
     def update(self, edit_id: str, prompt: str | None = None, target: str | None = None) -> EditRecord:
@@ -165,11 +199,12 @@ class EditingService:
                     record = self.repo.retrain(edit_id, prompt=prompt, target=target,
                                                neurons=editor.neurons(edit_id), tensors=tensors)
                 except Exception as exc:
-                    editor.withdraw(edit_id)
+                    editor.discard(edit_id)
                     if old is not None:
                         editor.load(edit_id, old)
                     raise _storage_failed("update", exc) from exc
             self.live[record.method].add(edit_id)
+            self._blobs_written += 1
         return record
 
     def withdraw(self, edit_id: str) -> EditRecord:

@@ -5,8 +5,13 @@ import torch
 from torch import nn
 
 
+# A live key beats a withdrawn one with the same score (the same prompt inserted again).
+WITHDRAWN_BIAS = -1e-4
+
+
 class KeyValueAdaptor(nn.Module):
-    """n key-value neurons; at inference only the best-matching live key may fire (max-pooling).
+    """n key-value neurons; at inference only the best-matching key may fire (max-pooling), and only
+    if it is live: a withdrawn key still wins its own prompts, on which nothing fires.
 
     Keys are unit vectors compared with the MLP input after centring (subtracting `centre`, the mean
     MLP input of a calibration text) and L2 normalisation: a cosine, so a key's norm cannot make it win.
@@ -20,8 +25,11 @@ class KeyValueAdaptor(nn.Module):
         self.register_buffer("centre", centre.detach().clone().float())
         self.register_buffer("keys", torch.zeros(0, hidden, device=centre.device))
         self.register_buffer("values", torch.zeros(0, hidden, device=centre.device))
-        # 0 for a live neuron, -inf for a withdrawn one: added to the scores before max-pooling.
+        # Added to the scores before max-pooling: 0 for a live neuron, WITHDRAWN_BIAS for a withdrawn one
+        # (its key still competes, see retire()), -inf for a discarded or unused slot.
         self.register_buffer("mask_bias", torch.zeros(0, device=centre.device))
+        # True where the neuron may not write (withdrawn, discarded or unused).
+        self.register_buffer("silent", torch.zeros(0, dtype=torch.bool, device=centre.device))
         self.size = 0
         self.enabled = True
         self.last_fired: torch.Tensor | None = None
@@ -40,30 +48,43 @@ class KeyValueAdaptor(nn.Module):
         bias = self.mask_bias.new_full((new,), float("-inf"))
         bias[:capacity] = self.mask_bias
         self.mask_bias = bias
+        silent = self.silent.new_ones(new)
+        silent[:capacity] = self.silent
+        self.silent = silent
 
     def add(self, keys: torch.Tensor, values: torch.Tensor) -> list[int]:
-        n = keys.shape[0]
-        self._grow(self.size + n)
-        slots = list(range(self.size, self.size + n))
-        self.keys[slots] = keys.to(self.keys)
-        self.values[slots] = values.to(self.values)
-        self.mask_bias[slots] = 0.0
+        n, start = keys.shape[0], self.size
+        self._grow(start + n)
+        new = slice(start, start + n)  # a slice, not a list of slots: loading 10,000 edits adds up
+        self.keys[new] = keys.to(self.keys)
+        self.values[new] = values.to(self.values)
+        self.mask_bias[new] = 0.0
+        self.silent[new] = False
         self.size += n
-        return slots
+        return list(range(start, start + n))
 
     def set(self, slots: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
         self.keys[slots] = keys.to(self.keys)
         self.values[slots] = values.to(self.values)
 
-    def mask(self, slots: list[int]) -> None:
-        self.mask_bias[slots] = float("-inf")
+    def retire(self, slots: list[int]) -> None:
+        """Withdraw: the neuron writes nothing, but its key keeps competing in max-pooling. A prompt
+        closest to a withdrawn key then gets the base model's answer, as before the edit, instead of
+        the answer of whichever other edit's key is runner-up."""
+        self.mask_bias[slots] = WITHDRAWN_BIAS
+        self.silent[slots] = True
 
-    def unmask(self, slots: list[int]) -> None:
-        self.mask_bias[slots] = 0.0
+    def mask(self, slots: list[int]) -> None:
+        """Discard: the slot takes no further part (a replaced or never-stored neuron)."""
+        self.mask_bias[slots] = float("-inf")
+        self.silent[slots] = True
+
+    def live_mask(self) -> torch.Tensor:
+        return ~self.silent[: self.size]
 
     @property
     def live(self) -> int:
-        return int(torch.isfinite(self.mask_bias[: self.size]).sum())
+        return int(self.live_mask().sum())
 
     # -- computation ---------------------------------------------------------------------------
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,14 +96,14 @@ class KeyValueAdaptor(nn.Module):
         return ((score - self.theta) / self.ramp).clamp(0.0, 1.0)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Cosine of each input row with every live key; withdrawn keys score -inf."""
+        """Cosine of each input row with every key (withdrawn ones a hair lower, discarded ones -inf)."""
         n = self.size
         return self.normalise(x) @ self.keys[:n].T + self.mask_bias[:n]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (batch, hidden) MLP inputs at the last position -> (delta to add, fired neuron or -1)."""
         best_score, best = self.scores(x).max(dim=-1)
-        act = self.activation(best_score)
+        act = self.activation(best_score).masked_fill(self.silent[best], 0.0)
         delta = self.alpha * act[:, None] * self.values[best]
         fired = torch.where(act > 0, best, torch.full_like(best, -1))
         return delta.to(x.dtype), fired

@@ -42,6 +42,7 @@ class IrevaEditor:
         self.adaptor = KeyValueAdaptor(self.mean_row.shape[0], centre.to(backbone.device), cfg.theta, cfg.ramp, cfg.alpha)
         self._handle = self.mlp.register_forward_hook(self.adaptor.hook)
         self.slots: dict[str, list[int]] = {}  # edit id -> adaptor slots, in target-token order
+        self.retired: dict[str, list[int]] = {}  # withdrawn edit id -> its slots, keys still competing
         self.owner: list[str] = []  # adaptor slot -> edit id
 
     # -- forward passes ------------------------------------------------------------------------------
@@ -194,8 +195,7 @@ class IrevaEditor:
             rows = [self.capture(encode_prompt(self.backbone.tokenizer, t)).mlp_inputs[1:] for t in CALIBRATION_TEXTS]
             self._calibration_inputs = self.adaptor.normalise(torch.cat(rows))
         n = self.adaptor.size
-        live = torch.isfinite(self.adaptor.mask_bias[:n])
-        others = self.adaptor.keys[:n][live]
+        others = self.adaptor.keys[:n][self.adaptor.live_mask()]
         if len(others) > 256:  # a fixed-size sample keeps retrofit cost flat as edits accumulate
             others = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(n))[:256]]
         return torch.cat([self._calibration_inputs, others])
@@ -247,11 +247,24 @@ class IrevaEditor:
                 self._place(edit_id, keys, values)
         return self.tensors(edit_id)
 
-    def load(self, edit_id: str, tensors: dict[str, torch.Tensor]) -> None:
+    def load(self, edit_id: str, tensors: dict[str, torch.Tensor], withdrawn: bool = False) -> None:
+        """Restore an edit's neurons; `withdrawn` restores a withdrawn edit's keys as withdrawn."""
         with self.lock:
+            if edit_id in self.retired:  # reinstating a withdrawal (a rollback): drop the old copy
+                self.adaptor.mask(self.retired.pop(edit_id))
             self._place(edit_id, tensors["keys"], tensors["values"])
+            if withdrawn:
+                self.withdraw(edit_id)
 
     def withdraw(self, edit_id: str) -> None:
+        """The neurons stop writing; their keys stay, so the edit's prompts get the unedited answer."""
+        with self.lock:
+            slots = self.slots.pop(edit_id)
+            self.adaptor.retire(slots)
+            self.retired[edit_id] = slots
+
+    def discard(self, edit_id: str) -> None:
+        """Remove an edit as if it had never been inserted (undoing an insert the store refused)."""
         with self.lock:
             self.adaptor.mask(self.slots.pop(edit_id))
 

@@ -95,10 +95,13 @@ class SeracEditor:
         return self.tensors(edit_id)
 
     def load(self, edit_id: str, tensors: dict[str, torch.Tensor], prompt: str | None = None,
-             target: str | None = None) -> None:
+             target: str | None = None, withdrawn: bool = False) -> None:
         """Restore a persisted edit. The blob carries its prompt and target; prompt/target given here
         (the database row) take precedence. The stored embedding is used unless it has the wrong size
-        for this embedder, in which case the prompt is embedded again."""
+        for this embedder, in which case the prompt is embedded again. A withdrawn edit leaves no
+        trace in the memory (an unrouted query already gets the base answer), so it is skipped."""
+        if withdrawn:
+            return
         prompt = prompt if prompt is not None else _tensor_text(tensors["prompt"])
         target = target if target is not None else _tensor_text(tensors["target"])
         embedding = tensors.get("embedding")
@@ -113,6 +116,8 @@ class SeracEditor:
         with self.lock:
             self.memory.remove(edit_id)
             del self.edits[edit_id]
+
+    discard = withdraw  # removing from the memory already leaves no trace
 
     def tensors(self, edit_id: str) -> dict[str, torch.Tensor]:
         with self.lock:

@@ -5,8 +5,11 @@ from datetime import datetime
 
 import pytest
 
+from app.services import editing
 from editors.ireva.config import IrevaConfig
 from editors.ireva.model import IrevaEditor
+from storage.blobs import BlobStore
+from storage.repository import PACK_FILE
 from tests.api.helpers import (GOLD, OTHER_PROMPT, OTHER_TARGET, PROMPT, TARGET, UNRELATED, assert_error, create,
                                generate, listing, stop)
 
@@ -227,6 +230,46 @@ def test_restart_restores_every_answer_and_the_edit_list(client, start):
     assert [generate(again, p, 8) for p in prompts] == answers
     assert again.get("/health").json()["edits_active"] == 2
     assert answers[0]["tokens"][0]["edit_id"] == kept["id"]
+
+
+def test_restart_reads_the_pack_and_each_blob_the_pack_does_not_hold(client, start, settings, monkeypatch):
+    reads = []
+    real_read = BlobStore.read
+    def counting_read(self, name):
+        if not name.startswith("state-"):  # the editor's own state is one blob, read at every start
+            reads.append(name)
+        return real_read(self, name)
+    monkeypatch.setattr(BlobStore, "read", counting_read)
+    monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 1)  # the first stop writes a pack
+    create(client)
+    changed = create(client, OTHER_PROMPT, "Sydney")
+    gone = create(client, GOLD, "Au")
+    client.delete(f"/edits/{gone['id']}")
+    stop(client)
+    pack = settings.data_dir / PACK_FILE
+    assert pack.exists()
+
+    monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 10**6)  # from now on no pack is written
+    reads.clear()
+    second = start()
+    assert reads == []  # all three edits, the withdrawn one too, came from the pack
+    second.put(f"/edits/{changed['id']}", json={"target": OTHER_TARGET})
+    prompts = [PROMPT, OTHER_PROMPT, GOLD, UNRELATED]
+    answers = [generate(second, p, 8) for p in prompts]
+    assert answers[2]["tokens"][0]["edit_id"] is None
+    stop(second)
+
+    reads.clear()
+    third = start()
+    assert len(reads) == 1  # only the retrained edit's new blob
+    assert [generate(third, p, 8) for p in prompts] == answers
+    stop(third)
+
+    pack.write_bytes(b"torn")  # a damaged pack costs time, not edits
+    reads.clear()
+    fourth = start()
+    assert len(reads) == 3
+    assert [generate(fourth, p, 8) for p in prompts] == answers
 
 
 def test_damaged_blobs_mark_their_edits_corrupt_and_put_rebuilds_them(client, start, blob_dir, caplog):
