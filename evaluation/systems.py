@@ -248,14 +248,33 @@ class SeracSystem(System):
         except Exception as exc:  # noqa: BLE001 - any failure means SERAC is not usable yet
             raise SystemExit(f"--method serac: editors.serac cannot be imported yet ({type(exc).__name__}: {exc}); "
                              "the SERAC editor is being written separately") from exc
-        self.config = set_config(serac.SeracConfig(), overrides or {})
+        config = set_config(serac.SeracConfig(), overrides or {})
+        # The adapter is found as the server finds it (editors/serac/method.py: --config adapter_dir, else
+        # the shared one of `train-serac --shared` in EDITSERVE_CACHE_DIR, else the one shipped for this
+        # backbone, else none), except that an evaluation has no data dir. --config use_adapter=false: none.
+        from types import SimpleNamespace
+
+        from app.core.config import Settings
+        from editors.serac.method import resolve_adapter
+
+        where = SimpleNamespace(serac=config, data_dir=None, cache_dir=Settings().cache_dir, model=backbone.name)
+        config.adapter_dir, self.adapter_source = resolve_adapter(where)
+        self.config = config
         self.editor = serac.SeracEditor(backbone, self.config)
         self.route_seconds: list[float] = []
 
     def describe(self) -> dict:
         from dataclasses import asdict
 
-        return {"config": asdict(self.config), "adapter": getattr(self.editor, "adapter", None) is not None}
+        adapter = getattr(self.editor, "adapter", None)
+        used = None
+        if adapter is not None:
+            meta = getattr(adapter, "meta", {}) or {}
+            used = {"dir": str(adapter.path), "source": self.adapter_source,
+                    "trained": {k: meta.get(k) for k in ("model", "records", "steps", "rank", "targets") if k in meta}}
+        elif not self.config.use_adapter:
+            used = "off (use_adapter=false)"
+        return {"config": asdict(self.config), "adapter": used}
 
     def _counterfactual(self):
         cf = getattr(self.editor, "counterfactual", None)
