@@ -77,6 +77,27 @@ def test_withdrawn_key_keeps_its_inputs_on_the_unedited_output():
     assert a(own)[1].tolist() == again
 
 
+def test_half_precision_screening_picks_the_exact_winner():
+    torch.manual_seed(0)
+    a = KeyValueAdaptor(64, torch.zeros(64), theta=0.8, ramp=0.02)
+    base = torch.nn.functional.normalize(torch.randn(200, 64), dim=-1)
+    # clusters of near-duplicate keys (cosines ~0.999 apart), as continuation tokens of many edits are
+    keys = torch.nn.functional.normalize(base.repeat_interleave(20, 0) + 0.01 * torch.randn(4000, 64), dim=-1)
+    slots = a.add(keys, torch.randn(4000, 64))
+    a.retire(slots[::7])
+    a.mask(slots[::11])
+    a.add(keys[::7][:50], torch.randn(50, 64))  # exact duplicates of withdrawn keys: the live one wins
+    x = torch.cat([keys[::7][:50], keys[::13] + 0.02 * torch.randn(len(keys[::13]), 64), torch.randn(100, 64)])
+    exact_score, exact_best = a.scores(x).max(dim=-1)
+    score, best = a.best_match(x)
+    can_fire = exact_score >= a.theta
+    assert can_fire.sum() > 100 and (~can_fire).sum() > 50
+    assert torch.equal(best[can_fire], exact_best[can_fire])
+    assert torch.allclose(score[can_fire], exact_score[can_fire], atol=1e-6)  # summation order aside
+    assert (score[~can_fire] < a.theta).all()
+    assert (best[:50] >= 4000).all()
+
+
 def test_growth_keeps_existing_neurons():
     a = make_adaptor()
     first = a.add(unit([0, 0, 1, 0])[None], torch.ones(1, 4))
