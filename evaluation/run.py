@@ -69,6 +69,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="edits: N in 10, 100, 1000 and the whole file; layer: every --layer-step-th layer")
     ap.add_argument("--points", default=None, help="sweep points, comma-separated (N values or layers)")
     ap.add_argument("--layer-step", type=int, default=3)
+    ap.add_argument("--eval-sample", type=int, default=None,
+                    help="insert all N edits but measure on a random sample of this many of them (large N)")
+    ap.add_argument("--resume", action="store_true",
+                    help="sweeps: keep a point whose output directory already holds metrics.json")
     ap.add_argument("--withdraw-sample", type=int, default=None,
                     help="measure rs/con on a random sample of this many edits (default: every edit)")
     ap.add_argument("--data-dir", default=None, help="default $EDITSERVE_EVAL_DATA or ../shared/data")
@@ -171,6 +175,12 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
     if args.n is not None and len(records) < args.n:
         print(f"note: {args.dataset}/{args.split} has {len(records)} records, fewer than --n {args.n}",
               file=sys.stderr)
+    # All N edits are inserted; with --eval-sample the metrics are measured on a seeded sample of them.
+    # `evaluated` lists their indices, and from here on case k is edit evaluated[k].
+    evaluated = list(range(len(records)))
+    if getattr(args, "eval_sample", None) is not None and args.eval_sample < len(records):
+        evaluated = sorted(random.Random(args.seed).sample(evaluated, args.eval_sample))
+    inserted, records = records, [records[k] for k in evaluated]
     questions = datasets.nq(args.split, root)[: len(records)]
     if backbone is None:
         backbone = load_backbone_for(args)
@@ -189,7 +199,12 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
     system = build(args.method, backbone, batch_size=args.batch_size, layer=args.layer, retrofit=args.retrofit,
                    overrides=args.overrides)
     try:
-        insert_seconds = system.insert_all(records)
+        insert_seconds = system.insert_all(inserted)
+        if len(records) < len(inserted):
+            if system.ids:
+                system.ids = [system.ids[k] for k in evaluated]
+            position = {k: j for j, k in enumerate(evaluated)}
+            system.rejected = {position[k]: why for k, why in system.rejected.items() if k in position}
         edited, fired_by = {}, {}
         for name, cs in sets.items():
             edited[name] = system.predict(cs, base[name], progress=f"edited {name}")
@@ -226,9 +241,9 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
         "ns": token_accuracy(edited["ns"]),
         "rs": rs,
         "con": con,
-        "n_edits": len(records),
+        "n_edits": len(inserted),
         "seconds": round(time.perf_counter() - started, 3),
-        "insert_seconds_per_edit": (insert_seconds / len(records)) if args.method != "none" else 0.0,
+        "insert_seconds_per_edit": (insert_seconds / len(inserted)) if args.method != "none" else 0.0,
     }
     assert tuple(metrics) == METRIC_KEYS
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -376,7 +391,8 @@ def _write_report(out, args, metrics, records, questions, sets, base, edited, ge
     cmd = "editserve eval " + " ".join(_argv_of(args))
     lines = [
         f"# eval: {args.method}{' + retrofit' if args.retrofit else ''} on {args.dataset} ({args.split}), "
-        f"{len(records)} edits", "",
+        f"{metrics['n_edits']} edits" + (f", measured on a sample of {len(records)}"
+                                          if len(records) < metrics["n_edits"] else ""), "",
         f"- command: `{cmd}`",
         f"- model: {backbone.name}; code at start: {code_version or _git_describe()}; "
         f"torch threads: {torch.get_num_threads()}",
@@ -482,6 +498,8 @@ def _argv_of(args) -> list[str]:
         parts += ["--config", item]
     if args.withdraw_sample is not None:
         parts += ["--withdraw-sample", str(args.withdraw_sample)]
+    if getattr(args, "eval_sample", None) is not None:
+        parts += ["--eval-sample", str(args.eval_sample)]
     if args.threads:
         parts += ["--threads", str(args.threads)]
     parts += ["--out", str(args.out)]
@@ -520,7 +538,11 @@ def sweep(args, backbone) -> dict:
             sub.layer = p
             sub.n = args.n if args.n is not None else 100
         sub.out = str(out / f"{x_name}{p}")
-        m = evaluate(sub, backbone)
+        done = Path(sub.out) / "metrics.json"
+        if getattr(args, "resume", False) and done.exists():
+            m = json.loads(done.read_text())  # its report.md names the command and code it came from
+        else:
+            m = evaluate(sub, backbone)
         rows.append({x_name: p, **m})
         (out / "sweep.json").write_text(json.dumps({"sweep": args.sweep, "method": args.method,
                                                     "dataset": args.dataset, "split": args.split,

@@ -36,6 +36,20 @@ def test_eval_n5_dev(method, tmp_path, capsys):
     assert len((out / "records.jsonl").read_text().splitlines()) == 5
 
 
+def test_eval_sample_inserts_all_edits_and_measures_some(tmp_path):
+    out = tmp_path / "sampled"
+    assert run.main(["--dataset", "zsre", "--split", "dev", "--n", "6", "--eval-sample", "3", "--method", "ireva",
+                     "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_edits"] == 6
+    measured = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(measured) == 3
+    report = (out / "report.md").read_text()
+    assert "6 edits, measured on a sample of 3" in report and "--eval-sample 3" in report
+    # the sampled records were edited by their own edits, not by the first three
+    assert metrics["es"] > 0.9
+
+
 def test_bench_small(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["--n", "8", "--real", "4", "--samples", "2", "--gen-prompts", "2", "--gen-tokens", "4",
