@@ -96,15 +96,17 @@ def load_backbone(model: str = DEFAULT_MODEL, cache_dir: Path | str = "~/.cache/
     return Backbone(model=lm, tokenizer=tokenizer, name=model, device=device)
 
 
+def _part(model: nn.Module, llama_name: str, gpt2_name: str, what: str) -> nn.Module:
+    """A part of the decoder: llama/qwen/gemma keep it under model.model, GPT-2 under model.transformer."""
+    for inner, name in ((getattr(model, "model", None), llama_name), (getattr(model, "transformer", None), gpt2_name)):
+        if inner is not None and hasattr(inner, name):
+            return getattr(inner, name)
+    raise ValueError(f"unsupported architecture {type(model).__name__}: no {what} "
+                     f"(model.{llama_name} or transformer.{gpt2_name})")
+
+
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
-    """The stack of decoder blocks: llama/qwen/gemma keep it at model.layers, GPT-2 at transformer.h."""
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "layers"):
-        return inner.layers
-    inner = getattr(model, "transformer", None)
-    if inner is not None and hasattr(inner, "h"):
-        return inner.h
-    raise ValueError(f"unsupported architecture {type(model).__name__}: no model.layers or transformer.h")
+    return _part(model, "layers", "h", "decoder blocks")
 
 
 def mlp_of(model: nn.Module, layer: int) -> nn.Module:
@@ -121,13 +123,7 @@ def output_embedding_rows(model: nn.Module) -> torch.Tensor:
 
 def final_norm(model: nn.Module) -> nn.Module:
     """The norm between the last block and the output embedding."""
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "norm"):
-        return inner.norm
-    inner = getattr(model, "transformer", None)
-    if inner is not None and hasattr(inner, "ln_f"):
-        return inner.ln_f
-    raise ValueError(f"unsupported architecture {type(model).__name__}: no final norm found")
+    return _part(model, "norm", "ln_f", "final norm")
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:

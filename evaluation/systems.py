@@ -42,15 +42,19 @@ class CaseSet:
     def build(cls, tokenizer, queries: list[str], targets: list[str]) -> CaseSet:
         """Cases in pair order, token order within a pair (the order shared_next_tokens returns)."""
         cs = cls(list(queries), list(targets))
-        for k, (q, t) in enumerate(zip(queries, targets)):
-            p_ids, t_ids = encode_prompt(tokenizer, q), encode_target(tokenizer, q, t)
-            cs.prompt_ids.append(p_ids)
-            cs.target_ids.append(t_ids)
-            for i, y in enumerate(t_ids):
-                cs.seqs.append(p_ids + t_ids[:i])
-                cs.expected.append(y)
-                cs.owner.append(k)
+        for q, t in zip(queries, targets):
+            cs._append(encode_prompt(tokenizer, q), encode_target(tokenizer, q, t))
         return cs
+
+    def _append(self, p_ids: list[int], t_ids: list[int]) -> None:
+        """One more pair: a case per target token, the prompt plus the target tokens before it."""
+        k = len(self.prompt_ids)
+        self.prompt_ids.append(p_ids)
+        self.target_ids.append(t_ids)
+        for i, y in enumerate(t_ids):
+            self.seqs.append(p_ids + t_ids[:i])
+            self.expected.append(y)
+            self.owner.append(k)
 
     def plain(self, backbone: Backbone, batch_size: int = 32, progress: str | None = None,
               capture: nn.Module | None = None):
@@ -74,14 +78,8 @@ class CaseSet:
     def subset(self, ks: list[int]) -> CaseSet:
         """The pairs ks (already tokenised) as a case set of their own."""
         sub = CaseSet([self.queries[k] for k in ks], [self.targets[k] for k in ks])
-        for j, k in enumerate(ks):
-            p_ids, t_ids = self.prompt_ids[k], self.target_ids[k]
-            sub.prompt_ids.append(p_ids)
-            sub.target_ids.append(t_ids)
-            for i, y in enumerate(t_ids):
-                sub.seqs.append(p_ids + t_ids[:i])
-                sub.expected.append(y)
-                sub.owner.append(j)
+        for k in ks:
+            sub._append(self.prompt_ids[k], self.target_ids[k])
         return sub
 
 
