@@ -16,7 +16,7 @@ def _last_json_line(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["none", "ireva"])
+@pytest.mark.parametrize("method", ["none", "ireva", "serac"])
 def test_eval_n5_dev(method, tmp_path, capsys):
     out = tmp_path / method
     assert run.main(["--dataset", "zsre", "--split", "dev", "--n", "5", "--method", method, "--out", str(out)]) == 0
@@ -33,6 +33,8 @@ def test_eval_n5_dev(method, tmp_path, capsys):
     if method == "none":
         assert metrics["locality"] == 1.0 and metrics["insert_seconds_per_edit"] == 0.0
     assert "| es |" in (out / "report.md").read_text()
+    if method == "serac":  # the report names the adapter: by default the one shipped for the packaged model
+        assert '"source": "packaged"' in (out / "report.md").read_text()
     assert len((out / "records.jsonl").read_text().splitlines()) == 5
 
 
