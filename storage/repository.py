@@ -11,13 +11,15 @@ that can be stale, torn or missing without losing anything, and the blobs stay t
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
@@ -29,7 +31,6 @@ log = logging.getLogger(__name__)
 DB_FILE = "editserve.db"
 BLOB_DIR = "blobs"
 PACK_FILE = "pack.safetensors"
-_PACK_SEP = "::"  # pack entry name: <blob name>::<tensor name>
 
 
 def database_url(data_dir: Path | str) -> str:
@@ -79,14 +80,16 @@ class Repository:
     def read_tensors(self, record: EditRecord) -> dict[str, torch.Tensor]:
         return self.blobs.read(record.blob)
 
-    def to_load(self) -> list[EditRecord]:
-        """The edits a starting server puts back in its editors: active and withdrawn, oldest first."""
-        query = (select(EditRecord).where(EditRecord.status.in_((ACTIVE, WITHDRAWN)))
+    def to_load(self) -> list:
+        """The edits a starting server puts back in its editors: active and withdrawn, oldest first.
+        Light rows (id, method, status, blob, prompt), not ORM objects: a start may read 10,000."""
+        query = (select(EditRecord.id, EditRecord.method, EditRecord.status, EditRecord.blob, EditRecord.prompt)
+                 .where(EditRecord.status.in_((ACTIVE, WITHDRAWN)))
                  .order_by(EditRecord.created_at, EditRecord.id))
         with self.sessions() as s:
-            return list(s.scalars(query))
+            return list(s.execute(query))
 
-    def read_many(self, records: list[EditRecord]) -> tuple[dict[str, dict[str, torch.Tensor] | Exception], int]:
+    def read_many(self, records: list) -> tuple[dict[str, dict[str, torch.Tensor] | Exception], int]:
         """Each record's tensors (or the exception reading its blob raised), taken from the pack where
         it holds the record's current blob; also how many had to be read from their own blob."""
         pack = self._read_pack()
@@ -103,13 +106,32 @@ class Repository:
             out[record.id] = tensors
         return out, misses
 
-    def write_pack(self, records: list[EditRecord], tensors: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Replace the pack with these records' tensors (record id -> tensors)."""
-        flat = {f"{r.blob}{_PACK_SEP}{name}": t.detach().cpu().contiguous()
-                for r in records if isinstance(tensors.get(r.id), dict) for name, t in tensors[r.id].items()}
+    def write_pack(self, records: list, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Replace the pack with these records' tensors (record id -> tensors).
+
+        Tensors of the same name, dtype and trailing shape are stacked into one (10,000 edits make a
+        few large tensors, quick to load, not 20,000 small ones); the safetensors metadata says which
+        rows of which stack each blob's tensor is."""
+        stacks: dict[str, list[torch.Tensor]] = {}
+        index: dict[str, dict[str, list]] = {}
+        filled: dict[str, int] = {}  # rows stacked so far under each key
+        for r in records:
+            blob_tensors = tensors.get(r.id)
+            if not isinstance(blob_tensors, dict):
+                continue
+            entry = index[r.blob] = {}
+            for name, t in blob_tensors.items():
+                t = t.detach().cpu()
+                key = f"{name}|{str(t.dtype).removeprefix('torch.')}|{'x'.join(map(str, t.shape[1:]))}|{t.dim()}"
+                flat = t.reshape(1) if t.dim() == 0 else t
+                start = filled.get(key, 0)
+                stacks.setdefault(key, []).append(flat)
+                filled[key] = start + len(flat)
+                entry[name] = [key, start, start + len(flat), list(t.shape)]
         final = self.data_dir / PACK_FILE
         tmp = final.with_name(final.name + ".tmp")
-        save_file(flat, str(tmp))
+        save_file({key: torch.cat(rows).contiguous() for key, rows in stacks.items()}, str(tmp),
+                  metadata={"index": json.dumps(index)})
         os.replace(tmp, final)  # readers see the old pack or the new one, never half of one
 
     def _read_pack(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -117,15 +139,15 @@ class Repository:
         if not path.exists():
             return {}
         try:
-            flat = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                index = json.loads(f.metadata()["index"])
+                stacks = {key: f.get_tensor(key) for key in f.keys()}
+            return {blob: {name: stacks[key][start:end].reshape(shape)
+                           for name, (key, start, end, shape) in entry.items()}
+                    for blob, entry in index.items()}
         except Exception as exc:  # noqa: BLE001 - a torn or foreign pack only costs time
             log.warning("pack %s is unreadable (%s); reading every blob", path, exc)
             return {}
-        pack: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in flat.items():
-            blob, _, name = key.partition(_PACK_SEP)
-            pack.setdefault(blob, {})[name] = tensor
-        return pack
 
     # -- writes ------------------------------------------------------------------------------------
     def create(self, *, edit_id: str, method: str, prompt: str, target: str, retrofit: bool,

@@ -89,23 +89,21 @@ class EditingService:
         is current; when many had to be read blob by blob, a fresh pack is written in the background."""
         records = [r for r in self.repo.to_load() if self._restorable(r, state_lost)]
         tensors, misses = self.repo.read_many(records)
+        errors = {rid: t for rid, t in tensors.items() if isinstance(t, Exception)}
+        for name, editor in self.editors.items():
+            errors.update(editor.load_many([(r.id, tensors[r.id], r.status == WITHDRAWN) for r in records
+                                            if r.method == name and r.id not in errors]))
         for record in records:
-            withdrawn = record.status == WITHDRAWN
-            loaded = tensors[record.id]
-            try:
-                if isinstance(loaded, Exception):
-                    raise loaded
-                self.editors[record.method].load(record.id, loaded, withdrawn=withdrawn)
-            except Exception as exc:  # any reason a blob cannot be loaded makes its edit corrupt
+            exc = errors.get(record.id)
+            if exc is not None:
+                tensors[record.id] = exc  # kept out of the pack
                 why = f"blob {record.blob} is missing" if isinstance(exc, FileNotFoundError) else \
                     f"blob {record.blob} is unreadable: {exc}"
-                if withdrawn:  # nothing acts for it anyway; its record stays as it is
+                if record.status == WITHDRAWN:  # nothing acts for it anyway; its record stays as it is
                     log.warning("withdrawn edit %s: %s", record.id, why)
                 else:
                     self._mark_corrupt(record, why)
-                tensors[record.id] = exc
-                continue
-            if not withdrawn:
+            elif record.status == ACTIVE:
                 self.live[record.method].add(record.id)
         for name in self.repo.remove_orphans():
             log.warning("removed orphan blob %s (no edit refers to it)", name)

@@ -266,6 +266,42 @@ class IrevaEditor:
             if withdrawn:
                 self.withdraw(edit_id)
 
+    def load_many(self, items: list[tuple[str, dict[str, torch.Tensor], bool]]) -> dict[str, Exception]:
+        """load() for many (edit id, tensors, withdrawn) at once, as a start does: the adaptor grows
+        once instead of once per edit. Returns the edits whose tensors do not fit, with the reason."""
+        hidden = self.adaptor.keys.shape[1]
+        errors: dict[str, Exception] = {}
+        good = []
+        for edit_id, tensors, withdrawn in items:
+            keys, values = tensors.get("keys"), tensors.get("values")
+            if keys is None or values is None or keys.dim() != 2 or keys.shape != values.shape \
+                    or keys.shape[1] != hidden or len(keys) == 0:
+                errors[edit_id] = ValueError(f"expected keys and values of shape (n, {hidden}), got "
+                                             f"{None if keys is None else tuple(keys.shape)} and "
+                                             f"{None if values is None else tuple(values.shape)}")
+            else:
+                good.append((edit_id, keys, values, withdrawn))
+        if not good:
+            return errors
+        with self.lock:
+            for edit_id, *_ in good:
+                if edit_id in self.retired:
+                    self.adaptor.mask(self.retired.pop(edit_id))
+            at = self.adaptor.add(torch.cat([k for _, k, _, _ in good]), torch.cat([v for _, _, v, _ in good]))[0]
+            withdrawn_slots = []
+            for edit_id, keys, _, withdrawn in good:
+                slots = list(range(at, at + len(keys)))
+                at += len(keys)
+                self.owner.extend([edit_id] * len(slots))
+                if withdrawn:
+                    self.retired[edit_id] = slots
+                    withdrawn_slots += slots
+                else:
+                    self.slots[edit_id] = slots
+            if withdrawn_slots:
+                self.adaptor.retire(withdrawn_slots)
+        return errors
+
     def withdraw(self, edit_id: str) -> None:
         """The neurons stop writing; their keys stay, so the edit's prompts get the unedited answer."""
         with self.lock:

@@ -112,6 +112,16 @@ class SeracEditor:
             self.memory.put(edit_id, embedding)
             self.edits[edit_id] = (prompt, target)
 
+    def load_many(self, items: list[tuple[str, dict[str, torch.Tensor], bool]]) -> dict[str, Exception]:
+        """load() each (edit id, tensors, withdrawn); returns the edits that failed, with the reason."""
+        errors: dict[str, Exception] = {}
+        for edit_id, tensors, withdrawn in items:
+            try:
+                self.load(edit_id, tensors, withdrawn=withdrawn)
+            except Exception as exc:  # noqa: BLE001 - one bad blob must not stop the others
+                errors[edit_id] = exc
+        return errors
+
     def withdraw(self, edit_id: str) -> None:
         with self.lock:
             self.memory.remove(edit_id)
