@@ -4,6 +4,8 @@ import logging
 from datetime import datetime
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from app.services import editing
 from editors.ireva.config import IrevaConfig
@@ -300,6 +302,18 @@ def test_damaged_blobs_mark_their_edits_corrupt_and_put_rebuilds_them(client, st
     assert generate(again, PROMPT)["tokens"][0]["edit_id"] == missing["id"]
     # and a corrupt edit can be withdrawn
     assert again.delete(f"/edits/{garbled['id']}").json()["status"] == "withdrawn"
+
+
+def test_a_blob_of_the_wrong_shape_marks_only_its_edit_corrupt(client, start, blob_dir):
+    wrong = create(client)
+    fine = create(client, GOLD, "Au")
+    stop(client)
+    save_file({"keys": torch.ones(1, 3), "values": torch.ones(1, 3)}, blob_dir / _blob_of(blob_dir, wrong["id"]))
+    again = start()
+    error = again.get(f"/edits/{wrong['id']}").json()
+    assert error["status"] == "corrupt" and "shape" in error["error"]
+    assert generate(again, GOLD)["tokens"][0]["edit_id"] == fine["id"]
+    assert generate(again, PROMPT)["tokens"][0]["edit_id"] is None
 
 
 def test_orphan_blobs_are_removed_at_start(client, start, blob_dir):
