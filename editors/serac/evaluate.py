@@ -14,9 +14,10 @@ import time
 
 import torch
 
-from editors.backbone import encode_prompt, encode_target, load_backbone
+from editors.backbone import DEFAULT_MODEL, encode_prompt, encode_target, load_backbone
 from editors.serac.config import SeracConfig
 from editors.serac.data import counterfact, zsre
+from editors.serac.method import packaged_adapter_dir
 from editors.serac.model import SeracEditor
 from evaluation.teacher_forcing import next_tokens
 
@@ -97,7 +98,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--dataset", choices=["zsre", "cf-val", "cf-train"], default="zsre")
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--count", type=int, default=300)
-    ap.add_argument("--adapter", default=None, help="LoRA adapter directory (train-serac output)")
+    ap.add_argument("--adapter", default=None,
+                    help="LoRA adapter directory (train-serac output); default: the one shipped for the packaged model")
+    ap.add_argument("--no-adapter", action="store_true", help="the prompted backbone alone")
     ap.add_argument("--template", default=None)
     ap.add_argument("--threshold", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)
@@ -107,7 +110,9 @@ def main(argv=None) -> dict:
         records = zsre(args.start, args.start + args.count)
     else:
         records = counterfact(args.dataset.split("-")[1], args.start, args.start + args.count)
-    cfg = SeracConfig(adapter_dir=args.adapter)
+    if args.adapter is None and not args.no_adapter:
+        args.adapter = packaged_adapter_dir(DEFAULT_MODEL)
+    cfg = SeracConfig(adapter_dir=args.adapter, use_adapter=not args.no_adapter)
     if args.template:
         cfg.template = args.template.encode().decode("unicode_escape")
     if args.threshold is not None:
