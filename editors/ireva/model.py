@@ -195,10 +195,10 @@ class IrevaEditor:
             rows = [self.capture(encode_prompt(self.backbone.tokenizer, t)).mlp_inputs[1:] for t in CALIBRATION_TEXTS]
             self._calibration_inputs = self.adaptor.normalise(torch.cat(rows))
         n = self.adaptor.size
-        others = self.adaptor.keys[:n][self.adaptor.live_mask()]
-        if len(others) > 256:  # a fixed-size sample keeps retrofit cost flat as edits accumulate
-            others = others[torch.randperm(len(others), generator=torch.Generator().manual_seed(n))[:256]]
-        return torch.cat([self._calibration_inputs, others])
+        live = self.adaptor.live_mask().nonzero().flatten()
+        if len(live) > 256:  # a fixed-size sample keeps retrofit cost flat as edits accumulate
+            live = live[torch.randperm(len(live), generator=torch.Generator().manual_seed(n))[:256].to(live.device)]
+        return torch.cat([self._calibration_inputs, self.adaptor.keys[live]])  # copies 256 keys, not all
 
     def retrofit(self, keys, values, inputs, final_hidden, tokens):
         """Adam on the new neurons only: L_edit + a * L_rec + b * L_irr (section 4.2), no max-pooling.
