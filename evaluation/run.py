@@ -223,7 +223,8 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
         withdrawal = {}
         if system.withdrawable:
             rs, con, withdrawal = measure_withdrawal(system, sets["es"], base["es"], edited["es"], args)
-        diagnostics = firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, system.ids)
+        diagnostics = firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, system.ids,
+                                         getattr(system, "subjects", None))
         description = system.describe()
         rejected = dict(system.rejected)
         route_ms = None
@@ -255,13 +256,14 @@ def evaluate(args, backbone=None, started: float | None = None) -> dict:
     return metrics
 
 
-def firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, ids) -> dict:
+def firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, ids, subjects=None) -> dict:
     """For a method that names the edit acting on each case (iReVa): which edit's neuron fired, and how
     the cases fared in each group. Empty for other methods."""
     if not any(fired_by.get(name) for name in sets):
         return {}
     own_of = {edit_id: k for k, edit_id in enumerate(ids)}
-    subject_of = {edit_id: records[k].subject for k, edit_id in enumerate(ids)}
+    # every inserted edit's subject (with --eval-sample, the edits measured are only some of them)
+    subject_of = subjects or {edit_id: records[k].subject for k, edit_id in enumerate(ids)}
     out = {}
     for name in ("es", "ps"):
         owners = fired_by.get(name)
@@ -538,11 +540,14 @@ def sweep(args, backbone) -> dict:
             sub.layer = p
             sub.n = args.n if args.n is not None else 100
         sub.out = str(out / f"{x_name}{p}")
-        done = Path(sub.out) / "metrics.json"
-        if getattr(args, "resume", False) and done.exists():
-            m = json.loads(done.read_text())  # its report.md names the command and code it came from
+        done, made_by = Path(sub.out) / "metrics.json", Path(sub.out) / "argv.json"
+        argv = _argv_of(sub)
+        if getattr(args, "resume", False) and done.exists() and made_by.exists() \
+                and json.loads(made_by.read_text()) == argv:
+            m = json.loads(done.read_text())  # the same point, finished before
         else:
             m = evaluate(sub, backbone)
+            made_by.write_text(json.dumps(argv) + "\n")
         rows.append({x_name: p, **m})
         (out / "sweep.json").write_text(json.dumps({"sweep": args.sweep, "method": args.method,
                                                     "dataset": args.dataset, "split": args.split,

@@ -82,8 +82,10 @@ class Repository:
 
     def to_load(self) -> list:
         """The edits a starting server puts back in its editors: active and withdrawn, oldest first.
-        Light rows (id, method, status, blob, prompt), not ORM objects: a start may read 10,000."""
-        query = (select(EditRecord.id, EditRecord.method, EditRecord.status, EditRecord.blob, EditRecord.prompt)
+        Light rows (id, method, status, blob, prompt, error, withdrawn_at, created_at), not ORM
+        objects: a start may read 10,000."""
+        query = (select(EditRecord.id, EditRecord.method, EditRecord.status, EditRecord.blob, EditRecord.prompt,
+                        EditRecord.error, EditRecord.withdrawn_at, EditRecord.created_at)
                  .where(EditRecord.status.in_((ACTIVE, WITHDRAWN)))
                  .order_by(EditRecord.created_at, EditRecord.id))
         with self.sessions() as s:
@@ -97,7 +99,10 @@ class Repository:
         misses = 0
         for record in records:
             tensors = pack.get(record.blob)
-            if tensors is None:
+            if tensors is not None and not self.blobs.path(record.blob).exists():
+                # the pack is a copy: an edit whose blob is gone is corrupt, as without a pack
+                tensors = FileNotFoundError(f"blob {record.blob} is missing")
+            elif tensors is None:
                 misses += 1
                 try:
                     tensors = self.blobs.read(record.blob)
@@ -187,6 +192,17 @@ class Repository:
             record = s.get(EditRecord, edit_id)
             record.status, record.withdrawn_at = WITHDRAWN, utcnow()
         return record
+
+    def withdrawn_with_prompt(self, method: str, prompt: str) -> list[str]:
+        query = select(EditRecord.id).where(EditRecord.method == method, EditRecord.prompt == prompt,
+                                            EditRecord.status == WITHDRAWN)
+        with self.sessions() as s:
+            return list(s.scalars(query))
+
+    def note_error(self, edit_id: str, error: str) -> None:
+        """Record why an edit's tensors are no longer usable, leaving its status as it is."""
+        with self.sessions.begin() as s:
+            s.get(EditRecord, edit_id).error = error
 
     def mark_corrupt(self, edit_id: str, error: str) -> EditRecord:
         with self.sessions.begin() as s:

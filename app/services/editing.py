@@ -11,6 +11,7 @@ import logging
 import threading
 import uuid
 from contextlib import ExitStack, nullcontext
+from typing import Any
 
 import torch
 
@@ -87,7 +88,7 @@ class EditingService:
         """Put every stored edit back in its editor: active ones acting, withdrawn ones as withdrawn
         (an iReVa key keeps its prompts on the unedited answer). Tensors come from the pack where it
         is current; when many had to be read blob by blob, a fresh pack is written in the background."""
-        records = [r for r in self.repo.to_load() if self._restorable(r, state_lost)]
+        records = _keys_to_load([r for r in self.repo.to_load() if self._restorable(r, state_lost)])
         tensors, misses = self.repo.read_many(records)
         errors = {rid: t for rid, t in tensors.items() if isinstance(t, Exception)}
         for name, editor in self.editors.items():
@@ -119,10 +120,20 @@ class EditingService:
                         record.id, record.method)
             return False
         if record.method in state_lost:
+            why = f"the {record.method} editor state it was made against is lost"
             if record.status == ACTIVE:
-                self._mark_corrupt(record, f"the {record.method} editor state it was made against is lost")
+                self._mark_corrupt(record, why)
+            elif record.error is None:  # so that no later start loads its key either
+                self.repo.note_error(record.id, why)
             return False
         return True
+
+    def _forget_withdrawn(self, method: str, prompt: str) -> None:
+        """An active edit now owns this prompt: withdrawn edits' keys for it would only shadow its key
+        (a retrofitted key is not the prompt's own input, which a withdrawn key is). Start-up skips
+        them as well (_keys_to_load)."""
+        for edit_id in self.repo.withdrawn_with_prompt(method, prompt):
+            self.editors[method].discard(edit_id)
 
     def _write_pack(self, records: list[EditRecord], tensors: dict) -> None:
         try:
@@ -175,6 +186,7 @@ class EditingService:
                     raise _storage_failed("insert", exc) from exc
             self.live[method].add(edit_id)
             self._blobs_written += 1
+            self._forget_withdrawn(method, prompt)
         return record
 
     def update(self, edit_id: str, prompt: str | None = None, target: str | None = None) -> EditRecord:
@@ -203,6 +215,7 @@ class EditingService:
                     raise _storage_failed("update", exc) from exc
             self.live[record.method].add(edit_id)
             self._blobs_written += 1
+            self._forget_withdrawn(record.method, prompt)
         return record
 
     def withdraw(self, edit_id: str) -> EditRecord:
@@ -257,6 +270,23 @@ class EditingService:
                 # neurons off, the output cut after the answer line, every token naming the edit.
                 return counterfactual_generate(editor, edit_id, prompt, max_new_tokens, ireva=adaptor)
             return generate(self.backbone, adaptor, prompt, max_new_tokens)
+
+
+def _keys_to_load(records: list) -> list:
+    """The rows whose tensors a start loads, matching what the running server held: every active
+    edit; of the withdrawn edits with one (method, prompt), none if an active edit has that prompt,
+    else only the latest withdrawn (each newer edit of the prompt dropped the older keys when it
+    became active); none whose tensors were already unusable (error set) when it was withdrawn."""
+    active = {(r.method, r.prompt) for r in records if r.status == ACTIVE}
+    latest: dict[tuple[str, str], Any] = {}
+    for r in records:
+        key = (r.method, r.prompt)
+        if r.status != WITHDRAWN or r.error is not None or key in active:
+            continue
+        if key not in latest or (r.withdrawn_at or r.created_at) >= (latest[key].withdrawn_at or latest[key].created_at):
+            latest[key] = r
+    keep = {r.id for r in latest.values()}
+    return [r for r in records if r.status == ACTIVE or r.id in keep]
 
 
 def _open_editor(name: str, method: Method, backbone: Backbone, settings: Settings,

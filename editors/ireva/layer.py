@@ -109,8 +109,9 @@ class KeyValueAdaptor(nn.Module):
         return self.normalise(x) @ self.keys[:n].T + self.mask_bias[:n]
 
     def best_match(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(score, slot) of the best key for each row, equal to `scores(x).max(-1)` wherever the score
-        can clear theta (elsewhere the score is only known to be below theta - SCREEN_SLACK)."""
+        """(score, slot) of the best key for each row: `scores(x).max(-1)` (up to float rounding, which
+        can only decide between keys whose scores are equal to ~1e-7) wherever the score can clear
+        theta; elsewhere the score is only known to be below theta - SCREEN_SLACK."""
         n = self.size
         unit = self.normalise(x)
         screen = (unit.to(self.keys_half.dtype) @ self.keys_half[:n].T).float() + self.mask_bias[:n]

@@ -310,9 +310,12 @@ class IrevaEditor:
             self.retired[edit_id] = slots
 
     def discard(self, edit_id: str) -> None:
-        """Remove an edit as if it had never been inserted (undoing an insert the store refused)."""
+        """Remove an edit's neurons, live or withdrawn, as if it had never been inserted (undoing an
+        insert the store refused; dropping a withdrawn key a newer edit of the same prompt replaces)."""
         with self.lock:
-            self.adaptor.mask(self.slots.pop(edit_id))
+            slots = self.slots.pop(edit_id, None) or self.retired.pop(edit_id, None)
+            if slots:
+                self.adaptor.mask(slots)
 
     def tensors(self, edit_id: str) -> dict[str, torch.Tensor]:
         return self.adaptor.neuron_tensors(self.slots[edit_id])

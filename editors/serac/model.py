@@ -127,7 +127,11 @@ class SeracEditor:
             self.memory.remove(edit_id)
             del self.edits[edit_id]
 
-    discard = withdraw  # removing from the memory already leaves no trace
+    def discard(self, edit_id: str) -> None:
+        """Withdrawing already leaves no trace; an edit not in the memory is left alone."""
+        with self.lock:
+            if edit_id in self.edits:
+                self.withdraw(edit_id)
 
     def tensors(self, edit_id: str) -> dict[str, torch.Tensor]:
         with self.lock:

@@ -1,7 +1,9 @@
 """POST/GET/PUT/DELETE /edits over a real SQLite file, including failures, restarts and damaged blobs."""
 import inspect
 import logging
+import sqlite3
 from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -243,7 +245,7 @@ def test_restart_reads_the_pack_and_each_blob_the_pack_does_not_hold(client, sta
         return real_read(self, name)
     monkeypatch.setattr(BlobStore, "read", counting_read)
     monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 1)  # the first stop writes a pack
-    create(client)
+    kept = create(client)
     changed = create(client, OTHER_PROMPT, "Sydney")
     gone = create(client, GOLD, "Au")
     client.delete(f"/edits/{gone['id']}")
@@ -267,11 +269,54 @@ def test_restart_reads_the_pack_and_each_blob_the_pack_does_not_hold(client, sta
     assert [generate(third, p, 8) for p in prompts] == answers
     stop(third)
 
+    blob_of_first = _blob_of(settings.data_dir / "blobs", kept["id"])
+    (settings.data_dir / "blobs" / blob_of_first).rename(settings.data_dir / blob_of_first)
+    missing = start()  # the pack still holds it, but a missing blob is a corrupt edit all the same
+    assert missing.get(f"/edits/{kept['id']}").json()["status"] == "corrupt"
+    stop(missing)
+    (settings.data_dir / blob_of_first).rename(settings.data_dir / "blobs" / blob_of_first)
+    fix = sqlite3.connect(settings.data_dir / "editserve.db")
+    with fix:
+        fix.execute("UPDATE edits SET status = 'active', error = NULL WHERE id = ?", (kept["id"],))
+    fix.close()
+
     pack.write_bytes(b"torn")  # a damaged pack costs time, not edits
     reads.clear()
     fourth = start()
     assert len(reads) == 3
     assert [generate(fourth, p, 8) for p in prompts] == answers
+
+
+def test_a_new_edit_on_a_withdrawn_prompt_acts_before_and_after_restart(client, start):
+    # A retrofitted key is not the prompt's own input, which the withdrawn key is: the withdrawn key
+    # must go, or it would win the prompt and silence the new edit.
+    prompt = "The capital of France is"
+    first = create(client, prompt, "Lyon")
+    client.delete(f"/edits/{first['id']}")
+    second = create(client, prompt, "Berlin", retrofit=True)
+    assert generate(client, prompt)["tokens"][0]["edit_id"] == second["id"]
+    client.delete(f"/edits/{second['id']}")
+    third = create(client, prompt, "Rome")
+    answer = generate(client, prompt)
+    assert answer["tokens"][0]["edit_id"] == third["id"]
+    stop(client)
+    again = start()
+    assert generate(again, prompt) == answer
+    again.delete(f"/edits/{third['id']}")
+    withdrawn = generate(again, prompt)
+    assert withdrawn["tokens"][0]["edit_id"] is None
+    stop(again)
+    assert generate(start(), prompt) == withdrawn
+
+
+def test_keys_to_load_keeps_what_the_running_server_held():
+    t = [datetime(2026, 1, 1, h) for h in range(6)]
+    row = lambda i, status, prompt, withdrawn=None, error=None: SimpleNamespace(  # noqa: E731
+        id=i, method="ireva", status=status, prompt=prompt, withdrawn_at=withdrawn, created_at=t[0], error=error)
+    rows = [row("a", "withdrawn", "p", t[1]), row("b", "withdrawn", "p", t[3]), row("c", "withdrawn", "p", t[2]),
+            row("d", "withdrawn", "q", t[1]), row("e", "active", "q"),
+            row("f", "withdrawn", "r", t[1], error="blob missing"), row("g", "active", "s")]
+    assert [r.id for r in editing._keys_to_load(rows)] == ["b", "e", "g"]
 
 
 def test_damaged_blobs_mark_their_edits_corrupt_and_put_rebuilds_them(client, start, blob_dir, caplog):
