@@ -5,13 +5,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/editserve.stamp
 
-.PHONY: run test
+# SERAC's counterfactual adapter is trained once per machine into the shared cache, from the train
+# files in ../shared/data (seeded, one thread: the same bytes every time, ~8 min). Without the data
+# the server still runs, with the prompted backbone as SERAC's counterfactual model.
+CACHE := $(or $(EDITSERVE_CACHE_DIR),$(HOME)/.cache/editserve)
+DATA := $(or $(EDITSERVE_EVAL_DATA),../shared/data)
+ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter/adapter_model.safetensors
 
-run: $(STAMP)
+.PHONY: run test adapter
+
+run: $(STAMP) adapter
 	$(BIN)/editserve serve
 
-test: $(STAMP)
+test: $(STAMP) adapter
 	$(BIN)/python -m pytest
+
+adapter: $(STAMP)
+	@if [ -f "$(ADAPTER)" ]; then :; \
+	elif [ -d "$(DATA)" ]; then \
+	  EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/editserve train-serac --shared --cache-dir "$(CACHE)" --threads 1; \
+	else echo "no $(DATA): SERAC runs without its trained adapter (editserve train-serac --shared makes it)"; fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

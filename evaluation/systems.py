@@ -248,8 +248,8 @@ class SeracSystem(System):
                              "the SERAC editor is being written separately") from exc
         config = set_config(serac.SeracConfig(), overrides or {})
         # The adapter is found as the server finds it (editors/serac/method.py: --config adapter_dir, else
-        # the shared one of `train-serac --shared` in EDITSERVE_CACHE_DIR, else the one shipped for this
-        # backbone, else none), except that an evaluation has no data dir. --config use_adapter=false: none.
+        # the shared one of `train-serac --shared` in EDITSERVE_CACHE_DIR, made at set-up, else none),
+        # except that an evaluation has no data dir. --config use_adapter=false: none.
         from types import SimpleNamespace
 
         from app.core.config import Settings

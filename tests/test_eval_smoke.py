@@ -33,8 +33,8 @@ def test_eval_n5_dev(method, tmp_path, capsys):
     if method == "none":
         assert metrics["locality"] == 1.0 and metrics["insert_seconds_per_edit"] == 0.0
     assert "| es |" in (out / "report.md").read_text()
-    if method == "serac":  # the report names the adapter: by default the one shipped for the packaged model
-        assert '"source": "packaged"' in (out / "report.md").read_text()
+    if method == "serac":  # the report names the adapter: by default the shared one set-up trained
+        assert '"source": "shared"' in (out / "report.md").read_text()
     assert len((out / "records.jsonl").read_text().splitlines()) == 5
 
 

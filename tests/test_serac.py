@@ -200,18 +200,16 @@ def test_adapter_for_another_backbone_is_not_used(tmp_path, caplog):
     assert ed.adapter is None and "not used" in caplog.text
 
 
-@pytest.mark.parametrize("model", ["packaged:smollm2-135m-instruct", "packaged:another-model"])
-def test_adapter_order_setting_data_dir_shared_packaged(tmp_path, model):
+def test_adapter_order_setting_data_dir_shared(tmp_path):
     from types import SimpleNamespace
 
-    from editors.serac.method import PACKAGED_ADAPTERS, config_from, resolve_adapter
+    from editors.serac.method import config_from, resolve_adapter
     from editors.serac.train import default_adapter_dir, shared_adapter_dir
 
+    model = "packaged:smollm2-135m-instruct"
     settings = SimpleNamespace(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", model=model)
-    if model.endswith("smollm2-135m-instruct"):  # the shipped adapter was trained on this one
-        assert resolve_adapter(settings) == (str(PACKAGED_ADAPTERS / "smollm2-135m-instruct"), "packaged")
-    else:  # none shipped for it: where train-serac would write one
-        assert resolve_adapter(settings) == (str(default_adapter_dir(settings.data_dir)), "none")
+    # nothing trained yet: where train-serac would write one
+    assert resolve_adapter(settings) == (str(default_adapter_dir(settings.data_dir)), "none")
     for where, source in ((shared_adapter_dir(settings.cache_dir, model), "shared"),
                           (default_adapter_dir(settings.data_dir), "data dir")):
         where.mkdir(parents=True)
@@ -223,19 +221,22 @@ def test_adapter_order_setting_data_dir_shared_packaged(tmp_path, model):
     assert resolve_adapter(settings) == ("/elsewhere", "setting")
 
 
-def test_default_settings_on_the_packaged_model_use_the_shipped_adapter(backbone, tmp_path, monkeypatch):
-    """The server's own path (Settings from the environment -> registry build) on the real model."""
+def test_default_settings_on_the_packaged_model_use_the_adapter_set_up_trained(backbone, tmp_path, monkeypatch):
+    """The server's own path (Settings from the environment -> registry build) on the real model, with
+    the shared adapter `make` trains at set-up (`editserve train-serac --shared`)."""
     from app.core.config import Settings
     from editors.registry import METHODS
-    from editors.serac.method import PACKAGED_ADAPTERS
+    from editors.serac.train import shared_adapter_dir
 
     for key in ("EDITSERVE_SERAC__ADAPTER_DIR", "EDITSERVE_SERAC__USE_ADAPTER", "EDITSERVE_MODEL"):
         monkeypatch.delenv(key, raising=False)
     serac = METHODS["serac"]
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data")
     assert settings.model == backbone.name == "packaged:smollm2-135m-instruct"
+    shared = shared_adapter_dir(settings.cache_dir, settings.model)
+    assert (shared / "adapter_model.safetensors").exists(), "set-up (make) trains it; run make test"
     ed = serac.build(backbone, settings, None)
-    assert ed.adapter is not None and ed.adapter.path == PACKAGED_ADAPTERS / "smollm2-135m-instruct"
+    assert ed.adapter is not None and ed.adapter.path == shared
     assert ed.template == SeracConfig().template == ed.adapter.template
     for i, (p, t, para) in enumerate(EDITS):
         ed.insert(f"e{i}", p, t)
@@ -250,14 +251,14 @@ def test_default_settings_on_the_packaged_model_use_the_shipped_adapter(backbone
             assert not torch.equal(backbone.model(ids).logits, base)
 
     monkeypatch.setenv("EDITSERVE_SERAC__USE_ADAPTER", "false")
-    off = Settings(_env_file=None, data_dir=tmp_path / "data", cache_dir=tmp_path / "cache")
+    off = Settings(_env_file=None, data_dir=tmp_path / "data")
     assert off.serac.use_adapter is False
     assert serac.build(backbone, off, None).adapter is None
     # the adapter is not part of the fingerprint: a data dir made with or without it starts with the other
     assert serac.fingerprint(backbone, off) == serac.fingerprint(backbone, settings)
 
 
-def test_the_shipped_adapter_is_not_picked_for_another_backbone(tmp_path):
+def test_the_shared_adapter_is_not_picked_for_another_backbone(tmp_path):
     from types import SimpleNamespace
 
     from editors.serac.method import build, resolve_adapter
@@ -275,15 +276,11 @@ def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path):
     out = tmp_path / "data" / "serac" / "adapter"
     assert main(["--out", str(out), "--steps", "2", "--batch", "2", "--zsre-start", "990", "--cf-count", "4"]) == 0
     assert (out / "adapter_model.safetensors").exists() and (out / "serac_train.json").exists()
-    # the shipped adapter is what this command writes (same files and metadata keys, current template)
     import json
 
-    from editors.serac.method import PACKAGED_ADAPTERS
-    shipped = PACKAGED_ADAPTERS / "smollm2-135m-instruct"
-    assert {p.name for p in out.iterdir()} <= {p.name for p in shipped.iterdir()}
-    meta, shipped_meta = (json.loads((d / "serac_train.json").read_text()) for d in (out, shipped))
-    assert set(meta) == set(shipped_meta) and shipped_meta["template"] == meta["template"] == SeracConfig().template
-    assert shipped_meta["model"] == meta["model"] and shipped_meta["records"] == {"zsre_start": 300, "cf_count": 2000}
+    meta = json.loads((out / "serac_train.json").read_text())
+    assert meta["template"] == SeracConfig().template and meta["model"] == "packaged:smollm2-135m-instruct"
+    assert meta["records"] == {"zsre_start": 990, "cf_count": 4} and meta["steps"] == 2
     ed = SeracEditor(backbone, SeracConfig(adapter_dir=str(out)))
     assert ed.adapter is not None and ed.template == SeracConfig().template
     ed.insert("e0", *EDITS[0][:2])
@@ -301,7 +298,7 @@ def test_eval_finds_the_adapter_as_the_server_does(backbone, monkeypatch):
 
     monkeypatch.delenv("EDITSERVE_SERAC__ADAPTER_DIR", raising=False)
     described = SeracSystem(backbone).describe()
-    assert described["adapter"]["source"] == "packaged"
-    assert described["adapter"]["dir"].endswith("adapters/smollm2-135m-instruct")
+    assert described["adapter"]["source"] == "shared"
+    assert described["adapter"]["dir"].endswith("serac/smollm2-135m-instruct/adapter")
     assert described["adapter"]["trained"]["model"] == backbone.name
     assert SeracSystem(backbone, overrides={"use_adapter": "false"}).describe()["adapter"] == "off (use_adapter=false)"

@@ -9,6 +9,7 @@ the full SERAC path on each record's out-of-scope probe with the base model, tok
 from __future__ import annotations
 
 import argparse
+import os
 import contextlib
 import time
 
@@ -17,7 +18,7 @@ import torch
 from editors.backbone import DEFAULT_MODEL, encode_prompt, encode_target, load_backbone
 from editors.serac.config import SeracConfig
 from editors.serac.data import counterfact, zsre
-from editors.serac.method import packaged_adapter_dir
+from editors.serac.train import shared_adapter_dir
 from editors.serac.model import SeracEditor
 from evaluation.teacher_forcing import next_tokens
 
@@ -99,7 +100,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--adapter", default=None,
-                    help="LoRA adapter directory (train-serac output); default: the one shipped for the packaged model")
+                    help="LoRA adapter directory (train-serac output); default: the shared one set-up trains (train-serac --shared)")
     ap.add_argument("--no-adapter", action="store_true", help="the prompted backbone alone")
     ap.add_argument("--template", default=None)
     ap.add_argument("--threshold", type=float, default=None)
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
     else:
         records = counterfact(args.dataset.split("-")[1], args.start, args.start + args.count)
     if args.adapter is None and not args.no_adapter:
-        args.adapter = packaged_adapter_dir(DEFAULT_MODEL)
+        args.adapter = str(shared_adapter_dir(os.environ.get("EDITSERVE_CACHE_DIR", "~/.cache/editserve"), DEFAULT_MODEL))
     cfg = SeracConfig(adapter_dir=args.adapter, use_adapter=not args.no_adapter)
     if args.template:
         cfg.template = args.template.encode().decode("unicode_escape")

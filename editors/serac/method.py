@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,33 +12,18 @@ import torch
 from editors.serac.adapter import has_adapter
 from editors.serac.config import SeracConfig
 from editors.serac.model import SeracEditor
-from editors.serac.train import META, default_adapter_dir, shared_adapter_dir
+from editors.serac.train import default_adapter_dir, shared_adapter_dir
 
 log = logging.getLogger(__name__)
-
-
-PACKAGED_ADAPTERS = Path(__file__).resolve().parent / "adapters"  # shipped as package data
-
-
-def packaged_adapter_dir(model: str | None) -> Path | None:
-    """The adapter shipped in editors/serac/adapters/ that was trained on this backbone (its
-    serac_train.json "model" equals the backbone's name, e.g. "packaged:smollm2-135m-instruct"), if any."""
-    if not model or not PACKAGED_ADAPTERS.is_dir():
-        return None
-    for path in sorted(PACKAGED_ADAPTERS.iterdir()):
-        meta = path / META
-        if has_adapter(path) and meta.exists() and json.loads(meta.read_text()).get("model") == model:
-            return path
-    return None
 
 
 def resolve_adapter(settings: Any, model: str | None = None) -> tuple[str | None, str]:
     """(adapter dir, where it came from). In order: `serac.adapter_dir` (EDITSERVE_SERAC__ADAPTER_DIR)
     if set -> "setting"; <data dir>/serac/adapter if `editserve train-serac` wrote one there -> "data
-    dir"; <cache dir>/serac/<model>/adapter (`train-serac --shared`) if present -> "shared"; the adapter
-    shipped with the package for this backbone -> "packaged"; else the data dir's path, where train-serac
-    would write it, with source "none". `model` (the backbone's name) defaults to settings.model.
-    `use_adapter=false` is applied by the editor, not here."""
+    dir"; <cache dir>/serac/<model>/adapter (`train-serac --shared`, which `make` runs at set-up) if
+    present -> "shared"; else the data dir's path, where train-serac would write it, with source
+    "none". `model` (the backbone's name) defaults to settings.model. `use_adapter=false` is applied
+    by the editor, not here."""
     cfg = getattr(settings, "serac", None) or SeracConfig()
     if cfg.adapter_dir is not None:
         return cfg.adapter_dir, "setting"
@@ -52,15 +36,12 @@ def resolve_adapter(settings: Any, model: str | None = None) -> tuple[str | None
     for path, source in candidates:
         if has_adapter(path):
             return str(path), source
-    packaged = packaged_adapter_dir(model)
-    if packaged is not None:
-        return str(packaged), "packaged"
     return (str(candidates[0][0]) if candidates else None), "none"
 
 
 def config_from(settings: Any, model: str | None = None) -> SeracConfig:
     """settings.serac if the server has that section, else the defaults, with `adapter_dir` resolved
-    by `resolve_adapter` (setting > data dir > shared cache > packaged for this backbone > none)."""
+    by `resolve_adapter` (setting > data dir > shared cache > none)."""
     cfg = dataclasses.replace(getattr(settings, "serac", None) or SeracConfig())
     cfg.adapter_dir = resolve_adapter(settings, model)[0]
     return cfg
