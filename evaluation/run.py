@@ -72,7 +72,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--eval-sample", type=int, default=None,
                     help="insert all N edits but measure on a random sample of this many of them (large N)")
     ap.add_argument("--resume", action="store_true",
-                    help="sweeps: keep a point whose output directory already holds metrics.json")
+                    help="sweeps: keep a point whose directory holds metrics.json made by the same command (argv.json)")
     ap.add_argument("--withdraw-sample", type=int, default=None,
                     help="measure rs/con on a random sample of this many edits (default: every edit)")
     ap.add_argument("--data-dir", default=None, help="default $EDITSERVE_EVAL_DATA or ../shared/data")

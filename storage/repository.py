@@ -71,11 +71,11 @@ class Repository:
             page = query.order_by(EditRecord.created_at, EditRecord.id).offset(offset).limit(limit)
             return list(s.scalars(page)), count
 
-    def active_with_prompt(self, method: str, prompt: str) -> EditRecord | None:
+    def with_prompt(self, method: str, prompt: str, status: str) -> list[EditRecord]:
         query = select(EditRecord).where(EditRecord.method == method, EditRecord.prompt == prompt,
-                                         EditRecord.status == ACTIVE)
+                                         EditRecord.status == status)
         with self.sessions() as s:
-            return s.scalars(query.limit(1)).first()
+            return list(s.scalars(query))
 
     def read_tensors(self, record: EditRecord) -> dict[str, torch.Tensor]:
         return self.blobs.read(record.blob)
@@ -192,12 +192,6 @@ class Repository:
             record = s.get(EditRecord, edit_id)
             record.status, record.withdrawn_at = WITHDRAWN, utcnow()
         return record
-
-    def withdrawn_with_prompt(self, method: str, prompt: str) -> list[str]:
-        query = select(EditRecord.id).where(EditRecord.method == method, EditRecord.prompt == prompt,
-                                            EditRecord.status == WITHDRAWN)
-        with self.sessions() as s:
-            return list(s.scalars(query))
 
     def note_error(self, edit_id: str, error: str) -> None:
         """Record why an edit's tensors are no longer usable, leaving its status as it is."""

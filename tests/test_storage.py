@@ -79,13 +79,14 @@ def test_list_filters_orders_and_counts(repo):
     assert repo.get("e2").error == "blob gone"
 
 
-def test_active_with_prompt_ignores_other_methods_and_withdrawn_edits(repo):
+def test_with_prompt_filters_method_and_status(repo):
     create(repo, "e1", prompt="same")
     create(repo, "e2", prompt="same", method="serac")
-    assert repo.active_with_prompt("ireva", "same").id == "e1"
+    assert [r.id for r in repo.with_prompt("ireva", "same", "active")] == ["e1"]
     repo.withdraw("e1")
-    assert repo.active_with_prompt("ireva", "same") is None
-    assert repo.active_with_prompt("serac", "same").id == "e2"
+    assert repo.with_prompt("ireva", "same", "active") == []
+    assert [r.id for r in repo.with_prompt("ireva", "same", "withdrawn")] == ["e1"]
+    assert [r.id for r in repo.with_prompt("serac", "same", "active")] == ["e2"]
 
 
 def test_retrain_swaps_the_blob_only_when_committed(repo):

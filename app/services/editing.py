@@ -11,7 +11,6 @@ import logging
 import threading
 import uuid
 from contextlib import ExitStack, nullcontext
-from typing import Any
 
 import torch
 
@@ -132,8 +131,8 @@ class EditingService:
         """An active edit now owns this prompt: withdrawn edits' keys for it would only shadow its key
         (a retrofitted key is not the prompt's own input, which a withdrawn key is). Start-up skips
         them as well (_keys_to_load)."""
-        for edit_id in self.repo.withdrawn_with_prompt(method, prompt):
-            self.editors[method].discard(edit_id)
+        for record in self.repo.with_prompt(method, prompt, WITHDRAWN):
+            self.editors[method].discard(record.id)
 
     def _write_pack(self, records: list[EditRecord], tensors: dict) -> None:
         try:
@@ -247,7 +246,7 @@ class EditingService:
 
     def _refuse_duplicate(self, method: str, prompt: str) -> None:
         # Two live edits on one prompt would race for the same key; the user changes an edit with PUT.
-        existing = self.repo.active_with_prompt(method, prompt)
+        existing = next(iter(self.repo.with_prompt(method, prompt, ACTIVE)), None)
         if existing is not None:
             raise Conflict(f"prompt: active {method} edit {existing.id} already has this prompt; "
                            f"change it with PUT /edits/{existing.id}")
@@ -278,14 +277,9 @@ def _keys_to_load(records: list) -> list:
     else only the latest withdrawn (each newer edit of the prompt dropped the older keys when it
     became active); none whose tensors were already unusable (error set) when it was withdrawn."""
     active = {(r.method, r.prompt) for r in records if r.status == ACTIVE}
-    latest: dict[tuple[str, str], Any] = {}
-    for r in records:
-        key = (r.method, r.prompt)
-        if r.status != WITHDRAWN or r.error is not None or key in active:
-            continue
-        if key not in latest or (r.withdrawn_at or r.created_at) >= (latest[key].withdrawn_at or latest[key].created_at):
-            latest[key] = r
-    keep = {r.id for r in latest.values()}
+    withdrawn = [r for r in records if r.status == WITHDRAWN and r.error is None and (r.method, r.prompt) not in active]
+    latest = {(r.method, r.prompt): r.id for r in sorted(withdrawn, key=lambda r: r.withdrawn_at or r.created_at)}
+    keep = set(latest.values())
     return [r for r in records if r.status == ACTIVE or r.id in keep]
 
 

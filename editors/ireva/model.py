@@ -259,12 +259,9 @@ class IrevaEditor:
 
     def load(self, edit_id: str, tensors: dict[str, torch.Tensor], withdrawn: bool = False) -> None:
         """Restore an edit's neurons; `withdrawn` restores a withdrawn edit's keys as withdrawn."""
-        with self.lock:
-            if edit_id in self.retired:  # reinstating a withdrawal (a rollback): drop the old copy
-                self.adaptor.mask(self.retired.pop(edit_id))
-            self._place(edit_id, tensors["keys"], tensors["values"])
-            if withdrawn:
-                self.withdraw(edit_id)
+        error = self.load_many([(edit_id, tensors, withdrawn)]).get(edit_id)
+        if error is not None:
+            raise error
 
     def load_many(self, items: list[tuple[str, dict[str, torch.Tensor], bool]]) -> dict[str, Exception]:
         """load() for many (edit id, tensors, withdrawn) at once, as a start does: the adaptor grows
@@ -285,21 +282,14 @@ class IrevaEditor:
             return errors
         with self.lock:
             for edit_id, *_ in good:
-                if edit_id in self.retired:
+                if edit_id in self.retired:  # reinstating a withdrawal (a rollback): drop the old copy
                     self.adaptor.mask(self.retired.pop(edit_id))
-            at = self.adaptor.add(torch.cat([k for _, k, _, _ in good]), torch.cat([v for _, _, v, _ in good]))[0]
-            withdrawn_slots = []
+            slots = self.adaptor.add(torch.cat([k for _, k, _, _ in good]), torch.cat([v for _, _, v, _ in good]))
             for edit_id, keys, _, withdrawn in good:
-                slots = list(range(at, at + len(keys)))
-                at += len(keys)
-                self.owner.extend([edit_id] * len(slots))
+                mine, slots = slots[:len(keys)], slots[len(keys):]
+                self._assign(edit_id, mine)
                 if withdrawn:
-                    self.retired[edit_id] = slots
-                    withdrawn_slots += slots
-                else:
-                    self.slots[edit_id] = slots
-            if withdrawn_slots:
-                self.adaptor.retire(withdrawn_slots)
+                    self.withdraw(edit_id)
         return errors
 
     def withdraw(self, edit_id: str) -> None:
@@ -324,7 +314,9 @@ class IrevaEditor:
         return len(self.slots.get(edit_id, ()))
 
     def _place(self, edit_id: str, keys: torch.Tensor, values: torch.Tensor) -> None:
-        slots = self.adaptor.add(keys, values)
+        self._assign(edit_id, self.adaptor.add(keys, values))
+
+    def _assign(self, edit_id: str, slots: list[int]) -> None:
         self.slots[edit_id] = slots
         self.owner.extend([edit_id] * len(slots))
 
