@@ -66,13 +66,32 @@ class EditsPublic(BaseModel):
     count: int  # edits matching the filter, over all pages
 
 
-class GenerateRequest(BaseModel):
+class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerateRequest(BaseModel):
+    """Either `prompt` (continued as it is) or `messages` (a chat, rendered with the model's own
+    chat template and answered as the assistant's next turn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
     max_new_tokens: int = Field(16, ge=1, le=MAX_NEW_TOKENS)
 
     _check = field_validator("prompt")(_not_blank)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        if self.messages is not None and not any(m.role == "user" and m.content.strip() for m in self.messages):
+            raise ValueError("messages: there is no user message to answer")
+        return self
 
 
 class TokenPublic(BaseModel):

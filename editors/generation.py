@@ -1,19 +1,20 @@
-"""Greedy decoding with the KV cache, naming for each token the edit whose neuron produced it.
+"""Greedy decoding with the KV cache, naming for each token the edit that produced it.
 
-The adaptor acts on the last position of every forward call. During cached decoding that position's
-keys and values are kept for later steps, while a full forward over the same text would have computed
-them without the adaptor (it acts there on the last position only). Above the top layer nothing reads
-them, so the two agree; for an adaptor lower down, a step on which a neuron fired is run again with the
-adaptor off to store clean keys and values. Cached generation thus equals a full forward, token by token.
+One loop serves every method. A method steers it through a `Steering`: before each step it says which
+of its edits writes at that step (and sets its model up for it); an edit that acts below the top
+layer also gives a context in which the same step runs without it, so that the cached keys and
+values of that position are the unedited ones, as a full forward over the text would compute them
+(an edit acts on the last position only). Cached generation thus equals a full forward, token by token.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
-from editors.backbone import Backbone, encode_prompt
-from editors.ireva.model import IrevaEditor
+from editors.backbone import Backbone
 
 
 @dataclass
@@ -23,6 +24,21 @@ class Generation:
     tokens: list[tuple[str, str | None]] = field(default_factory=list)  # (text, edit id or None)
 
 
+class Steering(Protocol):
+    """How one method's edits act on a batch of rows (editors/registry.py `Editor.steer`)."""
+
+    def step(self, generated: list[list[int]]) -> list[str | None]:
+        """Set the model up for the next forward call, given each row's tokens so far; return, per
+        row, the edit that writes at that step, if any."""
+
+    def close(self) -> None:
+        """Undo what step() set up."""
+
+    def without_edit(self) -> AbstractContextManager | None:
+        """A context in which the model runs unedited, when cached states must be recomputed in it
+        after a step an edit wrote at (edits below the top layer); None when they need not be."""
+
+
 def _step(model, ids: torch.Tensor, cache, start: int):
     positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
     out = model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1)
@@ -30,41 +46,40 @@ def _step(model, ids: torch.Tensor, cache, start: int):
 
 
 @torch.no_grad()
-def generate(backbone: Backbone, editor: IrevaEditor | None, prompt: str, max_new_tokens: int = 16,
+def generate(backbone: Backbone, ids: list[int], max_new_tokens: int = 16, steering: Steering | None = None,
              attribute_to: str | None = None) -> Generation:
-    """Greedy continuation of `prompt`. `attribute_to` names one edit for every token (SERAC's
-    counterfactual path); otherwise each token names the iReVa edit that fired for it, if any."""
+    """Greedy continuation of the token ids `ids`. Each token names the edit `steering` says wrote it,
+    or `attribute_to` for every token (a method whose whole answer comes from one edit)."""
     from transformers import DynamicCache
 
     model, tok = backbone.model, backbone.tokenizer
-    ids = encode_prompt(tok, prompt)
     cache = DynamicCache(config=model.config)
-    adaptor = editor.adaptor if editor is not None else None
-    relay = adaptor is not None and not editor.is_top_layer and adaptor.enabled
+    relay = steering is not None and steering.without_edit() is not None
     pending = torch.tensor([ids], device=backbone.device)
     length, out_ids, owners = 0, [], []
-    for _ in range(max_new_tokens):
-        logits, cache = _step(model, pending, cache, length)
-        fired = editor.fired_edit() if editor is not None else None
-        if relay and fired is not None:
-            cache.crop(-1)  # drop the last position, then store it again computed without the adaptor
-            adaptor.enabled = False
-            try:
-                _step(model, pending[:, -1:], cache, length + pending.shape[1] - 1)
-            finally:
-                adaptor.enabled = True
-        length += pending.shape[1]
-        nxt = int(logits.argmax())
-        if nxt == tok.eos_token_id:
-            break
-        out_ids.append(nxt)
-        owners.append(attribute_to if attribute_to is not None else fired)
-        pending = torch.tensor([[nxt]], device=backbone.device)
-    pieces = _token_texts(tok, out_ids)
+    try:
+        for _ in range(max_new_tokens):
+            writer = steering.step([out_ids])[0] if steering is not None else None
+            logits, cache = _step(model, pending, cache, length)
+            if relay and writer is not None:
+                cache.crop(-1)  # drop the last position, then store it again computed without the edit
+                with steering.without_edit():
+                    _step(model, pending[:, -1:], cache, length + pending.shape[1] - 1)
+            length += pending.shape[1]
+            nxt = int(logits.argmax())
+            if nxt == tok.eos_token_id:
+                break
+            out_ids.append(nxt)
+            owners.append(attribute_to if attribute_to is not None else writer)
+            pending = torch.tensor([[nxt]], device=backbone.device)
+    finally:
+        if steering is not None:
+            steering.close()
+    pieces = token_texts(tok, out_ids)
     return Generation(text="".join(pieces), token_ids=out_ids, tokens=list(zip(pieces, owners)))
 
 
-def _token_texts(tok, ids: list[int]) -> list[str]:
+def token_texts(tok, ids: list[int]) -> list[str]:
     """Per-token strings whose concatenation equals the decoded text (multi-byte characters that
     span tokens are assigned to the token that completes them)."""
     pieces, prev = [], ""

@@ -1,44 +1,53 @@
 """Editing methods the server knows, by the name clients use in `POST /edits {"method": ...}`.
 
-A method plugs in by adding a `Method` to METHODS. Its editor must offer the verbs listed in
-editors/__init__.py plus `lock` (an RLock held while it changes, and by the server around generation).
-An editor that also has `route(prompt) -> edit_id | None` and `counterfactual_prompt(edit_id, query)
--> str` (SERAC) is asked first at generation time: when it routes the prompt to one of its edits, the
-server generates from the counterfactual prompt and names that edit for every token.
+A method plugs in by adding a `Method` to METHODS; its editor offers the `Editor` verbs. Which edit a
+query is about is not the method's call: the scope model (editors/scope) decides for every method,
+and the edit's own method then answers the query through `reads`, `context` and `steer`
+(editors/edited.py).
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
 
 from editors.backbone import Backbone
+from editors.generation import Steering
 
 Tensors = dict[str, torch.Tensor]
 
 
 class Editor(Protocol):
-    lock: Any
+    name: str
+    lock: Any  # an RLock held while the editor changes, and by the server around generation
+    supports_retrofit: bool  # insert/update take retrofit=True
+    answer_line_only: bool  # an answer from this method ends with its first line
 
+    # Changes. Errors in the user's input (empty target, too many tokens) raise ValueError naming it.
     def insert(self, edit_id: str, prompt: str, target: str) -> Tensors: ...
     def update(self, edit_id: str, prompt: str, target: str) -> Tensors: ...
-    def load(self, edit_id: str, tensors: Tensors, withdrawn: bool = False) -> None: ...
-    def load_many(self, items: list[tuple[str, Tensors, bool]]) -> dict[str, Exception]: ...
-    def withdraw(self, edit_id: str) -> None: ...
-    def discard(self, edit_id: str) -> None: ...
-    def neurons(self, edit_id: str) -> int: ...
-    def tensors(self, edit_id: str) -> Tensors: ...
+    def withdraw(self, edit_id: str) -> None: ...  # stops acting at once; also undoes an insert
+    # Restore (edit id, prompt, target, tensors) as stored; returns the edits that failed, with why.
+    def load_many(self, items: list[tuple[str, str, str, Tensors]]) -> dict[str, Exception]: ...
+    def tensors(self, edit_id: str) -> Tensors: ...  # the edit's state, to persist
+    def neurons(self, edit_id: str) -> int: ...  # units that carry the edit
+    def state(self) -> Tensors: ...  # what every stored edit depends on; persisted once per data dir
+    def close(self) -> None: ...
+
+    # Answers, for a query the scope model put in `edit_id`'s scope.
+    def reads(self, edit_id: str, ids: list[int], query: str) -> list[int]: ...  # the ids the model reads
+    def context(self) -> AbstractContextManager: ...  # the model set-up for the whole answer
+    def steer(self, edit_ids: list[str | None]) -> Steering: ...  # who writes, per row and step
 
 
 @dataclass(frozen=True)
 class Method:
-    # build(backbone, settings, state): `state` is what `state(editor)` returned on the first start
+    # build(backbone, settings, state): `state` is what `editor.state()` returned on the first start
     # with this data dir (None on that first start). `settings` is the server's Settings; a method
     # reads its own section of it (settings.ireva for iReVa).
     build: Callable[[Backbone, Any, Tensors | None], Editor]
-    # Tensors every stored edit depends on; persisted once per data dir.
-    state: Callable[[Editor], Tensors]
     # The settings the stored edits depend on. A later start with a different fingerprint refuses
     # the data dir rather than serve edits measured against another model or layer.
     fingerprint: Callable[[Backbone, Any], dict]
@@ -48,10 +57,6 @@ def _build_ireva(backbone: Backbone, settings: Any, state: Tensors | None) -> Ed
     from editors.ireva.model import IrevaEditor
 
     return IrevaEditor(backbone, settings.ireva, centre=None if state is None else state["centre"])
-
-
-def _ireva_state(editor: Editor) -> Tensors:
-    return {"centre": editor.adaptor.centre}
 
 
 def _ireva_fingerprint(backbone: Backbone, settings: Any) -> dict:
@@ -65,10 +70,6 @@ def _build_serac(backbone: Backbone, settings: Any, state: Tensors | None) -> Ed
     return build(backbone, settings, state)
 
 
-def _serac_state(editor: Editor) -> Tensors:
-    return {}  # every SERAC blob carries its own prompt, target and embedding
-
-
 def _serac_fingerprint(backbone: Backbone, settings: Any) -> dict:
     from editors.serac.method import fingerprint
 
@@ -76,6 +77,6 @@ def _serac_fingerprint(backbone: Backbone, settings: Any) -> dict:
 
 
 METHODS: dict[str, Method] = {
-    "ireva": Method(build=_build_ireva, state=_ireva_state, fingerprint=_ireva_fingerprint),
-    "serac": Method(build=_build_serac, state=_serac_state, fingerprint=_serac_fingerprint),
+    "ireva": Method(build=_build_ireva, fingerprint=_ireva_fingerprint),
+    "serac": Method(build=_build_serac, fingerprint=_serac_fingerprint),
 }

@@ -71,9 +71,11 @@ class Repository:
             page = query.order_by(EditRecord.created_at, EditRecord.id).offset(offset).limit(limit)
             return list(s.scalars(page)), count
 
-    def with_prompt(self, method: str, prompt: str, status: str) -> list[EditRecord]:
-        query = select(EditRecord).where(EditRecord.method == method, EditRecord.prompt == prompt,
-                                         EditRecord.status == status)
+    def with_prompt(self, method: str | None, prompt: str, status: str) -> list[EditRecord]:
+        """Edits with this exact prompt and status, of one method or (None) of any."""
+        query = select(EditRecord).where(EditRecord.prompt == prompt, EditRecord.status == status)
+        if method is not None:
+            query = query.where(EditRecord.method == method)
         with self.sessions() as s:
             return list(s.scalars(query))
 
@@ -82,10 +84,10 @@ class Repository:
 
     def to_load(self) -> list:
         """The edits a starting server puts back in its editors: active and withdrawn, oldest first.
-        Light rows (id, method, status, blob, prompt, error, withdrawn_at, created_at), not ORM
-        objects: a start may read 10,000."""
+        Light rows (id, method, status, blob, prompt, target, error, withdrawn_at, created_at), not
+        ORM objects: a start may read 10,000."""
         query = (select(EditRecord.id, EditRecord.method, EditRecord.status, EditRecord.blob, EditRecord.prompt,
-                        EditRecord.error, EditRecord.withdrawn_at, EditRecord.created_at)
+                        EditRecord.target, EditRecord.error, EditRecord.withdrawn_at, EditRecord.created_at)
                  .where(EditRecord.status.in_((ACTIVE, WITHDRAWN)))
                  .order_by(EditRecord.created_at, EditRecord.id))
         with self.sessions() as s:

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.main import create_app
+from editors.scope.config import ScopeConfig
 from storage.repository import BLOB_DIR, DB_FILE
 from tests.api.helpers import stop
 from tests.tiny_models import packaged_tokenizer, tiny_backbone
@@ -31,8 +32,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def settings(tiny_model_dir, tmp_path) -> Settings:
+    # The scope model is the packaged MiniLM, untrained: these tests do not depend on set-up products.
     return Settings(_env_file=None, data_dir=tmp_path / "data", cache_dir=tmp_path / "cache",
-                    model=str(tiny_model_dir), device="cpu", torch_threads=1)
+                    model=str(tiny_model_dir), device="cpu", torch_threads=1, scope=ScopeConfig(use_trained=False))
 
 
 @pytest.fixture

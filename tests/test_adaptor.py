@@ -7,7 +7,7 @@ from editors.backbone import encode_prompt, encode_target
 from editors.ireva.config import IrevaConfig
 from editors.ireva.layer import KeyValueAdaptor
 from editors.ireva.model import IrevaEditor
-from evaluation.teacher_forcing import next_tokens, prefix_cases
+from evaluation.teacher_forcing import next_tokens
 from tests.tiny_models import packaged_tokenizer, tiny_backbone
 
 
@@ -30,72 +30,37 @@ def make_adaptor(theta=0.8, ramp=0.1):
     return KeyValueAdaptor(4, torch.zeros(4), theta=theta, ramp=ramp)
 
 
-def test_max_pooling_picks_the_best_key_and_only_it():
+def steered(editor, edit_id, prompt, prefixes):
+    """Next token after the prompt + each prefix with edit_id in scope (its neurons steered in order)."""
+    steering = editor.steer([edit_id] * len(prefixes))
+    steering.step(prefixes)
+    try:
+        return next_tokens(editor.backbone, [encode_prompt(editor.backbone.tokenizer, prompt) + p for p in prefixes])
+    finally:
+        steering.close()
+
+
+def test_only_the_neuron_each_row_names_writes():
     a = make_adaptor()
-    a.add(torch.stack([unit([1, 0, 0, 0]), unit([1, 1, 0, 0])]), torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]]))
-    delta, fired = a(torch.stack([unit([1, 0.05, 0, 0]), unit([1, 0.9, 0, 0])]))
-    assert fired.tolist() == [0, 1]
-    # only the winner's value is added, at full strength since its cosine clears theta + ramp
-    assert torch.allclose(delta, torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]]))
+    a.add(torch.stack([unit([1, 0, 0, 0]), unit([0, 1, 0, 0])]), torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]]))
+    x = torch.stack([unit([0, 1, 0, 0])] * 3)  # the input's key does not matter: the gate decides
+    delta = a(x, torch.tensor([0, 1, -1]))
+    assert delta.tolist() == [[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 0]]
+    a.mask([1])  # a withdrawn neuron writes nothing even when named
+    assert torch.count_nonzero(a(x, torch.tensor([1, 1, 1]))) == 0
 
 
-def test_margin_silences_weak_matches():
-    a = make_adaptor(theta=0.8, ramp=0.1)
-    a.add(unit([1, 0, 0, 0])[None], torch.tensor([[5.0, 0, 0, 0]]))
-    weak = unit([1, 1, 0, 0])  # cosine 0.707 < theta
-    delta, fired = a(weak[None])
-    assert fired.tolist() == [-1] and torch.count_nonzero(delta) == 0
-    half = unit([0.85, (1 - 0.85**2) ** 0.5, 0, 0])  # cosine 0.85: halfway up the ramp
-    delta, fired = a(half[None])
-    assert fired.tolist() == [0] and torch.allclose(delta, torch.tensor([[2.5, 0, 0, 0]]), atol=1e-4)
-
-
-def test_discarded_neuron_never_fires_and_second_best_takes_over():
+def test_the_hook_writes_only_inside_writing_and_when_enabled():
     a = make_adaptor()
-    slots = a.add(torch.stack([unit([1, 0, 0, 0]), unit([1, 0.2, 0, 0])]), torch.eye(4)[:2])
-    x = unit([1, 0, 0, 0])[None]
-    assert a(x)[1].tolist() == [0]
-    a.mask([slots[0]])
-    delta, fired = a(x)
-    assert fired.tolist() == [1]  # a discarded neuron does not hide the live runner-up
-    assert torch.allclose(delta, torch.eye(4)[1:2])
-    a.mask([slots[1]])
-    assert a(x)[1].tolist() == [-1]
-    assert a.live == 0
-
-
-def test_withdrawn_key_keeps_its_inputs_on_the_unedited_output():
-    a = make_adaptor()
-    slots = a.add(torch.stack([unit([1, 0, 0, 0]), unit([1, 0.2, 0, 0])]), torch.eye(4)[:2])
-    own, near_other = unit([1, 0, 0, 0])[None], unit([1, 0.25, 0, 0])[None]
-    a.retire([slots[0]])
-    delta, fired = a(own)
-    assert fired.tolist() == [-1] and torch.count_nonzero(delta) == 0  # not the runner-up's value
-    assert a(near_other)[1].tolist() == [1]  # inputs closer to the live key still get it
-    assert a.live == 1
-    again = a.add(unit([1, 0, 0, 0])[None], torch.eye(4)[2:3])  # the same key inserted anew wins the tie
-    assert a(own)[1].tolist() == again
-
-
-def test_half_precision_screening_picks_the_exact_winner():
-    torch.manual_seed(0)
-    a = KeyValueAdaptor(64, torch.zeros(64), theta=0.8, ramp=0.02)
-    base = torch.nn.functional.normalize(torch.randn(200, 64), dim=-1)
-    # clusters of near-duplicate keys (cosines ~0.999 apart), as continuation tokens of many edits are
-    keys = torch.nn.functional.normalize(base.repeat_interleave(20, 0) + 0.01 * torch.randn(4000, 64), dim=-1)
-    slots = a.add(keys, torch.randn(4000, 64))
-    a.retire(slots[::7])
-    a.mask(slots[::11])
-    a.add(keys[::7][:50], torch.randn(50, 64))  # exact duplicates of withdrawn keys: the live one wins
-    x = torch.cat([keys[::7][:50], keys[::13] + 0.02 * torch.randn(len(keys[::13]), 64), torch.randn(100, 64)])
-    exact_score, exact_best = a.scores(x).max(dim=-1)
-    score, best = a.best_match(x)
-    can_fire = exact_score >= a.theta
-    assert can_fire.sum() > 100 and (~can_fire).sum() > 50
-    assert torch.equal(best[can_fire], exact_best[can_fire])
-    assert torch.allclose(score[can_fire], exact_score[can_fire], atol=1e-6)  # summation order aside
-    assert (score[~can_fire] < a.theta).all()
-    assert (best[:50] >= 4000).all()
+    a.add(unit([1, 0, 0, 0])[None], torch.tensor([[3.0, 0, 0, 0]]))
+    x, out = torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)
+    assert a.hook(None, (x,), out) is None  # no scope decision: nothing fires
+    with a.writing(torch.tensor([0])):
+        got = a.hook(None, (x,), out)
+        assert got[0, -1].tolist() == [3.0, 0, 0, 0] and got[0, 0].tolist() == [0, 0, 0, 0]
+        with a.disabled():
+            assert a.hook(None, (x,), out) is None
+    assert a.writes is None
 
 
 def test_growth_keeps_existing_neurons():
@@ -104,7 +69,7 @@ def test_growth_keeps_existing_neurons():
     for i in range(100):
         a.add(unit([1, 0, 0, i / 100])[None], torch.zeros(1, 4))
     assert a.size == 101 and a.keys.shape[0] >= 101
-    assert a(unit([0, 0, 1, 0])[None])[1].tolist() == first
+    assert a(torch.zeros(1, 4), torch.tensor(first)).tolist() == [[1.0] * 4]
 
 
 def test_multi_token_target_gets_one_neuron_per_token(backbone):
@@ -114,71 +79,44 @@ def test_multi_token_target_gets_one_neuron_per_token(backbone):
     assert len(t_ids) > 3
     editor.insert("e1", prompt, target)
     assert editor.neurons("e1") == len(t_ids)
-    cases = prefix_cases(backbone.tokenizer, prompt, target)
-    predicted = next_tokens(backbone, [ids for ids, _ in cases])
-    assert predicted.tolist() == [t for _, t in cases]
+    assert steered(editor, "e1", prompt, [t_ids[:i] for i in range(len(t_ids))]).tolist() == t_ids
+    # off the target, or past its end, no neuron writes: the unedited prediction
+    with editor.adaptor.disabled():
+        plain = next_tokens(backbone, [encode_prompt(backbone.tokenizer, prompt) + t_ids])
+    assert steered(editor, "e1", prompt, [t_ids]).tolist() == plain.tolist()
 
 
 @pytest.mark.parametrize("layer", [-1, 1])
-def test_edit_changes_its_prompt_and_withdrawal_restores_it(backbone, layer):
+def test_edit_changes_its_scope_and_withdrawal_restores_it(backbone, layer):
     editor = IrevaEditor(backbone, IrevaConfig(layer=layer))
     prompts = ["The capital of France is", "Who wrote the novel about the whale?"]
-    editor.adaptor.enabled = False
     before = next_tokens(backbone, [encode_prompt(backbone.tokenizer, p) for p in prompts])
-    editor.adaptor.enabled = True
     editor.insert("paris", prompts[0], "Rome")
     rome = encode_target(backbone.tokenizer, prompts[0], "Rome")[0]
-    after = next_tokens(backbone, [encode_prompt(backbone.tokenizer, p) for p in prompts])
-    assert after[0] == rome and after[1] == before[1]
-    editor.withdraw("paris")
+    assert steered(editor, "paris", prompts[0], [[]]).tolist() == [rome]
+    # outside every scope nothing writes, even with live neurons
     assert torch.equal(next_tokens(backbone, [encode_prompt(backbone.tokenizer, p) for p in prompts]), before)
-
-
-def test_withdrawn_edits_restore_as_withdrawn_and_reinsertion_wins(backbone):
-    prompt, other = "The capital of France is", "The largest planet is"
-    editor = IrevaEditor(backbone, IrevaConfig())
-    seqs = [encode_prompt(backbone.tokenizer, p) for p in (prompt, other)]
-    editor.adaptor.enabled = False
-    before = next_tokens(backbone, seqs)
-    editor.adaptor.enabled = True
-    editor.insert("old", prompt, "Rome")
-    editor.insert("planet", other, "Saturn")
-    saved = {e: editor.tensors(e) for e in ("old", "planet")}
-    editor.withdraw("old")
-    editor.insert("new", prompt, "Berlin")  # same prompt again: the live key beats the withdrawn one
-    berlin = encode_target(backbone.tokenizer, prompt, "Berlin")[0]
-    saturn = encode_target(backbone.tokenizer, other, "Saturn")[0]
-    assert next_tokens(backbone, seqs).tolist() == [berlin, saturn]
-    saved["new"] = editor.tensors("new")
-    editor.withdraw("new")
-    assert next_tokens(backbone, seqs).tolist() == [before[0], saturn]
-    editor.load("new", saved["new"])  # reinstating (a rollback) takes the withdrawn copy out
-    assert next_tokens(backbone, seqs).tolist() == [berlin, saturn] and "new" not in editor.retired
-    editor.withdraw("new")
-    editor.adaptor.enabled = False
-    restored = IrevaEditor(backbone, IrevaConfig(), centre=editor.adaptor.centre.cpu())
-    for edit_id, withdrawn in (("old", True), ("planet", False), ("new", True)):
-        restored.load(edit_id, saved[edit_id], withdrawn=withdrawn)
-    assert next_tokens(backbone, seqs).tolist() == [before[0], saturn]
-    assert restored.adaptor.live == editor.adaptor.live
+    editor.withdraw("paris")
+    assert editor.neurons("paris") == 0 and editor.adaptor.live_count == 0
+    assert steered(editor, "paris", prompts[0], [[]]).tolist() == before[:1].tolist()
 
 
 def test_state_round_trips_through_safetensors(backbone, tmp_path):
     editor = IrevaEditor(backbone, IrevaConfig())
-    editor.insert("a", "The capital of France is", "Rome")
-    editor.insert("b", "The largest planet is", "Saturn rings")
-    for edit_id in ("a", "b"):
+    edits = {"a": ("The capital of France is", "Rome"), "b": ("The largest planet is", "Saturn rings")}
+    for edit_id, (p, t) in edits.items():
+        editor.insert(edit_id, p, t)
         save_file(editor.tensors(edit_id), tmp_path / f"{edit_id}.safetensors")
+    ours = {e: steered(editor, e, p, [encode_target(backbone.tokenizer, p, t)[:1]]) for e, (p, t) in edits.items()}
+    editor.close()
     restored = IrevaEditor(backbone, IrevaConfig(), centre=editor.adaptor.centre.cpu())
-    for edit_id in ("a", "b"):
-        restored.load(edit_id, load_file(tmp_path / f"{edit_id}.safetensors"))
+    errors = restored.load_many([(e, p, t, load_file(tmp_path / f"{e}.safetensors")) for e, (p, t) in edits.items()]
+                                + [("bad", "x", "y", {"keys": torch.zeros(1, 3)})])
+    assert list(errors) == ["bad"]
     assert torch.equal(restored.adaptor.keys[: restored.adaptor.size], editor.adaptor.keys[: editor.adaptor.size])
-    seqs = [ids for p, t in [("The capital of France is", "Rome"), ("The largest planet is", "Saturn rings")]
-            for ids, _ in prefix_cases(backbone.tokenizer, p, t)]
-    restored.adaptor.enabled = False  # both editors hook the same MLP: let one act at a time
-    ours = next_tokens(backbone, seqs)
-    editor.adaptor.enabled, restored.adaptor.enabled = False, True
-    assert torch.equal(next_tokens(backbone, seqs), ours)
+    for e, (p, t) in edits.items():
+        assert torch.equal(steered(restored, e, p, [encode_target(backbone.tokenizer, p, t)[:1]]), ours[e])
+    restored.close()
 
 
 def test_update_retrains_in_place_and_bad_targets_are_rejected(backbone):
@@ -188,7 +126,7 @@ def test_update_retrains_in_place_and_bad_targets_are_rejected(backbone):
     editor.update("a", "The capital of France is", "Oslo")
     assert editor.slots["a"] == slots  # same token count: same neurons, new contents
     oslo = encode_target(backbone.tokenizer, "The capital of France is", "Oslo")[0]
-    assert next_tokens(backbone, [encode_prompt(backbone.tokenizer, "The capital of France is")])[0] == oslo
+    assert steered(editor, "a", "The capital of France is", [[]]).tolist() == [oslo]
     with pytest.raises(ValueError, match="cap"):
         editor.insert("b", "A prompt", "one two three four five six")
     with pytest.raises(ValueError, match="nothing"):
@@ -207,5 +145,5 @@ def test_retrofit_keeps_the_edit_and_pushes_keys_off_out_of_scope_inputs(backbon
     negatives = editor.negatives()[: len(editor._calibration_inputs)]
     theta = editor.adaptor.theta
     assert torch.relu(negatives @ trained.T - theta).sum() <= torch.relu(negatives @ plain_keys.T - theta).sum()
-    cases = prefix_cases(backbone.tokenizer, prompt, target)
-    assert next_tokens(backbone, [ids for ids, _ in cases]).tolist() == [t for _, t in cases]
+    t_ids = encode_target(backbone.tokenizer, prompt, target)
+    assert steered(editor, "r", prompt, [t_ids[:i] for i in range(len(t_ids))]).tolist() == t_ids

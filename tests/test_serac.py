@@ -1,17 +1,20 @@
-"""SERAC: memory, scope classifier (real MiniLM embedder), routing, persistence, counterfactual path
-on the real packaged model."""
+"""SERAC: the editor's verbs and persistence, the counterfactual path answering for queries the scope
+model puts in an edit's scope (real MiniLM, untrained), the trained adapter, on the real packaged model."""
 from __future__ import annotations
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from editors.generation import generate
+from editors.edited import EditedModel, Query, first_line
+from editors.generation import Generation
+from editors.scope.config import ScopeConfig
+from editors.scope.index import ScopeIndex
+from editors.scope.model import ScopeModel
 from editors.serac import SeracConfig, SeracEditor
-from editors.serac.memory import EditMemory
-from editors.serac.routing import counterfactual_generate, first_line, generate_routed
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.integration
 
 # zsRE train records (zsre_mend_train-1k.json): prompt, target, paraphrase.
 EDITS = [
@@ -30,6 +33,18 @@ def backbone():
     return load_backbone(device=torch.device("cpu"))
 
 
+@pytest.fixture(scope="module")
+def scope_model():
+    return ScopeModel.load(ScopeConfig(use_trained=False), None)
+
+
+def edited(backbone, scope_model, editor) -> EditedModel:
+    model = EditedModel(backbone, {"serac": editor}, ScopeIndex(scope_model))
+    for edit_id, (p, _) in editor.edits.items():
+        model.scope.put(edit_id, "serac", p)
+    return model
+
+
 @pytest.fixture
 def editor(backbone):
     ed = SeracEditor(backbone, SeracConfig(use_adapter=False))
@@ -38,57 +53,12 @@ def editor(backbone):
     return ed
 
 
-# -- memory ------------------------------------------------------------------------------------------
-def test_memory_grows_by_doubling_and_finds_the_nearest():
-    mem = EditMemory(dim=8, capacity=2)
-    vecs = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
-    for i, v in enumerate(vecs):
-        mem.put(f"e{i}", v)
-    assert mem.matrix.shape[0] == 8 and len(mem) == 5
-    for i, v in enumerate(vecs):
-        edit, score = mem.nearest(v)
-        assert edit == f"e{i}" and score == pytest.approx(1.0, abs=1e-5)
-    mem.remove("e2")
-    assert mem.nearest(vecs[2])[0] != "e2" and "e2" not in mem
-    mem.put("e1", vecs[3])  # rewrite in place: same slot
-    assert mem.slot["e1"] == 1
-    assert mem.nearest(vecs[3])[0] == "e3"  # equal scores: the later insert wins
-
-
-def test_empty_memory_routes_without_embedding(backbone):
-    ed = SeracEditor(backbone, SeracConfig(use_adapter=False))
-
-    def boom(texts):
-        raise AssertionError("embedder called with no edits in memory")
-    ed.embedder = boom
-    assert ed.route("The capital of France is") is None and ed.nearest("x") is None
-
-
-# -- scope classifier and routing ----------------------------------------------------------------------
-def test_paraphrase_in_scope_unrelated_out(editor):
-    for i, (p, _, para) in enumerate(EDITS):
-        assert editor.route(p) == f"e{i}"
-        assert editor.route(para) == f"e{i}"
-        assert editor.nearest(para)[1] >= editor.config.threshold
-    for q in UNRELATED:
-        assert editor.route(q) is None, (q, editor.nearest(q))
-
-
-def test_withdraw_removes_from_index(editor):
+# -- the editor's verbs ---------------------------------------------------------------------------------
+def test_withdraw_and_update(editor):
     editor.withdraw("e1")
-    assert editor.route(EDITS[1][0]) is None and editor.route(EDITS[1][2]) is None
-    assert editor.neurons("e1") == 0 and editor.neurons("e0") == 1
-    assert editor.route(EDITS[0][2]) == "e0"
-    with pytest.raises(KeyError):
-        editor.withdraw("e1")
-
-
-def test_update_in_place(editor):
-    slot = editor.memory.slot["e0"]
+    assert editor.neurons("e1") == 0 and editor.neurons("e0") == 1 and "e1" not in editor.edits
     tensors = editor.update("e0", "Who is the designer of the Eiffel Tower?", "Gustave Flaubert")
-    assert editor.memory.slot["e0"] == slot and len(editor) == len(EDITS)
-    assert editor.route("Who designed the Eiffel Tower?") == "e0"
-    assert editor.route(EDITS[0][0]) is None  # the old prompt left with the update
+    assert editor.edits["e0"] == ("Who is the designer of the Eiffel Tower?", "Gustave Flaubert")
     assert bytes(tensors["target"].tolist()).decode() == "Gustave Flaubert"
     with pytest.raises(KeyError):
         editor.update("nope", "a?", "b")
@@ -97,13 +67,12 @@ def test_update_in_place(editor):
 def test_state_round_trips_through_safetensors(editor, backbone, tmp_path):
     for i in range(len(EDITS)):
         save_file(editor.tensors(f"e{i}"), str(tmp_path / f"e{i}.safetensors"))
-    fresh = SeracEditor(backbone, SeracConfig(use_adapter=False), embedder=editor.embedder)
-    for i in range(len(EDITS)):
-        fresh.load(f"e{i}", load_file(str(tmp_path / f"e{i}.safetensors")))  # the blob alone suffices
+    fresh = SeracEditor(backbone, SeracConfig(use_adapter=False))
+    items = [(f"e{i}", p, t, load_file(str(tmp_path / f"e{i}.safetensors"))) for i, (p, t, _) in enumerate(EDITS)]
+    items.append(("other", "Another prompt?", "x", items[0][3]))  # a blob of another edit
+    assert list(fresh.load_many(items)) == ["other"]
     for i, (p, t, para) in enumerate(EDITS):
         assert fresh.edits[f"e{i}"] == (p, t)
-        assert torch.equal(fresh.memory.embedding(f"e{i}"), editor.memory.embedding(f"e{i}"))
-        assert fresh.route(para) == f"e{i}"
         assert fresh.counterfactual_prompt(f"e{i}", para) == editor.counterfactual_prompt(f"e{i}", para)
 
 
@@ -115,45 +84,29 @@ def test_bad_input_is_a_value_error(editor):
         editor.insert("e0", "Who?", "x")  # already live
 
 
-# -- counterfactual path ---------------------------------------------------------------------------------
+# -- the counterfactual path -------------------------------------------------------------------------------
 def test_counterfactual_prompt_states_the_edit(editor):
     text = editor.counterfactual_prompt("e0", EDITS[0][2])
     assert text == f"Question: {EDITS[0][0]}\nAnswer: {EDITS[0][1]}\nQuestion: {EDITS[0][2]}\nAnswer:"
 
 
-def test_routed_generation_answers_with_the_target_and_names_the_edit(editor, backbone):
+def test_in_scope_queries_get_the_target_and_name_the_edit(editor, backbone, scope_model):
+    model = edited(backbone, scope_model, editor)
     for i, (p, t, para) in enumerate(EDITS):
         for q in (p, para):
-            out = generate_routed(backbone, None, editor, q, max_new_tokens=8)
+            out = model.generate(Query.prompt(q), max_new_tokens=8)
             assert out.text.strip() == t, (q, out.text)
             assert {e for _, e in out.tokens} == {f"e{i}"}
-    q = UNRELATED[2]
-    assert generate_routed(backbone, None, editor, q, 6) == generate(backbone, None, q, 6)
+    for q in UNRELATED:
+        assert model.generate(Query.prompt(q), 6) == model.generate(Query.prompt(q), 6, edits=False)
+        assert model.decide([Query.prompt(q)]) == [None]
 
 
 def test_first_line_keeps_the_answer_only():
-    from editors.generation import Generation
     gen = Generation(" Lyon\nQuestion", [1, 2, 3], [(" Lyon", "e"), ("\n", "e"), ("Question", "e")])
     assert first_line(gen) == Generation(" Lyon", [1], [(" Lyon", "e")])
     gen = Generation("\n Lyon.\nQ", [1, 2, 3], [("\n", "e"), (" Lyon.", "e"), ("\nQ", "e")])
     assert first_line(gen).text == "\n Lyon."
-
-
-def test_counterfactual_path_switches_ireva_off(editor, backbone):
-    class FakeAdaptor:
-        enabled = True
-    class FakeIreva:
-        adaptor = FakeAdaptor()
-        lock = __import__("threading").RLock()
-    seen = []
-    orig = editor.counterfactual_prompt
-
-    def spy(edit_id, query):
-        seen.append(FakeIreva.adaptor.enabled)
-        return orig(edit_id, query)
-    editor.counterfactual_prompt = spy
-    counterfactual_generate(editor, "e0", EDITS[0][2], 2, ireva=FakeIreva())
-    assert seen == [False] and FakeIreva.adaptor.enabled
 
 
 # -- trained adapter ---------------------------------------------------------------------------------------
@@ -240,14 +193,15 @@ def test_default_settings_on_the_packaged_model_use_the_adapter_set_up_trained(b
     assert ed.template == SeracConfig().template == ed.adapter.template
     for i, (p, t, para) in enumerate(EDITS):
         ed.insert(f"e{i}", p, t)
+    model = edited(backbone, ScopeModel.load(ScopeConfig(use_trained=False), None), ed)
     for i, (p, t, para) in enumerate(EDITS):
         for q in (p, para):
-            out = generate_routed(backbone, None, ed, q, max_new_tokens=8)
+            out = model.generate(Query.prompt(q), max_new_tokens=8)
             assert out.text.strip() == t and {e for _, e in out.tokens} == {f"e{i}"}, (q, out.text)
     ids = backbone.tokenizer(ed.counterfactual_prompt("e0", EDITS[0][2]), return_tensors="pt")["input_ids"]
     with torch.no_grad():
         base = backbone.model(ids).logits
-        with ed.counterfactual():
+        with ed.context():
             assert not torch.equal(backbone.model(ids).logits, base)
 
     monkeypatch.setenv("EDITSERVE_SERAC__USE_ADAPTER", "false")
@@ -287,7 +241,7 @@ def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path):
     ids = backbone.tokenizer(ed.counterfactual_prompt("e0", EDITS[0][2]), return_tensors="pt")["input_ids"]
     with torch.no_grad():
         base = backbone.model(ids).logits
-        with ed.counterfactual():
+        with ed.context():
             adapted = backbone.model(ids).logits
         assert torch.equal(backbone.model(ids).logits, base)  # the hooks are gone again
     assert not torch.equal(adapted, base)

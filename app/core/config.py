@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from editors.backbone import DEFAULT_MODEL
 from editors.ireva.config import IrevaConfig
+from editors.scope.config import ScopeConfig
 from editors.serac.config import SeracConfig
 
 
@@ -31,6 +32,7 @@ class Settings(BaseSettings):
     methods: Annotated[list[str] | None, NoDecode] = None
     ireva: IrevaConfig = Field(default_factory=IrevaConfig)
     serac: SeracConfig = Field(default_factory=SeracConfig)
+    scope: ScopeConfig = Field(default_factory=ScopeConfig)
 
     @field_validator("data_dir", "cache_dir", mode="after")
     @classmethod

@@ -1,6 +1,7 @@
 """IrevaEditor: turns (prompt, target) edits into KeyValueAdaptor neurons and back."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -41,9 +42,8 @@ class IrevaEditor:
         cfg = self.config
         self.adaptor = KeyValueAdaptor(self.mean_row.shape[0], centre.to(backbone.device), cfg.theta, cfg.ramp, cfg.alpha)
         self._handle = self.mlp.register_forward_hook(self.adaptor.hook)
-        self.slots: dict[str, list[int]] = {}  # edit id -> adaptor slots, in target-token order
-        self.retired: dict[str, list[int]] = {}  # withdrawn edit id -> its slots, keys still competing
-        self.owner: list[str] = []  # adaptor slot -> edit id
+        self.slots: dict[str, list[int]] = {}  # live edit id -> adaptor slots, in target-token order
+        self.targets: dict[str, list[int]] = {}  # live edit id -> its target token ids
 
     # -- forward passes ------------------------------------------------------------------------------
     def capture(self, ids: list[int]) -> Capture:
@@ -52,16 +52,11 @@ class IrevaEditor:
         h2 = self.norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("final", a[0][0].detach()))
         adaptor = getattr(self, "adaptor", None)  # absent while the centre is being computed
         # The switch is model-wide, so it is made under the lock that generation holds too.
-        with self.lock:
-            was = adaptor is not None and adaptor.enabled
-            if adaptor is not None:
-                adaptor.enabled = False
+        with self.lock, adaptor.disabled() if adaptor is not None else contextlib.nullcontext():
             try:
                 with torch.no_grad():
                     out = self.backbone.model(torch.tensor([ids], device=self.backbone.device), use_cache=False)
             finally:
-                if adaptor is not None:
-                    adaptor.enabled = was
                 h1.remove()
                 h2.remove()
         return Capture(seen["mlp"].float(), seen["final"].float(), out.logits[0].float())
@@ -238,11 +233,15 @@ class IrevaEditor:
         k = k.detach()
         return k / k.norm(dim=-1, keepdim=True), v.detach()
 
-    # -- the verbs shared by all editors ---------------------------------------------------------------
+    # -- the verbs shared by all editors (editors/registry.py) ----------------------------------------
+    name = "ireva"
+    supports_retrofit = True
+    answer_line_only = False
+
     def insert(self, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> dict[str, torch.Tensor]:
         keys, values = self.build_neurons(prompt, target, retrofit)
         with self.lock:
-            self._place(edit_id, keys, values)
+            self._place(edit_id, keys, values, self._target_ids(prompt, target))
         return self.tensors(edit_id)
 
     def update(self, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> dict[str, torch.Tensor]:
@@ -251,59 +250,46 @@ class IrevaEditor:
             old = self.slots[edit_id]
             if len(old) == len(keys):
                 self.adaptor.set(old, keys, values)  # same token count: retrain in place
+                self.targets[edit_id] = self._target_ids(prompt, target)
             else:
-                self.adaptor.mask(old)
-                del self.slots[edit_id]
-                self._place(edit_id, keys, values)
+                self.withdraw(edit_id)
+                self._place(edit_id, keys, values, self._target_ids(prompt, target))
         return self.tensors(edit_id)
 
-    def load(self, edit_id: str, tensors: dict[str, torch.Tensor], withdrawn: bool = False) -> None:
-        """Restore an edit's neurons; `withdrawn` restores a withdrawn edit's keys as withdrawn."""
-        error = self.load_many([(edit_id, tensors, withdrawn)]).get(edit_id)
-        if error is not None:
-            raise error
-
-    def load_many(self, items: list[tuple[str, dict[str, torch.Tensor], bool]]) -> dict[str, Exception]:
-        """load() for many (edit id, tensors, withdrawn) at once, as a start does: the adaptor grows
+    def load_many(self, items: list[tuple[str, str, str, dict[str, torch.Tensor]]]) -> dict[str, Exception]:
+        """Restore many (edit id, prompt, target, tensors) at once, as a start does: the adaptor grows
         once instead of once per edit. Returns the edits whose tensors do not fit, with the reason."""
         hidden = self.adaptor.keys.shape[1]
         errors: dict[str, Exception] = {}
         good = []
-        for edit_id, tensors, withdrawn in items:
+        for edit_id, prompt, target, tensors in items:
             keys, values = tensors.get("keys"), tensors.get("values")
+            targets = self._target_ids(prompt, target)
             if keys is None or values is None or keys.dim() != 2 or keys.shape != values.shape \
-                    or keys.shape[1] != hidden or len(keys) == 0:
-                errors[edit_id] = ValueError(f"expected keys and values of shape (n, {hidden}), got "
+                    or keys.shape[1] != hidden or len(keys) != len(targets):
+                errors[edit_id] = ValueError(f"expected keys and values of shape ({len(targets)}, {hidden}), got "
                                              f"{None if keys is None else tuple(keys.shape)} and "
                                              f"{None if values is None else tuple(values.shape)}")
             else:
-                good.append((edit_id, keys, values, withdrawn))
+                good.append((edit_id, keys, values, targets))
         if not good:
             return errors
         with self.lock:
             for edit_id, *_ in good:
-                if edit_id in self.retired:  # reinstating a withdrawal (a rollback): drop the old copy
-                    self.adaptor.mask(self.retired.pop(edit_id))
-            slots = self.adaptor.add(torch.cat([k for _, k, _, _ in good]), torch.cat([v for _, _, v, _ in good]))
-            for edit_id, keys, _, withdrawn in good:
-                mine, slots = slots[:len(keys)], slots[len(keys):]
-                self._assign(edit_id, mine)
-                if withdrawn:
+                if edit_id in self.slots:  # reinstating (a rollback): drop the copy it replaces
                     self.withdraw(edit_id)
+            slots = self.adaptor.add(torch.cat([k for _, k, _, _ in good]), torch.cat([v for _, _, v, _ in good]))
+            for edit_id, keys, _, targets in good:
+                mine, slots = slots[:len(keys)], slots[len(keys):]
+                self.slots[edit_id], self.targets[edit_id] = mine, targets
         return errors
 
     def withdraw(self, edit_id: str) -> None:
-        """The neurons stop writing; their keys stay, so the edit's prompts get the unedited answer."""
+        """The edit's neurons stop writing for good (the scope index keeps the withdrawn edit's
+        prompt, so its queries get the unedited answer rather than another edit's)."""
         with self.lock:
-            slots = self.slots.pop(edit_id)
-            self.adaptor.retire(slots)
-            self.retired[edit_id] = slots
-
-    def discard(self, edit_id: str) -> None:
-        """Remove an edit's neurons, live or withdrawn, as if it had never been inserted (undoing an
-        insert the store refused; dropping a withdrawn key a newer edit of the same prompt replaces)."""
-        with self.lock:
-            slots = self.slots.pop(edit_id, None) or self.retired.pop(edit_id, None)
+            slots = self.slots.pop(edit_id, None)
+            self.targets.pop(edit_id, None)
             if slots:
                 self.adaptor.mask(slots)
 
@@ -313,20 +299,57 @@ class IrevaEditor:
     def neurons(self, edit_id: str) -> int:
         return len(self.slots.get(edit_id, ()))
 
-    def _place(self, edit_id: str, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self._assign(edit_id, self.adaptor.add(keys, values))
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"centre": self.adaptor.centre}
 
-    def _assign(self, edit_id: str, slots: list[int]) -> None:
-        self.slots[edit_id] = slots
-        self.owner.extend([edit_id] * len(slots))
+    def reads(self, edit_id: str, ids: list[int], query: str) -> list[int]:
+        return ids  # the neurons act on the query itself
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def steer(self, edit_ids: list[str | None]) -> NeuronSteering:
+        return NeuronSteering(self, edit_ids)
+
+    def _target_ids(self, prompt: str, target: str) -> list[int]:
+        return encode_target(self.backbone.tokenizer, prompt, target)
+
+    def _place(self, edit_id: str, keys: torch.Tensor, values: torch.Tensor, targets: list[int]) -> None:
+        self.slots[edit_id], self.targets[edit_id] = self.adaptor.add(keys, values), targets
 
     def close(self) -> None:
         """Take the adaptor out of the backbone (the backbone is as it was loaded)."""
         self._handle.remove()
 
-    def fired_edit(self, row: int = 0) -> str | None:
-        """The edit whose neuron fired on the last position of the latest forward call, if any."""
-        fired = self.adaptor.last_fired
-        if fired is None or int(fired[row]) < 0:
-            return None
-        return self.owner[int(fired[row])]
+
+class NeuronSteering:
+    """iReVa under the scope gate, for a batch of rows each in the scope of one edit (or None).
+
+    Inside an edit's scope its neurons write in target order, one per step, while the answer so far
+    follows the target: neuron j writes after the first j target tokens, whatever the query's key
+    (a paraphrase or a chat question rarely ends on the edit prompt's key). Once the answer leaves the
+    target, or has said all of it, nothing writes: the model goes on in its own words."""
+
+    def __init__(self, editor: IrevaEditor, edit_ids: list[str | None]):
+        self.editor, self.edit_ids = editor, edit_ids
+
+    def slots_for(self, generated: list[list[int]]) -> list[int]:
+        out = []
+        for edit_id, done in zip(self.edit_ids, generated):
+            slots = self.editor.slots.get(edit_id) if edit_id is not None else None
+            target = self.editor.targets.get(edit_id) if edit_id is not None else None
+            j = len(done)
+            out.append(slots[j] if slots and j < len(target) and done == target[:j] else -1)
+        return out
+
+    def step(self, generated: list[list[int]]) -> list[str | None]:
+        slots = self.slots_for(generated)
+        self.editor.adaptor.writes = torch.tensor(slots, device=self.editor.adaptor.keys.device)
+        return [e if s >= 0 else None for e, s in zip(self.edit_ids, slots)]
+
+    def close(self) -> None:
+        self.editor.adaptor.writes = None
+
+    def without_edit(self):
+        # Above the top layer nothing reads the cached states of the position the neuron wrote at.
+        return None if self.editor.is_top_layer else self.editor.adaptor.disabled()

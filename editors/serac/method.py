@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import logging
 from pathlib import Path
 from typing import Any
@@ -59,18 +58,8 @@ def build(backbone, settings: Any, state: dict[str, torch.Tensor] | None) -> Ser
     return editor
 
 
-def state(editor: SeracEditor) -> dict[str, torch.Tensor]:
-    return {}  # each blob carries its prompt, target and embedding; nothing is shared
-
-
 def fingerprint(backbone, settings: Any) -> dict:
-    # Stored embeddings come from this embedder (a blob from another one is re-embedded on load).
-    # The adapter is deliberately not part of it: a blob holds only prompt, target and embedding, so a
-    # data dir keeps starting when the adapter changes (trained, shipped, switched off); only the
-    # counterfactual model's answers change.
-    cfg = config_from(settings, backbone.name)
-    try:
-        version = importlib.metadata.version(cfg.embedder_package.replace("_", "-"))
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return {"embedder": f"{cfg.embedder_package}=={version}"}
+    # A blob holds the edit's prompt and target only, so nothing stored depends on the backbone, the
+    # adapter or the scope model: a data dir keeps starting when any of them changes (trained,
+    # switched off); only the counterfactual model's answers change.
+    return {"blob": "prompt+target"}

@@ -256,7 +256,7 @@ def test_restart_reads_the_pack_and_each_blob_the_pack_does_not_hold(client, sta
     monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 10**6)  # from now on no pack is written
     reads.clear()
     second = start()
-    assert reads == []  # all three edits, the withdrawn one too, came from the pack
+    assert reads == []  # both active edits came from the pack (a withdrawn one needs its prompt only)
     second.put(f"/edits/{changed['id']}", json={"target": OTHER_TARGET})
     prompts = [PROMPT, OTHER_PROMPT, GOLD, UNRELATED]
     answers = [generate(second, p, 8) for p in prompts]
@@ -283,7 +283,7 @@ def test_restart_reads_the_pack_and_each_blob_the_pack_does_not_hold(client, sta
     pack.write_bytes(b"torn")  # a damaged pack costs time, not edits
     reads.clear()
     fourth = start()
-    assert len(reads) == 3
+    assert len(reads) == 2  # the active edits' blobs
     assert [generate(fourth, p, 8) for p in prompts] == answers
 
 
@@ -309,14 +309,15 @@ def test_a_new_edit_on_a_withdrawn_prompt_acts_before_and_after_restart(client, 
     assert generate(start(), prompt) == withdrawn
 
 
-def test_keys_to_load_keeps_what_the_running_server_held():
-    t = [datetime(2026, 1, 1, h) for h in range(6)]
-    row = lambda i, status, prompt, withdrawn=None, error=None: SimpleNamespace(  # noqa: E731
-        id=i, method="ireva", status=status, prompt=prompt, withdrawn_at=withdrawn, created_at=t[0], error=error)
-    rows = [row("a", "withdrawn", "p", t[1]), row("b", "withdrawn", "p", t[3]), row("c", "withdrawn", "p", t[2]),
-            row("d", "withdrawn", "q", t[1]), row("e", "active", "q"),
-            row("f", "withdrawn", "r", t[1], error="blob missing"), row("g", "active", "s")]
-    assert [r.id for r in editing._keys_to_load(rows)] == ["b", "e", "g"]
+def test_a_start_shadows_only_the_newest_withdrawn_edit_of_a_prompt_no_live_edit_has(settings):
+    from editors.edited import EditedModel
+    from editors.scope.index import ScopeIndex
+    from editors.scope.model import ScopeModel
+
+    model = EditedModel(None, {}, ScopeIndex(ScopeModel.load(settings.scope, None)))
+    withdrawn = [("a", "ireva", "p"), ("c", "ireva", "p"), ("b", "serac", "p"), ("d", "ireva", "q")]  # oldest first
+    assert model.load([("e", "ireva", "q", "t", {})], withdrawn) == {}  # no editor serves "ireva": not loaded
+    assert {e.edit_id: e.live for e in model.scope.rows if e is not None} == {"b": False, "e": True}
 
 
 def test_damaged_blobs_mark_their_edits_corrupt_and_put_rebuilds_them(client, start, blob_dir, caplog):

@@ -1,0 +1,200 @@
+"""EditedModel: the backbone, its editors and the scope index, changed and asked in one place.
+
+Every answer takes one path, whoever asks (the server, the evaluation harness, the bench): the scope
+model decides which live edit, if any, the query is about; no edit -> the unedited backbone (nothing
+fires); edit E -> E's own method answers, reading what it reads (`reads`), in its model set-up
+(`context`), with its neurons or its attribution steering each step (`steer`).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from editors.backbone import Backbone, encode_prompt, encode_target
+from editors.generation import Generation, generate
+from editors.registry import Editor, Tensors
+from editors.scope.index import Decision, Entry, ScopeIndex
+
+
+@dataclass(frozen=True)
+class Query:
+    """What the model reads (`text`) and what the scope model judges (`about`): the same for a plain
+    prompt; for a chat, the rendered conversation and the last user message."""
+
+    text: str
+    about: str
+
+    @classmethod
+    def prompt(cls, prompt: str) -> Query:
+        return cls(prompt, prompt)
+
+    @classmethod
+    def chat(cls, tokenizer, messages: list[dict]) -> Query:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("messages: this model has no chat template; send a prompt instead")
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        if not users:
+            raise ValueError("messages: there is no user message to answer")
+        return cls(text, users[-1])
+
+
+@dataclass(frozen=True)
+class Restore:
+    """An edit as it was before a change, to put back if storing the change fails."""
+
+    edit_id: str
+    method: str
+    prompt: str
+    target: str
+    tensors: Tensors | None  # None: the edit was not live
+
+
+class EditedModel:
+    def __init__(self, backbone: Backbone, editors: dict[str, Editor], scope: ScopeIndex):
+        self.backbone, self.editors, self.scope = backbone, editors, scope
+        # Held by every change and every answer: an answer sees one edit set from start to end.
+        self.lock = threading.RLock()
+
+    # -- changes -----------------------------------------------------------------------------------
+    def editor(self, method: str) -> Editor:
+        return self.editors[method]
+
+    def insert(self, method: str, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> Tensors:
+        editor = self.editors[method]
+        with self.lock, editor.lock:
+            tensors = editor.insert(edit_id, prompt, target, **_retrofit(retrofit))
+            self.scope.put(edit_id, method, prompt)
+        return tensors
+
+    def update(self, before: Restore, prompt: str, target: str, retrofit: bool = False) -> Tensors:
+        editor = self.editors[before.method]
+        with self.lock, editor.lock:
+            if before.tensors is None:  # not live (a corrupt edit being rebuilt): a fresh insert
+                tensors = editor.insert(before.edit_id, prompt, target, **_retrofit(retrofit))
+            else:
+                tensors = editor.update(before.edit_id, prompt, target, **_retrofit(retrofit))
+            self.scope.put(before.edit_id, before.method, prompt)
+        return tensors
+
+    def withdraw(self, edit_id: str, method: str) -> None:
+        with self.lock, self.editors[method].lock:
+            self.editors[method].withdraw(edit_id)
+            if edit_id in self.scope:
+                self.scope.retire(edit_id)
+
+    def restore(self, before: Restore) -> None:
+        """Undo a change the store refused: the edit is as in `before` again (or gone, if it was new)."""
+        editor = self.editors[before.method]
+        with self.lock, editor.lock:
+            editor.withdraw(before.edit_id)
+            if before.tensors is None:
+                if before.edit_id in self.scope:
+                    self.scope.remove(before.edit_id)
+                return
+            editor.load_many([(before.edit_id, before.prompt, before.target, before.tensors)])
+            self.scope.put(before.edit_id, before.method, before.prompt)
+
+    def drop_shadows(self, prompt: str) -> None:
+        """A live edit now owns this prompt: withdrawn edits' rows for it would only shadow it."""
+        with self.lock:
+            for edit_id in self.scope.withdrawn_with_prompt(prompt):
+                self.scope.remove(edit_id)
+
+    def load(self, live: list[tuple[str, str, str, str, Tensors]], withdrawn: list[tuple[str, str, str]]
+             ) -> dict[str, Exception]:
+        """A start: live edits (id, method, prompt, target, tensors) act again; withdrawn ones
+        (id, method, prompt), oldest first, keep their prompts on the unedited answer where no live
+        edit has the prompt (the newest of each prompt only, as the running server held them)."""
+        errors: dict[str, Exception] = {}
+        with self.lock:
+            for name, editor in self.editors.items():
+                errors.update(editor.load_many([(i, p, t, x) for i, m, p, t, x in live if m == name]))
+            owned = {p for i, _, p, _, _ in live if i not in errors}
+            newest = {p: (i, m) for i, m, p in withdrawn if p not in owned}
+            self.scope.put_many([Entry(i, m, p, True) for i, m, p, _, _ in live if i not in errors]
+                                + [Entry(i, m, p, False) for p, (i, m) in newest.items()])
+        return errors
+
+    # -- answers -----------------------------------------------------------------------------------
+    def decide(self, queries: list[Query]) -> list[Decision | None]:
+        with self.lock:
+            return self.scope.decide([q.about for q in queries])
+
+    @torch.no_grad()
+    def generate(self, query: Query, max_new_tokens: int = 16, edits: bool = True) -> Generation:
+        """Greedy answer to one query; `edits=False` answers as the unedited model."""
+        ids = encode_prompt(self.backbone.tokenizer, query.text)
+        with self.lock:
+            decision = self.scope.decide([query.about])[0] if edits else None
+            if decision is None:
+                return generate(self.backbone, ids, max_new_tokens)
+            editor = self.editors[decision.method]
+            with editor.lock, editor.context():
+                gen = generate(self.backbone, editor.reads(decision.edit_id, ids, query.about), max_new_tokens,
+                               editor.steer([decision.edit_id]))
+        return first_line(gen) if editor.answer_line_only else gen
+
+    @torch.no_grad()
+    def next_tokens(self, query: Query, decision: Decision | None, prefixes: list[list[int]]) -> list[int]:
+        """Teacher forcing: the greedy next token after the query followed by each prefix of answer
+        tokens, on the path that answers the query (one forward per prefix: an edit acts on the last
+        position only). Used by the harness; batched over the prefixes."""
+        ids = encode_prompt(self.backbone.tokenizer, query.text)
+        with self.lock:
+            if decision is None:
+                return _next_tokens(self.backbone, [ids + p for p in prefixes])
+            editor = self.editors[decision.method]
+            reads = editor.reads(decision.edit_id, ids, query.about)
+            steering = editor.steer([decision.edit_id] * len(prefixes))
+            with editor.lock, editor.context():
+                steering.step(prefixes)
+                try:
+                    return _next_tokens(self.backbone, [reads + p for p in prefixes])
+                finally:
+                    steering.close()
+
+    def target_ids(self, query: Query, target: str) -> list[int]:
+        return encode_target(self.backbone.tokenizer, query.text, target)
+
+
+def _retrofit(retrofit: bool) -> dict:
+    return {"retrofit": True} if retrofit else {}
+
+
+def _next_tokens(backbone: Backbone, seqs: list[list[int]]) -> list[int]:
+    """Greedy next token after each sequence, one left-padded batch (rows keep their own positions)."""
+    if not seqs:
+        return []
+    pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=backbone.device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=backbone.device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    logits = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                            logits_to_keep=1).logits
+    return logits[:, -1].argmax(-1).tolist()
+
+
+def first_line(gen: Generation) -> Generation:
+    """Cut an answer after its first line: at the first newline that follows text."""
+    kept_ids, kept_tokens, seen_text = [], [], False
+    for tid, (piece, owner) in zip(gen.token_ids, gen.tokens):
+        cut = -1
+        for i, ch in enumerate(piece):
+            if ch == "\n" and seen_text:
+                cut = i
+                break
+            if not ch.isspace():
+                seen_text = True
+        if cut >= 0:
+            if piece[:cut].strip():
+                kept_ids.append(tid)
+                kept_tokens.append((piece[:cut], owner))
+            break
+        kept_ids.append(tid)
+        kept_tokens.append((piece, owner))
+    return Generation(text="".join(p for p, _ in kept_tokens), token_ids=kept_ids, tokens=kept_tokens)
+

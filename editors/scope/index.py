@@ -1,0 +1,94 @@
+"""ScopeIndex: every edit's prompt, of every method, and the one question asked of them: which edit,
+if any, is this query about?
+
+The scope model (model.py) answers it: its embedding retrieves candidates by cosine, its
+cross-encoder accepts one. A withdrawn edit keeps its row, live=False: a query it would have taken
+then gets the unedited answer, as before the edit, instead of falling to the runner-up (another edit
+of the same subject or question). Its row goes when a newer edit of the same prompt arrives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from editors.scope.model import ScopeModel
+
+
+@dataclass(frozen=True)
+class Entry:
+    edit_id: str
+    method: str
+    prompt: str
+    live: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    edit_id: str
+    method: str
+    score: float  # the scope model's confidence (cross-encoder probability, or cosine untrained)
+
+
+class ScopeIndex:
+    def __init__(self, model: ScopeModel, capacity: int = 64):
+        self.model = model
+        self.matrix = torch.zeros(capacity, model.dim)
+        self.rows: list[Entry | None] = []  # in insertion order: among equal scores the later row wins
+        self.slot: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return sum(1 for e in self.rows if e is not None and e.live)
+
+    def __contains__(self, edit_id: str) -> bool:
+        return edit_id in self.slot
+
+    def entry(self, edit_id: str) -> Entry:
+        return self.rows[self.slot[edit_id]]
+
+    def put_many(self, entries: list[Entry]) -> None:
+        """Add or replace entries (a replaced one moves to the end: the newest edit of a prompt wins)."""
+        if not entries:
+            return
+        vecs = self.model.embed([e.prompt for e in entries])
+        for e in entries:
+            if e.edit_id in self.slot:
+                self.remove(e.edit_id)
+        start = len(self.rows)
+        need = start + len(entries)
+        if need > self.matrix.shape[0]:
+            grown = self.matrix.new_zeros(max(need, 2 * self.matrix.shape[0]), self.matrix.shape[1])
+            grown[:start] = self.matrix[:start]
+            self.matrix = grown
+        self.matrix[start:need] = vecs
+        for i, e in enumerate(entries):
+            self.rows.append(e)
+            self.slot[e.edit_id] = start + i
+
+    def put(self, edit_id: str, method: str, prompt: str, live: bool = True) -> None:
+        self.put_many([Entry(edit_id, method, prompt, live)])
+
+    def retire(self, edit_id: str) -> None:
+        e = self.entry(edit_id)
+        self.rows[self.slot[edit_id]] = Entry(e.edit_id, e.method, e.prompt, False)
+
+    def remove(self, edit_id: str) -> None:
+        row = self.slot.pop(edit_id)
+        self.rows[row] = None
+        self.matrix[row] = 0.0
+
+    def withdrawn_with_prompt(self, prompt: str) -> list[str]:
+        return [e.edit_id for e in self.rows if e is not None and not e.live and e.prompt == prompt]
+
+    def decide(self, queries: list[str]) -> list[Decision | None]:
+        """For each query, the live edit whose scope holds it, or None (no edit, or a withdrawn one)."""
+        if not any(e is not None and e.live for e in self.rows):
+            return [None] * len(queries)  # nothing to decide: no embedding, no cost
+        n = len(self.rows)
+        prompts = [e.prompt if e is not None else None for e in self.rows]
+        found = self.model.decide(self.model.embed(queries), queries, self.matrix[:n], prompts)
+        out: list[Decision | None] = []
+        for hit in found:
+            e = self.rows[hit[0]] if hit is not None else None
+            out.append(Decision(e.edit_id, e.method, hit[1]) if e is not None and e.live else None)
+        return out

