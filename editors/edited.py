@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from editors.backbone import Backbone, encode_prompt, encode_target
-from editors.generation import Generation, generate
+from editors.generation import Generation, generate, generate_batch, token_texts
 from editors.registry import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
 
@@ -137,6 +137,38 @@ class EditedModel:
                                editor.steer([decision.edit_id]))
         return first_line(gen) if editor.answer_line_only else gen
 
+    def generate_many(self, queries: list[Query], budgets: list[int], edits: bool = True,
+                      batch_size: int = 16) -> list[Generation]:
+        """generate() for many queries, batched by the method that answers them (the harness's path)."""
+        tok = self.backbone.tokenizer
+        out: list[Generation | None] = [None] * len(queries)
+        with self.lock:
+            decisions = self.scope.decide([q.about for q in queries]) if edits else [None] * len(queries)
+            groups: dict[str | None, list[int]] = {}
+            for k, d in enumerate(decisions):
+                groups.setdefault(d.method if d is not None else None, []).append(k)
+            for method, ks in groups.items():
+                editor = self.editors[method] if method is not None else None
+                ks = sorted(ks, key=lambda k: len(queries[k].text))  # similar lengths pad less
+                for s in range(0, len(ks), batch_size):
+                    chunk = ks[s:s + batch_size]
+                    ids = [encode_prompt(tok, queries[k].text) for k in chunk]
+                    if editor is None:
+                        got = generate_batch(self.backbone, ids, [budgets[k] for k in chunk])
+                        owners = [[None] * len(g) for g in got]
+                    else:
+                        edit_ids = [decisions[k].edit_id for k in chunk]
+                        reads = [editor.reads(e, i, queries[k].about) for e, i, k in zip(edit_ids, ids, chunk)]
+                        steering = _Recording(editor.steer(edit_ids))
+                        with editor.lock, editor.context():
+                            got = generate_batch(self.backbone, reads, [budgets[k] for k in chunk], steering)
+                        owners = steering.owners
+                    for k, token_ids, who in zip(chunk, got, owners):
+                        pieces = token_texts(tok, token_ids)
+                        gen = Generation("".join(pieces), token_ids, list(zip(pieces, who[:len(token_ids)])))
+                        out[k] = first_line(gen) if editor is not None and editor.answer_line_only else gen
+        return out
+
     @torch.no_grad()
     def next_tokens(self, query: Query, decision: Decision | None, prefixes: list[list[int]]) -> list[int]:
         """Teacher forcing: the greedy next token after the query followed by each prefix of answer
@@ -158,6 +190,28 @@ class EditedModel:
 
     def target_ids(self, query: Query, target: str) -> list[int]:
         return encode_target(self.backbone.tokenizer, query.text, target)
+
+
+class _Recording:
+    """A steering that also records, per row, the edit that wrote at each step."""
+
+    def __init__(self, steering):
+        self.inner, self.owners = steering, None
+
+    def step(self, generated):
+        writers = self.inner.step(generated)
+        if self.owners is None:
+            self.owners = [[] for _ in generated]
+        for row, w in enumerate(writers):
+            if len(self.owners[row]) == len(generated[row]):
+                self.owners[row].append(w)
+        return writers
+
+    def close(self):
+        self.inner.close()
+
+    def without_edit(self):
+        return self.inner.without_edit()
 
 
 def _retrofit(retrofit: bool) -> dict:

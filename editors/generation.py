@@ -79,6 +79,55 @@ def generate(backbone: Backbone, ids: list[int], max_new_tokens: int = 16, steer
     return Generation(text="".join(pieces), token_ids=out_ids, tokens=list(zip(pieces, owners)))
 
 
+@torch.no_grad()
+def generate_batch(backbone: Backbone, prompts: list[list[int]], budgets: list[int], steering: Steering | None = None,
+                   context=None) -> list[list[int]]:
+    """Greedy continuations of many token-id prompts at once (left padding, each row at its own
+    positions), each stopping at EOS or its budget; `steering` acts per row as in generate(). The
+    harness uses it; a row's tokens equal generate()'s up to float rounding of the padded batch."""
+    from transformers import DynamicCache
+
+    model, eos, dev = backbone.model, backbone.tokenizer.eos_token_id, backbone.device
+    pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = DynamicCache(config=model.config)
+    out: list[list[int]] = [[] for _ in prompts]
+    done = [b <= 0 for b in budgets]
+    relay = steering is not None and steering.without_edit() is not None
+    try:
+        for _ in range(max(budgets, default=0)):
+            if all(done):
+                break
+            writers = steering.step(out) if steering is not None else [None] * len(prompts)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                           use_cache=True, logits_to_keep=1).logits
+            cache_after = cache
+            if relay and any(w is not None for w in writers):
+                cache_after.crop(-1)  # store the last position again, computed without the edits
+                with steering.without_edit():
+                    model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
+                          past_key_values=cache_after, use_cache=True, logits_to_keep=1)
+            nxt = logits[:, -1].argmax(-1).tolist()
+            for row, token in enumerate(nxt):
+                if done[row]:
+                    continue
+                if token == eos:
+                    done[row] = True
+                else:
+                    out[row].append(token)
+                    done[row] = len(out[row]) >= budgets[row]
+            ids = torch.tensor(nxt, device=dev)[:, None]
+            mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
+            positions = positions[:, -1:] + 1
+    finally:
+        if steering is not None:
+            steering.close()
+    return out
+
+
 def token_texts(tok, ids: list[int]) -> list[str]:
     """Per-token strings whose concatenation equals the decoded text (multi-byte characters that
     span tokens are assigned to the token that completes them)."""

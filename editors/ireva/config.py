@@ -8,7 +8,9 @@ class IrevaConfig:
     layer: int = -1  # MLP the adaptor sits beside; negative counts from the top (-1 = last block)
     theta: float = 0.85  # margin on the centred cosine between the input and a key
     ramp: float = 0.02  # activation rises linearly from theta to full strength at theta + ramp
-    alpha: float = 1.0  # global scale on the adaptor output (per-neuron scales are calibrated)
+    # Scale on a neuron's calibrated value when the scope gate lets it write: its value was calibrated on
+    # its own prompt, and a paraphrase or a chat turn needs more push (3 chosen on zsRE/CounterFact dev).
+    alpha: float = 3.0
     logit_margin: float = 5.0  # a neuron's value is scaled until its token leads the runner-up by this
     max_scale: float = 1e5
     max_target_tokens: int = 32
