@@ -42,6 +42,11 @@ def test_max_new_tokens_bounds_the_output(client):
     ({"prompt": UNRELATED, "max_new_tokens": 513}, "max_new_tokens"),
     ({"prompt": UNRELATED, "max_new_tokens": "lots"}, "max_new_tokens"),
     ({"prompt": UNRELATED, "temperature": 0.7}, "temperature"),
+    ({"prompt": UNRELATED, "messages": [{"role": "user", "content": "Hi"}]}, "prompt or messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "robot", "content": "Hi"}]}, "messages.0.role"),
+    ({"messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"messages": [{"role": "system", "content": "Be brief."}]}, "user message"),
 ])
 def test_bad_requests_name_the_field(client, body, field):
     assert_error(client.post("/generate", json=body), 422, field)
@@ -50,3 +55,33 @@ def test_bad_requests_name_the_field(client, body, field):
 def test_malformed_json_is_a_readable_422(client):
     assert_error(client.post("/generate", content=b'{"prompt": ', headers={"content-type": "application/json"}),
                  422, "body", "JSON")
+
+
+def chat(client, question: str, max_new_tokens: int = 8) -> dict:
+    r = client.post("/generate", json={"messages": [{"role": "user", "content": question}],
+                                       "max_new_tokens": max_new_tokens})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_chat_messages_are_answered_through_the_chat_template(client):
+    tok = client.app.state.service.backbone.tokenizer
+    question = "What is the mother tongue of Danielle Darrieux?"
+    out = chat(client, question)
+    # the same tokens as the rendered conversation sent as a prompt
+    rendered = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                       add_generation_prompt=True)
+    assert rendered.endswith("assistant\n") and out == generate(client, rendered, 8)
+    assert all(t["edit_id"] is None for t in out["tokens"])
+
+
+def test_an_edit_reaches_a_chat_question_about_its_fact_and_names_itself(client):
+    edit = create(client)
+    other = chat(client, "Photosynthesis turns sunlight into what?")
+    # The scope model (the untrained MiniLM here) puts the question in the edit's scope: the edit's
+    # neurons write its target at the start of the assistant's answer, each token naming the edit.
+    out = chat(client, "What is the mother tongue of Danielle Darrieux?")
+    assert out["text"].startswith(" " + TARGET) and out["tokens"][0] == {"text": " " + TARGET, "edit_id": edit["id"]}
+    assert chat(client, "Photosynthesis turns sunlight into what?") == other
+    client.delete(f"/edits/{edit['id']}")
+    assert all(t["edit_id"] is None for t in chat(client, "What is the mother tongue of Danielle Darrieux?")["tokens"])
