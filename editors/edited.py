@@ -103,20 +103,22 @@ class EditedModel:
             for edit_id in self.scope.withdrawn_with_prompt(prompt):
                 self.scope.remove(edit_id)
 
-    def load(self, live: list[tuple[str, str, str, str, Tensors]], withdrawn: list[tuple[str, str, str]]
-             ) -> dict[str, Exception]:
+    def load(self, live: list[tuple[str, str, str, str, Tensors]], withdrawn: list[tuple[str, str, str]],
+             known: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, Exception], int]:
         """A start: live edits (id, method, prompt, target, tensors) act again; withdrawn ones
         (id, method, prompt), oldest first, keep their prompts on the unedited answer where no live
-        edit has the prompt (the newest of each prompt only, as the running server held them)."""
+        edit has the prompt (the newest of each prompt only, as the running server held them).
+        `known`: prompts' scope vectors saved by an earlier start. Returns the edits that failed to
+        load, with why, and how many prompts had to be embedded."""
         errors: dict[str, Exception] = {}
         with self.lock:
             for name, editor in self.editors.items():
                 errors.update(editor.load_many([(i, p, t, x) for i, m, p, t, x in live if m == name]))
             owned = {p for i, _, p, _, _ in live if i not in errors}
             newest = {p: (i, m) for i, m, p in withdrawn if p not in owned}
-            self.scope.put_many([Entry(i, m, p, True) for i, m, p, _, _ in live if i not in errors]
-                                + [Entry(i, m, p, False) for p, (i, m) in newest.items()])
-        return errors
+            embedded = self.scope.put_many([Entry(i, m, p, True) for i, m, p, _, _ in live if i not in errors]
+                                           + [Entry(i, m, p, False) for p, (i, m) in newest.items()], known)
+        return errors, embedded
 
     # -- answers -----------------------------------------------------------------------------------
     def decide(self, queries: list[Query]) -> list[Decision | None]:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 DB_FILE = "editserve.db"
 BLOB_DIR = "blobs"
 PACK_FILE = "pack.safetensors"
+SCOPE_FILE = "scope-vectors.safetensors"
 
 
 def database_url(data_dir: Path | str) -> str:
@@ -155,6 +156,31 @@ class Repository:
         except Exception as exc:  # noqa: BLE001 - a torn or foreign pack only costs time
             log.warning("pack %s is unreadable (%s); reading every blob", path, exc)
             return {}
+
+    def read_scope_vectors(self, fingerprint: str) -> dict[str, torch.Tensor]:
+        """The scope model's embeddings of edit prompts saved by write_scope_vectors (prompt -> vector),
+        if they were made by the model with this fingerprint; a cache, like the pack."""
+        path = self.data_dir / SCOPE_FILE
+        if not path.exists():
+            return {}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata()
+                if meta.get("fingerprint") != fingerprint:
+                    return {}
+                return dict(zip(json.loads(meta["prompts"]), f.get_tensor("vectors")))
+        except Exception as exc:  # noqa: BLE001 - a torn cache only costs time
+            log.warning("scope vectors %s are unreadable (%s); embedding every prompt", path, exc)
+            return {}
+
+    def write_scope_vectors(self, fingerprint: str, vectors: dict[str, torch.Tensor]) -> None:
+        final = self.data_dir / SCOPE_FILE
+        tmp = final.with_name(final.name + ".tmp")
+        prompts = list(vectors)
+        stacked = torch.stack([vectors[p] for p in prompts]) if prompts else torch.zeros(0, 1)
+        save_file({"vectors": stacked.contiguous()}, str(tmp),
+                  metadata={"fingerprint": fingerprint, "prompts": json.dumps(prompts)})
+        os.replace(tmp, final)
 
     # -- writes ------------------------------------------------------------------------------------
     def create(self, *, edit_id: str, method: str, prompt: str, target: str, retrofit: bool,

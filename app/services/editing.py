@@ -96,8 +96,12 @@ class EditingService:
         errors = {rid: t for rid, t in tensors.items() if isinstance(t, Exception)}
         withdrawn = [(r.id, r.method, r.prompt) for r in sorted((r for r in rows if r.status == WITHDRAWN),
                                                                 key=lambda r: r.withdrawn_at or r.created_at)]
-        errors.update(self.model.load([(r.id, r.method, r.prompt, r.target, tensors[r.id]) for r in active
-                                       if r.id not in errors], withdrawn))
+        failed, embedded = self.model.load([(r.id, r.method, r.prompt, r.target, tensors[r.id]) for r in active
+                                            if r.id not in errors], withdrawn,
+                                           self.repo.read_scope_vectors(self.model.scope.model.fingerprint))
+        errors.update(failed)
+        if embedded >= PACK_AFTER_MISSES:  # embedding 10,000 prompts takes a minute: keep them
+            self._write_scope_vectors()
         for record in active:
             exc = errors.get(record.id)
             if exc is not None:
@@ -134,6 +138,12 @@ class EditingService:
         except Exception:  # noqa: BLE001 - the pack only saves time at the next start
             log.exception("writing the pack failed; the next start reads the blobs one by one")
 
+    def _write_scope_vectors(self) -> None:
+        try:
+            self.repo.write_scope_vectors(self.model.scope.model.fingerprint, self.model.scope.vectors())
+        except Exception:  # noqa: BLE001 - the vectors only save time at the next start
+            log.exception("saving the scope vectors failed; the next start embeds every prompt")
+
     def _mark_corrupt(self, record, error: str) -> None:
         log.error("edit %s (%s, prompt %r) is corrupt: %s; its record is kept, PUT /edits/%s rebuilds it",
                   record.id, record.method, record.prompt, error, record.id)
@@ -146,6 +156,7 @@ class EditingService:
         if self._blobs_written >= PACK_AFTER_MISSES:
             records = [r for r in self.repo.to_load() if r.status == ACTIVE]
             self._write_pack(records, self.repo.read_many(records)[0])
+            self._write_scope_vectors()
         for editor in self.editors.values():
             editor.close()
         self.repo.close()

@@ -46,11 +46,15 @@ class ScopeIndex:
     def entry(self, edit_id: str) -> Entry:
         return self.rows[self.slot[edit_id]]
 
-    def put_many(self, entries: list[Entry]) -> None:
-        """Add or replace entries (a replaced one moves to the end: the newest edit of a prompt wins)."""
+    def put_many(self, entries: list[Entry], known: dict[str, torch.Tensor] | None = None) -> int:
+        """Add or replace entries (a replaced one moves to the end: the newest edit of a prompt wins).
+        `known` holds prompts' vectors embedded before by this model; returns how many were embedded."""
         if not entries:
-            return
-        vecs = self.model.embed([e.prompt for e in entries])
+            return 0
+        known = known or {}
+        missing = list(dict.fromkeys(e.prompt for e in entries if e.prompt not in known))
+        fresh = dict(zip(missing, self.model.embed(missing))) if missing else {}
+        vecs = torch.stack([known[e.prompt] if e.prompt in known else fresh[e.prompt] for e in entries])
         for e in entries:
             if e.edit_id in self.slot:
                 self.remove(e.edit_id)
@@ -64,6 +68,11 @@ class ScopeIndex:
         for i, e in enumerate(entries):
             self.rows.append(e)
             self.slot[e.edit_id] = start + i
+        return len(missing)
+
+    def vectors(self) -> dict[str, torch.Tensor]:
+        """Each prompt's vector, for saving (put_many's `known` at the next start)."""
+        return {e.prompt: self.matrix[row].clone() for row, e in enumerate(self.rows) if e is not None}
 
     def put(self, edit_id: str, method: str, prompt: str, live: bool = True) -> None:
         self.put_many([Entry(edit_id, method, prompt, live)])

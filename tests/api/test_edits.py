@@ -1,9 +1,7 @@
 """POST/GET/PUT/DELETE /edits over a real SQLite file, including failures, restarts and damaged blobs."""
-import inspect
 import logging
 import sqlite3
 from datetime import datetime
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,11 +9,21 @@ from safetensors.torch import save_file
 
 from app.services import editing
 from editors.ireva.config import IrevaConfig
-from editors.ireva.model import IrevaEditor
 from storage.blobs import BlobStore
 from storage.repository import PACK_FILE
-from tests.api.helpers import (GOLD, OTHER_PROMPT, OTHER_TARGET, PROMPT, TARGET, UNRELATED, assert_error, create,
-                               generate, listing, stop)
+from tests.api.helpers import (
+    GOLD,
+    OTHER_PROMPT,
+    OTHER_TARGET,
+    PROMPT,
+    TARGET,
+    UNRELATED,
+    assert_error,
+    create,
+    generate,
+    listing,
+    stop,
+)
 
 
 def test_create_returns_the_active_edit_and_the_model_answers_with_it(client):
@@ -74,13 +82,12 @@ def test_target_over_the_token_cap_is_rejected_and_leaves_nothing(start, blob_di
     assert client.get("/health").json()["edits_active"] == 0
 
 
-def test_retrofit_is_applied_or_refused_naming_the_field(client):
+def test_retrofit_is_applied_by_ireva_and_refused_naming_the_field_by_serac(client):
     r = client.post("/edits", json={"prompt": PROMPT, "target": TARGET, "retrofit": True})
-    if "retrofit" in inspect.signature(IrevaEditor.insert).parameters:
-        assert r.status_code == 201 and r.json()["retrofit"] is True
-    else:
-        assert_error(r, 422, "retrofit")
-        assert listing(client)["count"] == 0
+    assert r.status_code == 201 and r.json()["retrofit"] is True, r.text
+    serac = {"prompt": OTHER_PROMPT, "target": OTHER_TARGET, "retrofit": True, "method": "serac"}
+    assert_error(client.post("/edits", json=serac), 422, "retrofit", "serac")
+    assert listing(client)["count"] == 1
 
 
 def test_same_prompt_as_an_active_edit_is_a_conflict_naming_it(client):
@@ -127,7 +134,8 @@ def test_put_retrains_the_edit(client, blob_dir):
     r = client.put(f"/edits/{edit['id']}", json={"target": "Spanish and Basque"})
     assert r.status_code == 200, r.text
     new = r.json()
-    assert (new["id"], new["prompt"], new["target"], new["status"]) == (edit["id"], PROMPT, "Spanish and Basque", "active")
+    assert (new["id"], new["prompt"], new["target"], new["status"]) == (
+        edit["id"], PROMPT, "Spanish and Basque", "active")
     assert new["neurons"] == 3 and new["created_at"] == edit["created_at"] and new["updated_at"] > edit["updated_at"]
     out = generate(client, PROMPT, max_new_tokens=3)
     assert out["text"] == " Spanish and Basque" and {t["edit_id"] for t in out["tokens"]} == {edit["id"]}
@@ -316,7 +324,7 @@ def test_a_start_shadows_only_the_newest_withdrawn_edit_of_a_prompt_no_live_edit
 
     model = EditedModel(None, {}, ScopeIndex(ScopeModel.load(settings.scope, None)))
     withdrawn = [("a", "ireva", "p"), ("c", "ireva", "p"), ("b", "serac", "p"), ("d", "ireva", "q")]  # oldest first
-    assert model.load([("e", "ireva", "q", "t", {})], withdrawn) == {}  # no editor serves "ireva": not loaded
+    assert model.load([("e", "ireva", "q", "t", {})], withdrawn) == ({}, 2)  # no "ireva" editor: nothing to load
     assert {e.edit_id: e.live for e in model.scope.rows if e is not None} == {"b": False, "e": True}
 
 
@@ -384,3 +392,27 @@ def test_data_dir_of_another_layer_is_refused_while_it_holds_edits(client, start
 def _blob_of(blob_dir, edit_id: str) -> str:
     (name,) = [p.name for p in blob_dir.iterdir() if p.name.startswith(edit_id)]
     return name
+
+
+def test_a_restart_reuses_the_saved_scope_vectors_of_the_same_scope_model(client, start, settings, monkeypatch):
+    from editors.scope.model import ScopeModel
+    from storage.repository import SCOPE_FILE
+
+    embedded = []
+    real_embed = ScopeModel.embed
+    monkeypatch.setattr(ScopeModel, "embed", lambda self, texts, **kw: embedded.extend(texts) or real_embed(self, texts, **kw))
+    monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 1)  # the first stop saves the pack and the vectors
+    made = [create(client), create(client, OTHER_PROMPT, OTHER_TARGET)]
+    answers = [generate(client, p) for p in (PROMPT, OTHER_PROMPT, UNRELATED)]
+    stop(client)
+    assert (settings.data_dir / SCOPE_FILE).exists()
+    embedded.clear()
+    again = start()
+    assert embedded == []  # the start embedded no edit prompt
+    assert [generate(again, p) for p in (PROMPT, OTHER_PROMPT, UNRELATED)] == answers
+    stop(again)
+    (settings.data_dir / SCOPE_FILE).write_bytes(b"torn")  # a cache: damage costs time, not answers
+    embedded.clear()
+    third = start()
+    assert sorted(embedded) == sorted([PROMPT, OTHER_PROMPT]) and [generate(third, p) for p in (PROMPT, OTHER_PROMPT, UNRELATED)] == answers
+    assert {e["id"] for e in listing(third, status="active")["data"]} == {e["id"] for e in made}
