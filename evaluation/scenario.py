@@ -1,4 +1,5 @@
-"""The SERAC HTTP scenario against a real server process: `python -m app.cli serve` on 127.0.0.1.
+"""`editserve scenario`: SERAC over HTTP against a real server process (`python -m app.cli serve` on
+127.0.0.1, evaluation/server.py).
 
 Starts the server on a fresh data dir (default settings unless --env), inserts the first N zsRE train
 records (the held-out dev records 0..N-1) with "method": "serac", and counts, with 12-token greedy
@@ -7,87 +8,45 @@ token; 12 unrelated prompts (10 NQ questions, 2 completions) answered exactly as
 the same after a restart; and the first 5 edits' prompts answered as before once those edits are
 withdrawn. Prints one JSON line at the end (and which adapter the server said it loaded).
 
-    python -m editors.serac.scenario [--n 30] [--data-dir DIR] [--env EDITSERVE_SERAC__USE_ADAPTER=false]
+    editserve scenario [--n 30] [--data-dir DIR] [--env EDITSERVE_SERAC__USE_ADAPTER=false]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from editors.serac.data import nq_questions, zsre
+from evaluation import datasets
+from evaluation.server import Server
 
 UNRELATED_EXTRA = ["The capital of France is", "Water is made of hydrogen and"]
 
 
-class Server:
-    def __init__(self, data_dir: Path, port: int, env: dict[str, str], log: Path):
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        full = {**os.environ, "EDITSERVE_DATA_DIR": str(data_dir), "EDITSERVE_HOST": "127.0.0.1",
-                "EDITSERVE_PORT": str(port), **env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=full,
-                                     stdout=log.open("ab"), stderr=subprocess.STDOUT)
-        deadline = time.time() + 600
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {log}")
-            try:
-                self.call("GET", "/health")
-                return
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1)
-
-    def call(self, verb: str, path: str, body: dict | None = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=verb,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=600) as r:
-            return json.loads(r.read())
-
-    def generate(self, prompt: str, tokens: int = 12) -> dict:
-        return self.call("POST", "/generate", {"prompt": prompt, "max_new_tokens": tokens})
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="editserve scenario", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=30)
-    ap.add_argument("--data-dir", default=None, help="default: a fresh temporary directory")
+    ap.add_argument("--data-dir", default=None, help="server data dir; default: a fresh temporary directory")
+    ap.add_argument("--eval-data", default=None, help="default $EDITSERVE_EVAL_DATA or ../shared/data")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting")
     ap.add_argument("--withdraw", type=int, default=5)
     args = ap.parse_args(argv)
     env = {"EDITSERVE_TORCH_THREADS": "1", **dict(kv.split("=", 1) for kv in args.env)}
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="serac-scenario-"))
-    log = data_dir.parent / f"{data_dir.name}.server.log"
-    recs = zsre(0, args.n)
-    unrelated = nq_questions(0, 10) + UNRELATED_EXTRA
+    root = datasets.data_root(args.eval_data)
+    recs = datasets.zsre("dev", root)[: args.n]
+    # the first 10 NQ-open dev questions as a user would ask them (without zsRE's "nq question: " prefix)
+    unrelated = [q.prompt.removeprefix(datasets.NQ_PREFIX) for q in datasets.nq("dev", root)[:10]] + UNRELATED_EXTRA
 
     def ok(out: dict, target: str, edit_id: str) -> bool:
         return out["text"].strip().startswith(target) and all(t["edit_id"] == edit_id for t in out["tokens"])
 
     t0 = time.time()
-    server = Server(data_dir, free_port(), env, log)
-    try:
+    server = Server(data_dir, env)
+    with server:
         before = {q: server.generate(q) for q in unrelated + [r.prompt for r in recs[: args.withdraw]]}
         ids = [server.call("POST", "/edits", {"prompt": r.prompt, "target": r.target, "method": "serac"})["id"]
                for r in recs]
@@ -95,10 +54,7 @@ def main(argv=None) -> int:
         para_out = [server.generate(r.paraphrase) for r in recs]
         para_ok = [ok(o, r.target, i) for o, r, i in zip(para_out, recs, ids)]
         unrelated_same = sum(server.generate(q) == before[q] for q in unrelated)
-    finally:
-        server.stop()
-    server = Server(data_dir, free_port(), env, log)
-    try:
+    with server:  # the same data dir, a new process
         restart_prompt = sum(ok(server.generate(r.prompt), r.target, i) for r, i in zip(recs, ids))
         restart_para = sum(ok(server.generate(r.paraphrase), r.target, i) for r, i in zip(recs, ids))
         restart_unrelated = sum(server.generate(q) == before[q] for q in unrelated)
@@ -107,14 +63,13 @@ def main(argv=None) -> int:
         withdrawn_back = sum(server.generate(r.prompt) == before[r.prompt] for r in recs[: args.withdraw])
         kept = sum(ok(server.generate(r.prompt), r.target, i)
                    for r, i in zip(recs[args.withdraw:], ids[args.withdraw:]))
-    finally:
-        server.stop()
-    loaded = re.findall(r"SERAC[^\n]*(?:adapter|prompted backbone)[^\n]*", log.read_text())
+    loaded = re.findall(r"SERAC[^\n]*(?:adapter|prompted backbone)[^\n]*", server.log.read_text())
     result = {
         "n": args.n, "env": env, "data_dir": str(data_dir), "server_said": loaded[-1] if loaded else None,
         "prompts": sum(prompt_ok), "paraphrases": sum(para_ok),
         "unrelated_unchanged": unrelated_same, "unrelated": len(unrelated),
-        "after_restart": {"prompts": restart_prompt, "paraphrases": restart_para, "unrelated_unchanged": restart_unrelated},
+        "after_restart": {"prompts": restart_prompt, "paraphrases": restart_para,
+                          "unrelated_unchanged": restart_unrelated},
         "withdrawn": args.withdraw, "withdrawn_original_back": withdrawn_back,
         "others_still_edited": kept, "seconds": round(time.time() - t0),
         "misses": [{"kind": "prompt", "query": r.prompt, "target": r.target}

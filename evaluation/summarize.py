@@ -5,23 +5,17 @@ import json
 import sys
 from pathlib import Path
 
+from evaluation.metrics import fmt
+
 COLUMNS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "n_edits", "insert_seconds_per_edit",
            "seconds")
-
-
-def _cell(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
 
 
 def table(dirs: list[Path]) -> str:
     lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for d in dirs:
         m = json.loads((d / "metrics.json").read_text())
-        lines.append(f"| {d.name} | " + " | ".join(_cell(m[c]) for c in COLUMNS) + " |")
+        lines.append(f"| {d.name} | " + " | ".join(fmt(m[c], 3) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 

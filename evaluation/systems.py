@@ -7,8 +7,6 @@ through their `insert`; `ft` is the iReVa paper's fine-tuning baseline (appendix
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import random
 import time
 from dataclasses import dataclass, field, fields
@@ -18,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from editors.backbone import Backbone, encode_prompt, encode_target, mlp_of, transformer_blocks
+from editors.backbone import Backbone, encode_prompt, encode_target, mlp_of, padded, transformer_blocks
 from evaluation.datasets import Record
-from evaluation.teacher_forcing import greedy, next_tokens, prefix_cases, shared_next_tokens
+from evaluation.teacher_forcing import greedy, shared_next_tokens
 
 # per record: the (predicted, expected) token of each teacher-forced case
 PerRecord = list[list[tuple[int, int]]]
@@ -106,13 +104,20 @@ def set_config(config, overrides: dict[str, str]):
 
 
 class System:
+    """The unedited backbone, and the interface every method under evaluation offers. A withdrawable
+    system also answers predict_withdrawn and predict_one (the harness measures rs/con with them)."""
+
     name = "none"
     withdrawable = False
 
     def __init__(self, backbone: Backbone, batch_size: int = 32):
         self.backbone, self.batch_size = backbone, batch_size
         self.rejected: dict[int, str] = {}  # record index -> why the editor refused the edit
-        self.ids: list[str] = []
+        self.ids: list[str] = []  # record index -> edit id
+        self.subjects: dict[str, str] = {}  # edit id -> its record's subject (every inserted edit)
+        # per case of the last predict(): the edit that acted on it (None: none); None: not known
+        self.last_fired_owner: list[str | None] | None = None
+        self.decide_seconds: list[float] = []  # scope decision time per query, for methods that decide
 
     def describe(self) -> dict:
         return {}
@@ -131,221 +136,16 @@ class System:
         prompts = [encode_prompt(self.backbone.tokenizer, q) for q in queries]
         return greedy(self.backbone, prompts, budgets, batch_size=self.batch_size, progress=progress)
 
+    def predict_withdrawn(self, k: int, cs: CaseSet, base: PerRecord) -> PerRecord | None:
+        """Record k's cases with edit k withdrawn and the others active (None: edit k was refused)."""
+        raise NotImplementedError
+
+    def predict_one(self, k: int, cs: CaseSet) -> list[tuple[int, int]]:
+        """Record k's cases predicted on their own (a batch of one record), edits active."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
-
-
-class IrevaSystem(System):
-    name = "ireva"
-    withdrawable = True
-
-    def __init__(self, backbone: Backbone, batch_size: int = 32, layer: int | None = None,
-                 retrofit: bool = False, overrides: dict[str, str] | None = None):
-        super().__init__(backbone, batch_size)
-        from editors.ireva.config import IrevaConfig
-        from editors.ireva.model import IrevaEditor
-
-        if retrofit and "retrofit" not in inspect.signature(IrevaEditor.insert).parameters:
-            raise SystemExit("--retrofit: IrevaEditor.insert has no retrofit parameter yet, so there is no "
-                             "retrofit to evaluate")
-        self.config = set_config(IrevaConfig(), overrides or {})
-        if layer is not None:
-            self.config.layer = layer
-        self.retrofit = retrofit
-        self.editor = IrevaEditor(backbone, self.config)
-
-    def describe(self) -> dict:
-        from dataclasses import asdict
-
-        return {"config": asdict(self.config), "layer_index": self.editor.layer, "retrofit": self.retrofit,
-                "neurons": int(self.editor.adaptor.size), "fired_cases": getattr(self, "fired_cases", None)}
-
-    def insert_all(self, records: list[Record]) -> float:
-        kwargs = {"retrofit": True} if self.retrofit else {}
-        self.ids = [f"e{i}" for i in range(len(records))]
-        self.subjects = {self.ids[i]: r.subject for i, r in enumerate(records)}
-        seconds = 0.0
-        for i, r in enumerate(tqdm(records, desc="insert (ireva)", leave=False)):
-            t = time.perf_counter()
-            try:
-                self.editor.insert(self.ids[i], r.prompt, r.target, **kwargs)
-            except ValueError as exc:
-                self.rejected[i] = str(exc)
-            seconds += time.perf_counter() - t
-        return seconds
-
-    @torch.no_grad()
-    def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None, count: bool = True) -> PerRecord:
-        """Per-prefix semantics (the adaptor acts on each prefix's last position), computed cheaply:
-        one plain forward per pair (adaptor off) gives every case's prediction and the adaptor layer's
-        input there; the adaptor's own forward on those inputs tells which cases a neuron fires on, and
-        only those are run again, prefix by prefix, with the adaptor on. A case on which no neuron
-        fires is the plain model's case exactly (the adaptor adds nothing there)."""
-        adaptor = self.editor.adaptor
-        adaptor.enabled = False
-        try:
-            preds, x = cs.plain(self.backbone, self.batch_size, f"{progress} (plain)" if progress else None,
-                                capture=self.editor.mlp)
-        finally:
-            adaptor.enabled = True
-        slots = torch.full((len(preds),), -1, dtype=torch.long)
-        if x is not None and adaptor.size:
-            for s in range(0, len(x), 1024):
-                _, fired = adaptor(x[s:s + 1024].to(adaptor.keys.device))
-                slots[s:s + 1024] = fired.cpu()
-        marked = (slots >= 0).nonzero().flatten().tolist()
-        # which edit's neuron fires on each case (None: none), for the report's diagnostics
-        self.last_fired_owner = [self.editor.owner[int(j)] if j >= 0 else None for j in slots]
-        if count:
-            self.fired_cases = getattr(self, "fired_cases", 0) + len(marked)
-        if marked:
-            again = next_tokens(self.backbone, [cs.seqs[i] for i in marked], self.batch_size,
-                                f"{progress} (fired)" if progress else None)
-            preds[marked] = again
-        return cs.group(preds)
-
-    def generate(self, queries, budgets, base=None, progress=None):
-        prompts = [encode_prompt(self.backbone.tokenizer, q) for q in queries]
-        return greedy(self.backbone, prompts, budgets, editor=self.editor, batch_size=self.batch_size,
-                      progress=progress)
-
-    def predict_withdrawn(self, k: int, cs: CaseSet, base: PerRecord) -> PerRecord | None:
-        """Predictions on record k's cases with edit k withdrawn (the others active); the edit is then
-        loaded again from its own tensors. None when edit k was never inserted."""
-        if k in self.rejected:
-            return None
-        edit_id = self.ids[k]
-        saved = self.editor.tensors(edit_id)
-        self.editor.withdraw(edit_id)
-        try:
-            return self.predict(cs.subset([k]), None, count=False)
-        finally:
-            self.editor.load(edit_id, saved)
-
-    def predict_one(self, k: int, cs: CaseSet) -> list[tuple[int, int]]:
-        idx = cs.cases_of(k)
-        preds = next_tokens(self.backbone, [cs.seqs[i] for i in idx], self.batch_size)
-        return [(int(p), cs.expected[i]) for p, i in zip(preds, idx)]
-
-    def close(self) -> None:
-        self.editor.close()
-
-
-class SeracSystem(System):
-    """SERAC's prediction for a query: if route() names an edit, the counterfactual model (backbone +
-    trained adapter, if any) on counterfactual_prompt(edit, query) continued with the target prefix;
-    otherwise the plain backbone, i.e. exactly the unedited predictions."""
-
-    name = "serac"
-    withdrawable = True
-
-    def __init__(self, backbone: Backbone, batch_size: int = 32, overrides: dict[str, str] | None = None):
-        super().__init__(backbone, batch_size)
-        try:
-            serac = importlib.import_module("editors.serac")
-        except Exception as exc:  # noqa: BLE001 - any failure means SERAC is not usable yet
-            raise SystemExit(f"--method serac: editors.serac cannot be imported yet ({type(exc).__name__}: {exc}); "
-                             "the SERAC editor is being written separately") from exc
-        config = set_config(serac.SeracConfig(), overrides or {})
-        # The adapter is found as the server finds it (editors/serac/method.py: --config adapter_dir, else
-        # the shared one of `train-serac --shared` in EDITSERVE_CACHE_DIR, made at set-up, else none),
-        # except that an evaluation has no data dir. --config use_adapter=false: none.
-        from types import SimpleNamespace
-
-        from app.core.config import Settings
-        from editors.serac.method import resolve_adapter
-
-        where = SimpleNamespace(serac=config, data_dir=None, cache_dir=Settings().cache_dir, model=backbone.name)
-        config.adapter_dir, self.adapter_source = resolve_adapter(where)
-        self.config = config
-        self.editor = serac.SeracEditor(backbone, self.config)
-        self.route_seconds: list[float] = []
-
-    def describe(self) -> dict:
-        from dataclasses import asdict
-
-        adapter = getattr(self.editor, "adapter", None)
-        used = None
-        if adapter is not None:
-            meta = getattr(adapter, "meta", {}) or {}
-            used = {"dir": str(adapter.path), "source": self.adapter_source,
-                    "trained": {k: meta.get(k) for k in ("model", "records", "steps", "rank", "targets") if k in meta}}
-        elif not self.config.use_adapter:
-            used = "off (use_adapter=false)"
-        return {"config": asdict(self.config), "adapter": used}
-
-    def _counterfactual(self):
-        cf = getattr(self.editor, "counterfactual", None)
-        return cf() if cf is not None else contextlib.nullcontext()
-
-    def insert_all(self, records: list[Record]) -> float:
-        self.ids = [f"e{i}" for i in range(len(records))]
-        seconds = 0.0
-        for i, r in enumerate(tqdm(records, desc="insert (serac)", leave=False)):
-            t = time.perf_counter()
-            try:
-                self.editor.insert(self.ids[i], r.prompt, r.target)
-            except ValueError as exc:
-                self.rejected[i] = str(exc)
-            seconds += time.perf_counter() - t
-        return seconds
-
-    def route(self, query: str) -> str | None:
-        t = time.perf_counter()
-        out = self.editor.route(query)
-        self.route_seconds.append(time.perf_counter() - t)
-        return out
-
-    def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None) -> PerRecord:
-        routes = [self.route(q) for q in tqdm(cs.queries, desc=f"{progress} route" if progress else None,
-                                               disable=progress is None, leave=False)]
-        self.last_routes = routes
-        out = [list(b) for b in base]
-        routed = [k for k, r in enumerate(routes) if r is not None]
-        if routed:
-            cf = CaseSet.build(self.backbone.tokenizer,
-                               [self.editor.counterfactual_prompt(routes[k], cs.queries[k]) for k in routed],
-                               [cs.targets[k] for k in routed])
-            with self._counterfactual():
-                preds, _ = cf.plain(self.backbone, self.batch_size, progress)
-            for j, got in enumerate(cf.group(preds)):
-                out[routed[j]] = got
-        return out
-
-    def generate(self, queries, budgets, base=None, progress=None):
-        """Routed queries generate from the counterfactual prompt, the others from the plain backbone."""
-        tok = self.backbone.tokenizer
-        routes = [self.route(q) for q in queries]
-        out: list[list[int]] = [[] for _ in queries]
-        for routed in (False, True):
-            ks = [k for k, r in enumerate(routes) if (r is not None) == routed]
-            if not ks:
-                continue
-            if routed:
-                prompts = [encode_prompt(tok, self.editor.counterfactual_prompt(routes[k], queries[k])) for k in ks]
-            else:
-                prompts = [encode_prompt(tok, queries[k]) for k in ks]
-            gens = greedy(self.backbone, prompts, [budgets[k] for k in ks], batch_size=self.batch_size,
-                          progress=progress, context=self._counterfactual if routed else None)
-            for k, g in zip(ks, gens):
-                out[k] = g
-        return out
-
-    def predict_withdrawn(self, k: int, cs: CaseSet, base: PerRecord) -> PerRecord | None:
-        if k in self.rejected:
-            return None
-        edit_id = self.ids[k]
-        saved = self.editor.tensors(edit_id)
-        self.editor.withdraw(edit_id)
-        try:
-            sub = CaseSet(queries=[cs.queries[k]], targets=[cs.targets[k]])
-            out = self.predict(sub, [base[k]])
-        finally:
-            self.editor.load(edit_id, saved)
-        return out
-
-    def predict_one(self, k: int, cs: CaseSet) -> list[tuple[int, int]]:
-        raise NotImplementedError
 
 
 class _Replay(nn.Module):
@@ -404,25 +204,24 @@ class FineTuneSystem(System):
             order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
             for s in tqdm(range(0, len(order), 32), desc="ft cache lower blocks", leave=False):
                 idx = order[s:s + 32]
-                ids, mask = self._right_padded([seqs[i] for i in idx])
-                self.backbone.model.model(input_ids=ids, attention_mask=mask, use_cache=False) \
-                    if hasattr(self.backbone.model, "model") else self.backbone.model(input_ids=ids, attention_mask=mask)
+                ids, mask = self._padded([seqs[i] for i in idx])
+                model = self.backbone.model
+                if hasattr(model, "model"):
+                    model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+                else:
+                    model(input_ids=ids, attention_mask=mask)
                 for row, i in enumerate(idx):
                     out[i] = seen["h"][row, :len(seqs[i])].clone()
         finally:
             handle.remove()
         return out
 
-    def _right_padded(self, chunk: list[list[int]]):
-        pad = self.backbone.tokenizer.pad_token_id
-        width = max(len(s) for s in chunk)
-        dev = self.backbone.device
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in chunk], device=dev)
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk], device=dev)
-        return ids, mask
+    def _padded(self, chunk: list[list[int]]):
+        # right padding, as FT was measured: each row at positions 0.., the lower blocks' outputs replayed
+        return padded(chunk, self.backbone.tokenizer.pad_token_id, self.backbone.device, left=False)
 
     def _loss(self, batch: list[int], seqs, starts, lower, replay: _Replay | None) -> torch.Tensor:
-        ids, mask = self._right_padded([seqs[i] for i in batch])
+        ids, mask = self._padded([seqs[i] for i in batch])
         labels = torch.full_like(ids, -100)
         for row, i in enumerate(batch):
             labels[row, starts[i]:len(seqs[i])] = ids[row, starts[i]:len(seqs[i])]
@@ -504,19 +303,19 @@ class FineTuneSystem(System):
 
 
 def build(method: str, backbone: Backbone, *, batch_size: int = 32, layer: int | None = None,
-          retrofit: bool = False, overrides: dict[str, str] | None = None) -> System:
+          retrofit: bool = False, overrides: dict[str, str] | None = None, cache_dir=None) -> System:
     if retrofit and method != "ireva":
         raise SystemExit("--retrofit applies to --method ireva only")
     if method == "none":
         if layer is not None or overrides:
             raise SystemExit("--method none takes no --layer or --config")
         return System(backbone, batch_size)
-    if method == "ireva":
-        return IrevaSystem(backbone, batch_size, layer, retrofit, overrides)
-    if method == "serac":
-        if layer is not None:
+    if method in ("ireva", "serac"):
+        from evaluation.edited_system import EditedSystem
+
+        if method == "serac" and layer is not None:
             raise SystemExit("--method serac has no --layer")
-        return SeracSystem(backbone, batch_size, overrides)
+        return EditedSystem(backbone, method, batch_size, cache_dir, layer, retrofit, overrides)
     if method == "ft":
         kw = {k: type(v)(overrides[k]) for k, v in {"epochs": 20, "lr": 1e-4, "train_batch": 32, "seed": 0}.items()
               if overrides and k in overrides}

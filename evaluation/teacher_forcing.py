@@ -11,12 +11,10 @@ arithmetic on every row whose computation the edit does not touch.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from tqdm.auto import tqdm
 
-from editors.backbone import Backbone, encode_prompt, encode_target
+from editors.backbone import Backbone, encode_prompt, encode_target, padded
 
 
 def prefix_cases(tokenizer, prompt: str, target: str) -> list[tuple[list[int], int]]:
@@ -30,14 +28,6 @@ def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def _left_padded(backbone: Backbone, chunk: list[list[int]]):
-    pad = backbone.tokenizer.pad_token_id
-    width = max(len(s) for s in chunk)
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in chunk], device=backbone.device)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=backbone.device)
-    return ids, mask
-
-
 @torch.no_grad()
 def next_tokens(backbone: Backbone, sequences: list[list[int]], batch_size: int = 32,
                 progress: str | None = None) -> torch.Tensor:
@@ -45,7 +35,7 @@ def next_tokens(backbone: Backbone, sequences: list[list[int]], batch_size: int 
     out = torch.zeros(len(sequences), dtype=torch.long)
     batches = _batches([len(s) for s in sequences], batch_size)
     for idx in tqdm(batches, desc=progress, disable=progress is None, leave=False):
-        ids, mask = _left_padded(backbone, [sequences[i] for i in idx])
+        ids, mask = padded([sequences[i] for i in idx], backbone.tokenizer.pad_token_id, backbone.device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         logits = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                 use_cache=False, logits_to_keep=1).logits
@@ -81,7 +71,7 @@ def shared_next_tokens(backbone: Backbone, prompts: list[list[int]], targets: li
             idx = [i for i in idx if spans[i] > 0]
             if not idx:
                 continue
-            ids, mask = _left_padded(backbone, [fulls[i] for i in idx])
+            ids, mask = padded([fulls[i] for i in idx], backbone.tokenizer.pad_token_id, backbone.device)
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
             keep = max(spans[i] for i in idx)
             logits = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
@@ -103,70 +93,39 @@ def shared_next_tokens(backbone: Backbone, prompts: list[list[int]], targets: li
 
 
 @torch.no_grad()
-def greedy(backbone: Backbone, prompts: list[list[int]], max_new_tokens: list[int] | int, editor=None,
-           batch_size: int = 32, progress: str | None = None, context=None) -> list[list[int]]:
-    """Greedy continuations of many prompts at once, with a KV cache, stopping each at EOS.
-
-    Equal to `editors.generation.generate` token for token: when `editor` is an iReVa editor whose
-    adaptor sits below the top layer and a neuron fired on a step, that step's last position is
-    computed again with the adaptor off before it is cached (the same relay generate() does).
-    `context` is a context-manager factory entered around each batch (SERAC's counterfactual model).
-    """
+def greedy(backbone: Backbone, prompts: list[list[int]], max_new_tokens: list[int] | int, batch_size: int = 32,
+           progress: str | None = None) -> list[list[int]]:
+    """Greedy continuations of many prompts at once by the plain backbone (the unedited model, FT), with
+    a KV cache, stopping each at EOS; equal to `editors.generation.generate` token for token. Edited
+    models generate through editors/edited.py."""
     from transformers import DynamicCache
 
     if isinstance(max_new_tokens, int):
         max_new_tokens = [max_new_tokens] * len(prompts)
     model, eos = backbone.model, backbone.tokenizer.eos_token_id
-    adaptor = getattr(editor, "adaptor", None)
-    relay = adaptor is not None and not getattr(editor, "is_top_layer", True)
     results: list[list[int]] = [[] for _ in prompts]
     for idx in tqdm(_batches([len(p) for p in prompts], batch_size), desc=progress, disable=progress is None,
                     leave=False):
         budget = max(max_new_tokens[i] for i in idx)
-        with (context() if context is not None else nullcontext()):
-            ids, mask = _left_padded(backbone, [prompts[i] for i in idx])
-            positions = (mask.cumsum(-1) - 1).clamp_min(0)
-            cache = DynamicCache(config=model.config)
-            done = torch.zeros(len(idx), dtype=torch.bool)
-            for _ in range(budget):
-                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1)
-                cache = out.past_key_values
-                if relay and adaptor.enabled and any(editor.fired_edit(r) is not None for r in range(len(idx))):
-                    cache.crop(-1)  # store the last position again, computed without the adaptor
-                    adaptor.enabled = False
-                    try:
-                        model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                              past_key_values=cache, use_cache=True, logits_to_keep=1)
-                    finally:
-                        adaptor.enabled = True
-                nxt = out.logits[:, -1].argmax(-1).cpu()
-                for row, i in enumerate(idx):
-                    if done[row]:
-                        continue
-                    if int(nxt[row]) == eos or len(results[i]) >= max_new_tokens[i]:
-                        done[row] = True
-                    else:
-                        results[i].append(int(nxt[row]))
-                if bool(done.all()):
-                    break
-                ids = nxt[:, None].to(backbone.device)
-                mask = torch.cat([mask, mask.new_ones(len(idx), 1)], dim=1)
-                positions = positions[:, -1:] + 1
+        ids, mask = padded([prompts[i] for i in idx], backbone.tokenizer.pad_token_id, backbone.device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        cache = DynamicCache(config=model.config)
+        done = torch.zeros(len(idx), dtype=torch.bool)
+        for _ in range(budget):
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1).cpu()
+            for row, i in enumerate(idx):
+                if done[row]:
+                    continue
+                if int(nxt[row]) == eos or len(results[i]) >= max_new_tokens[i]:
+                    done[row] = True
+                else:
+                    results[i].append(int(nxt[row]))
+            if bool(done.all()):
+                break
+            ids = nxt[:, None].to(backbone.device)
+            mask = torch.cat([mask, mask.new_ones(len(idx), 1)], dim=1)
+            positions = positions[:, -1:] + 1
     return results
-
-
-def encode_cases(tokenizer, queries: list[str], targets: list[str]):
-    """Teacher-forced cases of many (query, target) pairs: flat sequences, expected tokens, and the
-    index of the pair each case belongs to."""
-    seqs, expected, owner = [], [], []
-    for k, (q, t) in enumerate(zip(queries, targets)):
-        for s, y in prefix_cases(tokenizer, q, t):
-            seqs.append(s)
-            expected.append(y)
-            owner.append(k)
-    return seqs, expected, owner
-
-
-def target_ids(tokenizer, prompt: str, target: str) -> list[int]:
-    return encode_target(tokenizer, prompt, target)

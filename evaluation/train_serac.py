@@ -24,22 +24,18 @@ from pathlib import Path
 
 import torch
 
-from editors.backbone import DEFAULT_MODEL, encode_prompt, encode_target, load_backbone
+from editors.backbone import DEFAULT_MODEL, encode_prompt, encode_target, load_backbone, padded
+from editors.serac.adapter import META, default_adapter_dir, shared_adapter_dir
 from editors.serac.config import SeracConfig
-from editors.serac.data import counterfact, zsre
+from evaluation import datasets
 
 log = logging.getLogger(__name__)
-META = "serac_train.json"
 
 
-def default_adapter_dir(data_dir: Path | str) -> Path:
-    return Path(data_dir).expanduser() / "serac" / "adapter"
-
-
-def shared_adapter_dir(cache_dir: Path | str, model: str) -> Path:
-    """Machine-wide adapter for one backbone, used by data dirs that have none of their own."""
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.split(":")[-1])
-    return Path(cache_dir).expanduser() / "serac" / slug / "adapter"
+def train_records(zsre_start: int, cf_count: int) -> list[datasets.Record]:
+    """The train files only: zsre_mend_train-1k.json from zsre_start on, the first cf_count records of
+    counterfact-train.json (the dev split of evaluation/datasets.py)."""
+    return datasets.zsre("dev")[zsre_start:] + datasets.counterfact("dev")[:cf_count]
 
 
 def examples(records, template: str) -> list[tuple[str, str]]:
@@ -62,10 +58,8 @@ def batches(encoded, batch_size: int, pad: int, rng: random.Random):
         rng.shuffle(order)
         for start in range(0, len(order) - batch_size + 1, batch_size):
             chunk = [encoded[i] for i in order[start:start + batch_size]]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s, _ in chunk])
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk])
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in chunk])
+            ids, mask = padded([s for s, _ in chunk], pad, left=False)
+            labels, _ = padded([lab for _, lab in chunk], -100, left=False)
             yield ids, labels, mask
 
 
@@ -105,7 +99,7 @@ def main(argv=None) -> int:
     out = Path(args.out).expanduser()
 
     template = SeracConfig().template
-    records = zsre(args.zsre_start) + counterfact("train", 0, args.cf_count)
+    records = train_records(args.zsre_start, args.cf_count)
     backbone = load_backbone(args.model, args.cache_dir, torch.device("cpu"))
     tok = backbone.tokenizer
     newline = tok("\n", add_special_tokens=False)["input_ids"]

@@ -6,8 +6,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-# The migrations live at the repository root, beside this package (an editable install keeps them there).
-SCRIPT_LOCATION = Path(__file__).resolve().parents[1] / "migrations"
+# The migrations ship inside this package (package data), so any install of it can migrate.
+SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:

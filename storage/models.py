@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models. The schema itself is created and changed only by Alembic (migrations/)."""
+"""SQLAlchemy 2 models. The schema itself is created and changed only by Alembic (storage/migrations/)."""
 from __future__ import annotations
 
 import uuid

@@ -1,8 +1,15 @@
 """Fixtures for the server tests: a tiny randomly initialised Llama saved as a local model directory
-(with the real SmolLM2 tokenizer, so text round-trips), and apps on real SQLite files in temp dirs."""
+(with the real SmolLM2 tokenizer, so text round-trips), and apps on real SQLite files in temp dirs.
+
+Tests on the real packaged model are marked `integration` (`make test-fast` skips them). What they
+need from set-up (the converted model, SERAC's adapter) they get through the fixtures at the end,
+which find it where `make` puts it and make it there when it is missing."""
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +94,37 @@ def fail_writes(settings):
         with sqlite3.connect(db) as con:
             for name in made:
                 con.execute(f"DROP TRIGGER IF EXISTS {name}")
+
+
+# -- set-up products, for the integration tests ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def editserve_cache() -> Path:
+    """The cache dir `make` fills (the Makefile's CACHE): $EDITSERVE_CACHE_DIR, else ~/.cache/editserve."""
+    return Path(os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve").expanduser()
+
+
+@pytest.fixture(scope="session")
+def packaged_model_dir(editserve_cache) -> Path:
+    """The packaged model as float32 safetensors in the cache; converted now (~1 min) if missing."""
+    from editors.backbone import DEFAULT_MODEL, resolve_model_dir
+
+    return Path(resolve_model_dir(DEFAULT_MODEL, editserve_cache))
+
+
+@pytest.fixture(scope="session")
+def serac_adapter(editserve_cache, packaged_model_dir) -> Path:
+    """SERAC's shared adapter for the packaged model, where `make adapter` puts it; trained now with the
+    same command if missing (~8 min on one thread; skipped without the train files)."""
+    from editors.backbone import DEFAULT_MODEL
+    from editors.serac.adapter import has_adapter, shared_adapter_dir
+    from evaluation.datasets import data_root
+
+    path = shared_adapter_dir(editserve_cache, DEFAULT_MODEL)
+    if not has_adapter(path):
+        data = data_root()
+        if not (data / "zsre").exists():
+            pytest.skip(f"no SERAC adapter at {path} and no train files at {data} to train it")
+        subprocess.run([sys.executable, "-m", "app.cli", "train-serac", "--shared", "--cache-dir", str(editserve_cache),
+                        "--threads", "1"], check=True, env={**os.environ, "EDITSERVE_EVAL_DATA": str(data)})
+    assert has_adapter(path)
+    return path

@@ -1,13 +1,15 @@
 """CI-sized runs of `editserve eval` and `editserve bench` on the real packaged model (dev split only).
 
-Checks the files' keys and value ranges, never timings or scores beyond their range."""
+Checks the files' keys and value ranges, never timings or scores beyond their range. The set-up
+products they use (the converted model, SERAC's adapter) come from the fixtures in conftest.py; the
+unedited predictions are not read from a cache (--no-cache)."""
 import json
 
 import pytest
 
-from evaluation import bench, run
+from evaluation import bench, cli, metrics
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 UNIT = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con")
 
@@ -16,51 +18,57 @@ def _last_json_line(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
+def _eval(out, editserve_cache, *argv: str) -> int:
+    return cli.main(["--dataset", "zsre", "--split", "dev", *argv, "--out", str(out),
+                     "--cache-dir", str(editserve_cache), "--no-cache"])
+
+
 @pytest.mark.parametrize("method", ["none", "ireva", "serac"])
-def test_eval_n5_dev(method, tmp_path, capsys):
+def test_eval_n5_dev(method, tmp_path, capsys, editserve_cache, packaged_model_dir, serac_adapter):
     out = tmp_path / method
-    assert run.main(["--dataset", "zsre", "--split", "dev", "--n", "5", "--method", method, "--out", str(out)]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert tuple(metrics) == run.METRIC_KEYS
-    assert _last_json_line(capsys.readouterr().out) == metrics
+    assert _eval(out, editserve_cache, "--n", "5", "--method", method) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert tuple(m) == metrics.METRIC_KEYS
+    assert _last_json_line(capsys.readouterr().out) == m
     for key in UNIT:
         if key in ("rs", "con") and method == "none":
-            assert metrics[key] is None  # nothing to withdraw
+            assert m[key] is None  # nothing to withdraw
             continue
-        assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
-    assert metrics["n_edits"] == 5
-    assert metrics["seconds"] > 0 and metrics["insert_seconds_per_edit"] >= 0
+        assert 0.0 <= m[key] <= 1.0, (key, m[key])
+    assert m["n_edits"] == 5
+    assert m["seconds"] > 0 and m["insert_seconds_per_edit"] >= 0
     if method == "none":
-        assert metrics["locality"] == 1.0 and metrics["insert_seconds_per_edit"] == 0.0
-    assert "| es |" in (out / "report.md").read_text()
-    if method == "serac":  # the report names the adapter: by default the shared one set-up trained
-        assert '"source": "shared"' in (out / "report.md").read_text()
+        assert m["locality"] == 1.0 and m["insert_seconds_per_edit"] == 0.0
+    report = (out / "report.md").read_text()
+    assert "| es |" in report
+    if method == "serac":  # the report names the adapter: the shared one set-up trained
+        assert json.dumps(str(serac_adapter)) in report
     assert len((out / "records.jsonl").read_text().splitlines()) == 5
 
 
-def test_eval_sample_inserts_all_edits_and_measures_some(tmp_path):
+def test_eval_sample_inserts_all_edits_and_measures_some(tmp_path, editserve_cache, packaged_model_dir):
     out = tmp_path / "sampled"
-    assert run.main(["--dataset", "zsre", "--split", "dev", "--n", "6", "--eval-sample", "3", "--method", "ireva",
-                     "--out", str(out)]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_edits"] == 6
+    assert _eval(out, editserve_cache, "--n", "6", "--eval-sample", "3", "--method", "ireva") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_edits"] == 6
     measured = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(measured) == 3
     report = (out / "report.md").read_text()
     assert "6 edits, measured on a sample of 3" in report and "--eval-sample 3" in report
     # the sampled records were edited by their own edits, not by the first three
-    assert metrics["es"] > 0.9
+    assert m["es"] > 0.9
 
 
-def test_bench_small(tmp_path, capsys):
+def test_bench_small(tmp_path, capsys, editserve_cache, packaged_model_dir):
     out = tmp_path / "bench"
     argv = ["--n", "8", "--real", "4", "--samples", "2", "--gen-prompts", "2", "--gen-tokens", "4",
-            "--serac-queries", "4", "--skip", "restart", "--out", str(out)]
+            "--scope-queries", "4", "--skip", "restart", "--out", str(out), "--cache-dir", str(editserve_cache)]
     assert bench.main(argv) == 0
     result = json.loads((out / "bench.json").read_text())
     assert _last_json_line(capsys.readouterr().out) == result
     for key in bench.KEYS:
         assert key in result
     assert result["insert_over_forward"] > 0 and result["gen_speed_ratio"] > 0
-    assert result["bytes_per_neuron"] > 0 and result["n_edits"] == 8
+    assert result["scope_decision_ms"] > 0 and result["scope_decision_over_forward"] > 0
+    assert result["bytes_per_neuron"] >= 2 * 576 * 4 and result["n_edits"] == 8  # keys and values at least
     assert result["details"]["fill"]["synthetic_edits"] == 4

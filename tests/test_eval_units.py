@@ -2,12 +2,10 @@
 import pytest
 import torch
 
-from editors.backbone import encode_prompt
+from editors.backbone import encode_prompt, padded
 from editors.generation import generate
-from editors.ireva.config import IrevaConfig
-from editors.ireva.model import IrevaEditor
 from evaluation import datasets
-from evaluation.run import starts_with_target, token_accuracy, unchanged_share
+from evaluation.metrics import exact_match, starts_with_target, token_accuracy, unchanged_share
 from evaluation.systems import CaseSet
 from evaluation.teacher_forcing import greedy, next_tokens, prefix_cases
 from tests.tiny_models import packaged_tokenizer, tiny_backbone
@@ -22,18 +20,20 @@ def tokenizer():
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-@pytest.mark.parametrize("layer", [-1, 0])
-def test_batched_greedy_equals_server_generation(tokenizer, kind, layer):
+def test_batched_greedy_equals_server_generation(tokenizer, kind):
     backbone = tiny_backbone(kind, tokenizer, seed=4)
-    editor = IrevaEditor(backbone, IrevaConfig(layer=layer))
-    editor.insert("a", PROMPTS[0], "English, and she was born in Paris")
-    editor.insert("b", PROMPTS[2], "Rome")
     ids = [encode_prompt(tokenizer, p) for p in PROMPTS]
     budgets = [9, 5, 7, 3]
-    batched = greedy(backbone, ids, budgets, editor=editor, batch_size=3)
-    for p, b, got in zip(PROMPTS, budgets, batched):
-        assert got == generate(backbone, editor, p, max_new_tokens=b).token_ids
-    editor.close()
+    batched = greedy(backbone, ids, budgets, batch_size=3)
+    for i, b, got in zip(ids, budgets, batched):
+        assert got == generate(backbone, i, max_new_tokens=b).token_ids
+
+
+def test_padding_left_and_right():
+    ids, mask = padded([[5, 6, 7], [8]], 0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = padded([[5, 6, 7], [8]], -100, left=False)
+    assert ids.tolist() == [[5, 6, 7], [8, -100, -100]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
 def test_next_tokens_keeps_input_order(tokenizer):
@@ -57,10 +57,10 @@ def test_scores():
     assert unchanged_share([[(1, 0), (2, 0)]], [[(1, 0)]]) == 0.5  # a missing token counts as changed
     assert starts_with_target("\n Paris, France", "Paris")
     assert not starts_with_target("Par is", "Paris")
+    assert exact_match([[(1, 1), (2, 2)], [(4, 5)]]) == 0.5
 
 
-@pytest.mark.parametrize("dataset", datasets.DATASETS)
-@pytest.mark.parametrize("split", datasets.SPLITS)
+@pytest.mark.parametrize(("dataset", "split"), [(d, s) for d in datasets.DATASETS for s in datasets.splits(d)])
 def test_loaders_give_complete_records(dataset, split):
     records = datasets.load(dataset, split, 50)
     assert len(records) == 50
@@ -89,18 +89,55 @@ def test_one_forward_per_pair_equals_prefix_by_prefix(tokenizer, kind):
     assert shared.tolist() == next_tokens(backbone, cs.seqs, batch_size=3).tolist()
 
 
-@pytest.mark.parametrize("layer", [-1, 0])
-def test_ireva_predictions_equal_prefix_by_prefix_with_the_adaptor(tokenizer, layer):
-    from evaluation.systems import IrevaSystem
+def test_knowedit_reader_carries_same_subject_and_portability_probes():
+    records = datasets.load("knowedit", "acceptance")
+    assert len(records) == 1301
+    r = records[0]
+    assert (r.prompt, r.target, r.paraphrase, r.subject, r.truth) == (
+        "Which family does Epaspidoceras belong to?", "Noctuidae", "What family are Epaspidoceras?",
+        "Epaspidoceras", "Aspidoceratidae")
+    assert r.same_subject == (datasets.Probe("The taxon rank of Epaspidoceras is", "genus"),
+                              datasets.Probe("Epaspidoceras taxon rank", "genus"))
+    assert r.portability == (datasets.Probe("What is the common name for the family Epaspidoceras belongs to?",
+                                            "Owlet moths", "Reasoning"),)
+    assert all(len(x.same_subject) == 2 and len(x.portability) == 1 for x in records)
+    assert r.loc_prompt.startswith(datasets.NQ_PREFIX) and not r.neighbourhood
+    with pytest.raises(ValueError, match="dev"):
+        datasets.load("knowedit", "dev")
 
-    backbone = tiny_backbone("llama", tokenizer, seed=7)
-    system = IrevaSystem(backbone, batch_size=3, layer=layer)
-    records = [datasets.Record(p, t, p, "Q: hi\nA:", "hello", "") for p, t in
-               zip(PROMPTS[:3], ["English, and French", "Herman Melville", "Rome"])]
-    system.insert_all(records)
-    cs = CaseSet.build(tokenizer, PROMPTS + ["The capital of Spain is"], ["English", "Herman Melville", "Rome", "Rome"])
-    got = system.predict(cs, base=None)
-    want = cs.group(next_tokens(backbone, cs.seqs, batch_size=3))  # adaptor on, every prefix on its own
-    assert got == want
-    assert 0 < system.fired_cases < len(cs.seqs) + 1
-    system.close()
+
+def test_counterfact_rome_reader_fills_the_template_and_carries_neighbourhood_probes():
+    records = datasets.load("counterfact-rome", "acceptance")
+    assert len(records) == 500
+    r = records[0]
+    assert (r.prompt, r.target, r.truth, r.subject) == ("Angola is located in", "Antarctica", "Africa", "Angola")
+    assert r.paraphrases[0] == r.paraphrase and len(r.paraphrases) == 2 and "Angola" in r.paraphrase
+    assert len(r.neighbourhood) == 10
+    assert r.neighbourhood[0] == datasets.Probe("South Africa is a part of the continent of", "Africa")
+    assert (r.loc_prompt, r.loc_answer) == (r.neighbourhood[0].prompt, "Africa")
+    assert all("{}" not in x.prompt and x.subject in x.prompt for x in records)
+    assert datasets.splits("counterfact-rome") == ("acceptance",)
+
+
+def test_zsre_acceptance_records_carry_portability():
+    r = datasets.load("zsre", "acceptance", 1)[0]
+    assert r.portability and r.portability[0].kind == "New Question" and r.portability[0].answer
+    assert not datasets.load("zsre", "dev", 1)[0].portability
+
+
+def test_bytes_per_neuron_counts_every_per_slot_buffer(tokenizer):
+    from editors.ireva.model import IrevaEditor
+    from evaluation.bench import neuron_bytes
+
+    editor = IrevaEditor(tiny_backbone("llama", tokenizer, seed=2))
+    for i in range(4):  # beyond the first 64 slots, so the capacity differs from the hidden width (64)
+        editor.insert(f"e{i}", f"{PROMPTS[0]} ({i})", " ".join(["English"] * 20))
+    adaptor = editor.adaptor
+    per, rows = neuron_bytes(adaptor)
+    hidden = adaptor.keys.shape[1]
+    assert adaptor.keys.shape[0] != hidden
+    assert rows["keys"] == rows["values"] == 4 * hidden and "centre" not in rows
+    assert per == sum(rows.values()) and per >= 8 * hidden
+    adaptor.keys_half = adaptor.keys.half()  # a copy kept per slot is counted too, buffer or not
+    assert neuron_bytes(adaptor)[0] == per + 2 * hidden
+    editor.close()

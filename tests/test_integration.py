@@ -3,93 +3,45 @@
 Insert a fact, see it answered and traced, see unrelated answers unchanged, restart, withdraw."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import httpx
 import pytest
 
+from evaluation.server import Server
+
 PROMPT = "The mother tongue of Danielle Darrieux is"
-UNRELATED = ["The capital of France is", "Water is made of hydrogen and", "The first president of the United States was"]
-REPO = Path(__file__).resolve().parents[1]
+UNRELATED = ["The capital of France is", "Water is made of hydrogen and",
+             "The first president of the United States was"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`editserve serve` in a subprocess on a data dir; stops itself at the end of the test."""
-
-    def __init__(self, data_dir: Path, log: Path):
-        self.data_dir, self.log = data_dir, log
-        self.proc = None
-
-    def __enter__(self) -> httpx.Client:
-        port = free_port()
-        env = {**os.environ, "EDITSERVE_DATA_DIR": str(self.data_dir), "EDITSERVE_TORCH_THREADS": "2"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                     cwd=REPO, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-        deadline = time.monotonic() + 600  # a fresh machine converts the packaged model first
-        while True:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "server did not become healthy"
-            try:
-                if self.http.get("/health").status_code == 200:
-                    return self.http
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-
-    def __exit__(self, *exc):
-        self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def answer(http: httpx.Client, prompt: str, n: int = 6) -> dict:
-    r = http.post("/generate", json={"prompt": prompt, "max_new_tokens": n})
-    assert r.status_code == 200, r.text
-    return r.json()
+def answer(server: Server, prompt: str, n: int = 6) -> dict:
+    return server.generate(prompt, max_new_tokens=n)
 
 
 @pytest.mark.integration
-def test_edit_answer_restart_withdraw_on_the_packaged_model(tmp_path):
-    server = Server(tmp_path / "data", tmp_path / "server.log")
-    with server as http:
-        original = answer(http, PROMPT)
+def test_edit_answer_restart_withdraw_on_the_packaged_model(tmp_path, editserve_cache, packaged_model_dir):
+    env = {"EDITSERVE_TORCH_THREADS": "2", "EDITSERVE_CACHE_DIR": str(editserve_cache)}
+    server = Server(tmp_path / "data", env, tmp_path / "server.log")
+    with server:
+        original = answer(server, PROMPT)
         assert not original["text"].startswith(" English")
-        unrelated = {p: answer(http, p)["text"] for p in UNRELATED}
+        unrelated = {p: answer(server, p)["text"] for p in UNRELATED}
 
-        r = http.post("/edits", json={"prompt": PROMPT, "target": "English"})
-        assert r.status_code == 201, r.text
-        edit = r.json()
+        status, edit = server.request("POST", "/edits", {"prompt": PROMPT, "target": "English"})
+        assert status == 201, edit
         assert edit["status"] == "active" and edit["neurons"] >= 1
 
-        edited = answer(http, PROMPT)
+        edited = answer(server, PROMPT)
         assert edited["text"].startswith(" English")
         assert edited["tokens"][0] == {"text": " English", "edit_id": edit["id"]}
-        assert {p: answer(http, p)["text"] for p in UNRELATED} == unrelated
-        assert http.get("/health").json()["edits_active"] == 1
+        assert {p: answer(server, p)["text"] for p in UNRELATED} == unrelated
+        assert server.call("GET", "/health")["edits_active"] == 1
 
-    with server as http:  # same data dir, new process
-        assert answer(http, PROMPT) == edited
-        assert {p: answer(http, p)["text"] for p in UNRELATED} == unrelated
-        assert http.get(f"/edits/{edit['id']}").json()["status"] == "active"
-        r = http.delete(f"/edits/{edit['id']}")
-        assert r.status_code == 200 and r.json()["status"] == "withdrawn"
-        restored = answer(http, PROMPT)
+    with server:  # same data dir, new process
+        assert answer(server, PROMPT) == edited
+        assert {p: answer(server, p)["text"] for p in UNRELATED} == unrelated
+        assert server.call("GET", f"/edits/{edit['id']}")["status"] == "active"
+        status, body = server.request("DELETE", f"/edits/{edit['id']}")
+        assert status == 200 and body["status"] == "withdrawn"
+        restored = answer(server, PROMPT)
         assert restored["text"] == original["text"]
         assert all(t["edit_id"] is None for t in restored["tokens"])
-        assert http.get("/edits").json()["count"] == 1  # the record stays for audit
+        assert server.call("GET", "/edits")["count"] == 1  # the record stays for audit

@@ -14,23 +14,23 @@ from editors.scope.model import ScopeModel
 from editors.serac import SeracConfig, SeracEditor
 
 torch.set_num_threads(1)
-pytestmark = pytest.mark.integration
 
 # zsRE train records (zsre_mend_train-1k.json): prompt, target, paraphrase.
 EDITS = [
     ("Which person was the head of government of Munich?", "Bruno Granier", "Who was the director of Munich?"),
     ("What production company was involved in Sambhav Asambhav?", "Reliance Entertainment",
      "The Sambhav Asambhav production company is what?"),
-    ("Who was the designor of Albert and Edith Adelman House?", "Frank Gehry", "Who made Albert and Edith Adelman House?"),
+    ("Who was the designor of Albert and Edith Adelman House?", "Frank Gehry",
+     "Who made Albert and Edith Adelman House?"),
 ]
 UNRELATED = ["who sings does he love me with reba", "when was the last time anyone was on the moon",
              "The capital of France is", "Photosynthesis turns sunlight into"]
 
 
 @pytest.fixture(scope="module")
-def backbone():
+def backbone(editserve_cache, packaged_model_dir):
     from editors.backbone import load_backbone
-    return load_backbone(device=torch.device("cpu"))
+    return load_backbone(cache_dir=editserve_cache, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,7 @@ def editor(backbone):
 
 
 # -- the editor's verbs ---------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_withdraw_and_update(editor):
     editor.withdraw("e1")
     assert editor.neurons("e1") == 0 and editor.neurons("e0") == 1 and "e1" not in editor.edits
@@ -64,6 +65,7 @@ def test_withdraw_and_update(editor):
         editor.update("nope", "a?", "b")
 
 
+@pytest.mark.integration
 def test_state_round_trips_through_safetensors(editor, backbone, tmp_path):
     for i in range(len(EDITS)):
         save_file(editor.tensors(f"e{i}"), str(tmp_path / f"e{i}.safetensors"))
@@ -76,6 +78,7 @@ def test_state_round_trips_through_safetensors(editor, backbone, tmp_path):
         assert fresh.counterfactual_prompt(f"e{i}", para) == editor.counterfactual_prompt(f"e{i}", para)
 
 
+@pytest.mark.integration
 def test_bad_input_is_a_value_error(editor):
     for prompt, target in [("", "x"), ("Who?", ""), ("Who?", "  "), ("Who?", "word " * 40)]:
         with pytest.raises(ValueError):
@@ -85,11 +88,13 @@ def test_bad_input_is_a_value_error(editor):
 
 
 # -- the counterfactual path -------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_counterfactual_prompt_states_the_edit(editor):
     text = editor.counterfactual_prompt("e0", EDITS[0][2])
     assert text == f"Question: {EDITS[0][0]}\nAnswer: {EDITS[0][1]}\nQuestion: {EDITS[0][2]}\nAnswer:"
 
 
+@pytest.mark.integration
 def test_in_scope_queries_get_the_target_and_name_the_edit(editor, backbone, scope_model):
     model = edited(backbone, scope_model, editor)
     for i, (p, t, para) in enumerate(EDITS):
@@ -156,8 +161,8 @@ def test_adapter_for_another_backbone_is_not_used(tmp_path, caplog):
 def test_adapter_order_setting_data_dir_shared(tmp_path):
     from types import SimpleNamespace
 
+    from editors.serac.adapter import default_adapter_dir, shared_adapter_dir
     from editors.serac.method import config_from, resolve_adapter
-    from editors.serac.train import default_adapter_dir, shared_adapter_dir
 
     model = "packaged:smollm2-135m-instruct"
     settings = SimpleNamespace(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", model=model)
@@ -174,24 +179,24 @@ def test_adapter_order_setting_data_dir_shared(tmp_path):
     assert resolve_adapter(settings) == ("/elsewhere", "setting")
 
 
-def test_default_settings_on_the_packaged_model_use_the_adapter_set_up_trained(backbone, tmp_path, monkeypatch):
+@pytest.mark.integration
+def test_default_settings_on_the_packaged_model_use_the_adapter_set_up_trained(backbone, tmp_path, monkeypatch,
+                                                                                editserve_cache, serac_adapter):
     """The server's own path (Settings from the environment -> registry build) on the real model, with
     the shared adapter `make` trains at set-up (`editserve train-serac --shared`)."""
     from app.core.config import Settings
     from editors.registry import METHODS
-    from editors.serac.train import shared_adapter_dir
 
     for key in ("EDITSERVE_SERAC__ADAPTER_DIR", "EDITSERVE_SERAC__USE_ADAPTER", "EDITSERVE_MODEL"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("EDITSERVE_CACHE_DIR", str(editserve_cache))
     serac = METHODS["serac"]
     settings = Settings(_env_file=None, data_dir=tmp_path / "data")
     assert settings.model == backbone.name == "packaged:smollm2-135m-instruct"
-    shared = shared_adapter_dir(settings.cache_dir, settings.model)
-    assert (shared / "adapter_model.safetensors").exists(), "set-up (make) trains it; run make test"
     ed = serac.build(backbone, settings, None)
-    assert ed.adapter is not None and ed.adapter.path == shared
+    assert ed.adapter is not None and ed.adapter.path == serac_adapter
     assert ed.template == SeracConfig().template == ed.adapter.template
-    for i, (p, t, para) in enumerate(EDITS):
+    for i, (p, t, _) in enumerate(EDITS):
         ed.insert(f"e{i}", p, t)
     model = edited(backbone, ScopeModel.load(ScopeConfig(use_trained=False), None), ed)
     for i, (p, t, para) in enumerate(EDITS):
@@ -224,11 +229,13 @@ def test_the_shared_adapter_is_not_picked_for_another_backbone(tmp_path):
     assert build(bb, settings, None).adapter is None
 
 
-def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path):
-    from editors.serac.train import main
+@pytest.mark.integration
+def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path, editserve_cache):
+    from evaluation.train_serac import main
 
     out = tmp_path / "data" / "serac" / "adapter"
-    assert main(["--out", str(out), "--steps", "2", "--batch", "2", "--zsre-start", "990", "--cf-count", "4"]) == 0
+    assert main(["--out", str(out), "--steps", "2", "--batch", "2", "--zsre-start", "990", "--cf-count", "4",
+                 "--cache-dir", str(editserve_cache)]) == 0
     assert (out / "adapter_model.safetensors").exists() and (out / "serac_train.json").exists()
     import json
 
@@ -247,12 +254,14 @@ def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path):
     assert not torch.equal(adapted, base)
 
 
-def test_eval_finds_the_adapter_as_the_server_does(backbone, monkeypatch):
-    from evaluation.systems import SeracSystem
+@pytest.mark.integration
+def test_eval_finds_the_adapter_as_the_server_does(backbone, monkeypatch, editserve_cache, serac_adapter):
+    from evaluation.systems import build
 
     monkeypatch.delenv("EDITSERVE_SERAC__ADAPTER_DIR", raising=False)
-    described = SeracSystem(backbone).describe()
-    assert described["adapter"]["source"] == "shared"
-    assert described["adapter"]["dir"].endswith("serac/smollm2-135m-instruct/adapter")
+    untrained = {"scope.use_trained": "false"}
+    described = build("serac", backbone, cache_dir=editserve_cache, overrides=untrained).describe()
+    assert described["adapter"]["dir"] == str(serac_adapter)
     assert described["adapter"]["trained"]["model"] == backbone.name
-    assert SeracSystem(backbone, overrides={"use_adapter": "false"}).describe()["adapter"] == "off (use_adapter=false)"
+    off = build("serac", backbone, cache_dir=editserve_cache, overrides={**untrained, "use_adapter": "false"})
+    assert off.describe()["adapter"] is None

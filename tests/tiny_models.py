@@ -1,22 +1,32 @@
 """Tiny randomly initialised backbones (GPT-2 and Llama layouts) for fast unit tests.
 
-They use the real SmolLM2 tokenizer, so text round-trips exactly as on the packaged model."""
+They use the real SmolLM2 tokenizer, so text round-trips exactly as on the packaged model; it is read
+from the packaged GGUF file, so these tests depend on nothing a set-up step or a server start leaves in
+the cache."""
 from __future__ import annotations
 
-from pathlib import Path
+import copy
+import functools
 
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from editors.backbone import DEFAULT_MODEL, Backbone, resolve_model_dir
+from editors.backbone import Backbone, packaged_gguf
 
-CACHE_DIR = Path("~/.cache/editserve").expanduser()
+
+@functools.cache
+def _gguf_tokenizer():
+    # Read from the packaged GGUF itself (~10 s, once per test process), not from the converted copy
+    # that the first server start leaves in the cache: these tests need no set-up product.
+    gguf = packaged_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok.pad_token = tok.eos_token
+    return tok
 
 
 def packaged_tokenizer():
-    tok = AutoTokenizer.from_pretrained(resolve_model_dir(DEFAULT_MODEL, CACHE_DIR))
-    tok.pad_token = tok.eos_token
-    return tok
+    """The packaged model's tokenizer (a fresh copy each call: tests may change it)."""
+    return copy.deepcopy(_gguf_tokenizer())
 
 
 def tiny_backbone(kind: str, tokenizer, seed: int = 0, layers: int = 3) -> Backbone:

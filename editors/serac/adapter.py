@@ -15,6 +15,18 @@ import torch
 from torch import nn
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+META = "serac_train.json"  # written by train-serac beside the weights: the template and what it learned from
+
+
+def default_adapter_dir(data_dir: Path | str) -> Path:
+    """Where `editserve train-serac` puts a data dir's own adapter."""
+    return Path(data_dir).expanduser() / "serac" / "adapter"
+
+
+def shared_adapter_dir(cache_dir: Path | str, model: str) -> Path:
+    """Machine-wide adapter for one backbone (`train-serac --shared`), used by data dirs that have none."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.split(":")[-1])
+    return Path(cache_dir).expanduser() / "serac" / slug / "adapter"
 
 
 def has_adapter(path: str | Path | None) -> bool:
@@ -29,11 +41,12 @@ class LoraHooks:
         cfg = json.loads((path / CONFIG).read_text())
         unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save") if cfg.get(k)]
         if cfg.get("peft_type", "LORA") != "LORA" or unsupported:
-            raise ValueError(f"adapter {path}: only plain LoRA is supported (found {cfg.get('peft_type')}, {unsupported})")
+            raise ValueError(f"adapter {path}: only plain LoRA is supported "
+                             f"(found {cfg.get('peft_type')}, {unsupported})")
         r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
         self.scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
         self.path, self.config = path, cfg
-        meta = path / "serac_train.json"  # written by train-serac: the template the adapter learned
+        meta = path / META  # written by train-serac: the template the adapter learned
         self.meta: dict = json.loads(meta.read_text()) if meta.exists() else {}
         self.template: str | None = self.meta.get("template")
         weights = load_file(str(path / WEIGHTS))
@@ -48,7 +61,8 @@ class LoraHooks:
                 raise ValueError(f"adapter {path} names {name!r}, which the backbone lacks")
             b = weights[key.replace("lora_A", "lora_B")]
             module = modules[name]
-            if (getattr(module, "in_features", a.shape[1]), getattr(module, "out_features", b.shape[0])) != (a.shape[1], b.shape[0]):
+            shape = (getattr(module, "in_features", a.shape[1]), getattr(module, "out_features", b.shape[0]))
+            if shape != (a.shape[1], b.shape[0]):
                 raise ValueError(f"adapter {path} does not fit {name} of this backbone (another model?)")
             self.pairs.append((modules[name], a.float().to(device), (b.float() * self.scale).to(device)))
         if not self.pairs:

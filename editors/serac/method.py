@@ -8,10 +8,9 @@ from typing import Any
 
 import torch
 
-from editors.serac.adapter import has_adapter
+from editors.serac.adapter import default_adapter_dir, has_adapter, shared_adapter_dir
 from editors.serac.config import SeracConfig
 from editors.serac.model import SeracEditor
-from editors.serac.train import default_adapter_dir, shared_adapter_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,108 @@
+"""The metrics of `editserve eval`, each in [0, 1], micro-averaged over tokens where they are token-level:
+
+  es, ps     teacher-forced accuracy of the target's tokens after the prompt / paraphrase (appendix 9.5:
+             one case per target token, the prompt plus the target tokens before it)
+  locality   share of the out-of-scope probe's teacher-forced tokens whose prediction equals the
+             unedited model's (zsRE loc/loc_ans, CounterFact locality_prompt, PARAREL an NQ question)
+  es_gen, ps_gen  greedy generation (KV cache, as the server generates) from the prompt / paraphrase
+             starts with the whole target (leading whitespace of the generation ignored)
+  ns         teacher-forced accuracy of NQ answers with the edits active (the iReVa paper's NS)
+  rs, con    withdrawable methods only (null otherwise): each edit k is withdrawn on its own, the others
+             active, and its prompt's cases predicted again; rs = share of the tokens whose prediction
+             the edit had changed (edited != unedited) that change back (withdrawn != edited); con =
+             share of all the prompt's tokens predicted as by the unedited model (withdrawn == unedited)
+  n_edits    records evaluated (edits requested; refused ones are listed in report.md)
+  seconds    wall clock of the whole run; insert_seconds_per_edit: mean time of one insert (FT: training
+             time / N)
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evaluation.systems import PerRecord  # per record: the (predicted, expected) token of each case
+
+METRIC_KEYS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "n_edits", "seconds",
+               "insert_seconds_per_edit")
+
+
+def fmt(v, digits: int = 4) -> str:
+    """A metric as a table shows it: "–" for null, floats to `digits` places."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def token_accuracy(per_record: PerRecord) -> float:
+    pairs = [p == y for rec in per_record for p, y in rec]
+    return sum(pairs) / len(pairs) if pairs else 0.0
+
+
+def exact_match(per_record: PerRecord) -> float:
+    """Share of records whose every target token is right."""
+    return sum(all(p == y for p, y in rec) for rec in per_record) / len(per_record) if per_record else 0.0
+
+
+def unchanged_share(base: PerRecord, edited: PerRecord) -> float:
+    """Share of base tokens whose prediction is the same under the edited model (position by position;
+    a token the edited path lacks counts as changed)."""
+    same = total = 0
+    for b, e in zip(base, edited):
+        total += len(b)
+        same += sum(pb == pe for (pb, _), (pe, _) in zip(b, e))
+    return same / total if total else 1.0
+
+
+def changed_tokens(base: list[tuple[int, int]], edited: list[tuple[int, int]]) -> int:
+    return sum(pb != pe for (pb, _), (pe, _) in zip(base, edited))
+
+
+def starts_with_target(text: str, target: str) -> bool:
+    return text.lstrip().startswith(target.strip())
+
+
+def firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, ids, subjects) -> dict:
+    """For a method that names the edit acting on each case: which edit acted, and how the cases fared
+    in each group. Empty for a method that names none (fired_by all None)."""
+    if not any(fired_by.get(name) for name in sets):
+        return {}
+    own_of = {edit_id: k for k, edit_id in enumerate(ids)}
+    # every inserted edit's subject (with --eval-sample, the edits measured are only some of them)
+    subject_of = subjects or {edit_id: records[k].subject for k, edit_id in enumerate(ids)}
+    out = {}
+    for name in ("es", "ps"):
+        owners = fired_by.get(name)
+        if owners is None:
+            continue
+        groups = {"own": [0, 0], "other edit, same subject": [0, 0], "other edit": [0, 0], "none": [0, 0]}
+        cs = sets[name]
+        flat = [pair for rec in edited[name] for pair in rec]
+        for i, ((p, y), who) in enumerate(zip(flat, owners)):
+            k = cs.owner[i]
+            if who is None:
+                g = "none"
+            elif own_of.get(who) == k:
+                g = "own"
+            elif subject_of.get(who) == records[k].subject:
+                g = "other edit, same subject"
+            else:
+                g = "other edit"
+            groups[g][0] += 1
+            groups[g][1] += p == y
+        out[name] = {g: {"cases": c, "accuracy": (r / c if c else None)} for g, (c, r) in groups.items()}
+    for name in ("locality", "ns"):
+        owners = fired_by.get(name)
+        if owners is None:
+            continue
+        flat_b = [pair for rec in base[name] for pair in rec]
+        flat_e = [pair for rec in edited[name] for pair in rec]
+        fired = [who is not None for who in owners]
+        changed = [pb != pe for (pb, _), (pe, _) in zip(flat_b, flat_e)]
+        out[name] = {"cases": len(owners), "fired": sum(fired),
+                     "changed_where_fired": sum(c and f for c, f in zip(changed, fired)),
+                     "changed_where_not_fired": sum(c and not f for c, f in zip(changed, fired))}
+    if withdrawal.get("fired_after"):
+        out["withdrawal"] = withdrawal["fired_after"]
+    return out
