@@ -109,12 +109,11 @@ class EditedSystem(System):
         gens = self.model.generate_many([Query.prompt(q) for q in queries], budgets, batch_size=self.batch_size)
         return [g.token_ids for g in gens]
 
-    def chat(self, questions: list[str], budget: int, edits: bool = True) -> list[str]:
-        """The text of the answer to each question asked as a chat turn."""
+    def chat(self, questions: list[str], budgets: list[int]) -> list[str]:
+        """The text of the answer to each question asked as a chat turn, as the server answers it."""
         tok = self.backbone.tokenizer
         queries = [Query.chat(tok, [{"role": "user", "content": q}]) for q in questions]
-        return [g.text for g in self.model.generate_many(queries, [budget] * len(queries), edits=edits,
-                                                         batch_size=self.batch_size)]
+        return [g.text for g in self.model.generate_many(queries, budgets, batch_size=self.batch_size)]
 
     def predict_withdrawn(self, k: int, cs: CaseSet, base: PerRecord) -> PerRecord | None:
         """Record k's cases with edit k withdrawn (the others active), then the edit put back."""

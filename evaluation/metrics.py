@@ -11,6 +11,14 @@
              active, and its prompt's cases predicted again; rs = share of the tokens whose prediction
              the edit had changed (edited != unedited) that change back (withdrawn != edited); con =
              share of all the prompt's tokens predicted as by the unedited model (withdrawn == unedited)
+  chat_es, chat_ps  the prompt / paraphrase asked as one chat turn (the model's chat template, the
+             question as the user's message): the generated answer contains the target (case-insensitive)
+  same_subject  share of the teacher-forced tokens of the subject's other relations (KnowEdit
+             Relation_Specificity) whose prediction equals the unedited model's; null where the file has none
+  neighbourhood  the same for prompts of the same relation about other subjects (CounterFact ROME
+             neighborhood_prompts, answer target_true); null where the file has none
+  portability  teacher-forced accuracy of the answers that follow from the edit (zsRE / KnowEdit
+             portability); null where the file has none
   n_edits    records evaluated (edits requested; refused ones are listed in report.md)
   seconds    wall clock of the whole run; insert_seconds_per_edit: mean time of one insert (FT: training
              time / N)
@@ -22,8 +30,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from evaluation.systems import PerRecord  # per record: the (predicted, expected) token of each case
 
-METRIC_KEYS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "n_edits", "seconds",
-               "insert_seconds_per_edit")
+METRIC_KEYS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "chat_es", "chat_ps", "same_subject",
+               "neighbourhood", "portability", "n_edits", "seconds", "insert_seconds_per_edit")
 
 
 def fmt(v, digits: int = 4) -> str:
@@ -106,3 +114,7 @@ def firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, ids, s
     if withdrawal.get("fired_after"):
         out["withdrawal"] = withdrawal["fired_after"]
     return out
+
+
+def contains_target(text: str, target: str) -> bool:
+    return target.strip().lower() in text.lower()

@@ -24,12 +24,14 @@ from tqdm.auto import tqdm
 
 from editors.backbone import Backbone, encode_target
 from evaluation import datasets
-from evaluation.metrics import METRIC_KEYS, firing_diagnostics, starts_with_target, token_accuracy, unchanged_share
+from evaluation.metrics import (METRIC_KEYS, contains_target, firing_diagnostics, starts_with_target, token_accuracy,
+                                unchanged_share)
 from evaluation.systems import CaseSet, PerRecord, System, build
 
 GEN_EXTRA_TOKENS = 3  # generation budget: the target's token count plus this
 NOISE_SAMPLE = 50  # edits whose per-edit predictions are compared with the batched ones
-CASE_SETS = ("es", "ps", "locality", "ns")
+CHAT_EXTRA_TOKENS = 12  # a chat answer may say a few words before the fact
+PROBE_SETS = ("same_subject", "neighbourhood", "portability")  # per-record probe lists (datasets.Probe)
 
 
 @dataclass
@@ -48,6 +50,9 @@ class Results:
     edited: dict[str, PerRecord]  # predictions with every edit active
     gen_texts: dict[str, list[str]]  # es, ps: the greedy generations
     gen_ok: dict[str, list[bool]]  # ... that start with the target
+    chat_texts: dict[str, list[str]]  # es, ps: the answers to the prompt / paraphrase as a chat turn
+    chat_ok: dict[str, list[bool]]  # ... that contain the target
+    probes: dict[str, list[tuple[int, datasets.Probe]]]  # same_subject, ...: (record, probe) per case-set pair
     withdrawal: dict  # rs/con detail (evaluation.pipeline.measure_withdrawal); {} when not withdrawable
     rejected: dict[int, str]  # measured record -> why the editor refused its edit
     description: dict  # the method's settings (System.describe)
@@ -140,6 +145,19 @@ def _generations(system: System, records: list[datasets.Record], tok) -> tuple[d
     return texts, ok
 
 
+def _chats(system: System, records: list[datasets.Record], tok) -> tuple[dict, dict]:
+    texts = {}
+    for name, queries in (("es", [r.prompt for r in records]), ("ps", [r.paraphrase for r in records])):
+        budgets = [len(encode_target(tok, q, r.target)) + CHAT_EXTRA_TOKENS for q, r in zip(queries, records)]
+        texts[name] = system.chat(queries, budgets)
+    ok = {name: [contains_target(t, r.target) for t, r in zip(texts[name], records)] for name in texts}
+    return texts, ok
+
+
+def _probes(records: list[datasets.Record]) -> dict[str, list[tuple[int, datasets.Probe]]]:
+    return {name: [(k, p) for k, r in enumerate(records) for p in getattr(r, name)] for name in PROBE_SETS}
+
+
 def run(args, backbone: Backbone, started: float | None = None) -> Results:
     """Run one evaluation as described by args (editserve eval's flags) and return what it measured."""
     started = time.perf_counter() if started is None else started
@@ -156,6 +174,10 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         "locality": CaseSet.build(tok, [r.loc_prompt for r in records], [r.loc_answer for r in records]),
         "ns": CaseSet.build(tok, [q.prompt for q in questions], [q.answer for q in questions]),
     }
+    probes = _probes(records)
+    for name, items in probes.items():
+        if items:
+            sets[name] = CaseSet.build(tok, [p.prompt for _, p in items], [p.answer for _, p in items])
     base = {name: cs.group(base_predictions(backbone, cs, args.batch_size, f"unedited {name}", cache_dir))
             for name, cs in sets.items()}
 
@@ -169,6 +191,7 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
             edited[name] = system.predict(cs, base[name], progress=f"edited {name}")
             fired_by[name] = system.last_fired_owner
         gen_texts, gen_ok = _generations(system, records, tok)
+        chat_texts, chat_ok = _chats(system, records, tok)
         rs = con = None
         withdrawal = {}
         if system.withdrawable:
@@ -191,6 +214,12 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         "ns": token_accuracy(edited["ns"]),
         "rs": rs,
         "con": con,
+        "chat_es": sum(chat_ok["es"]) / len(records),
+        "chat_ps": sum(chat_ok["ps"]) / len(records),
+        "same_subject": unchanged_share(base["same_subject"], edited["same_subject"]) if "same_subject" in sets else None,
+        "neighbourhood": unchanged_share(base["neighbourhood"], edited["neighbourhood"])
+        if "neighbourhood" in sets else None,
+        "portability": token_accuracy(edited["portability"]) if "portability" in sets else None,
         "n_edits": len(inserted),
         "seconds": round(time.perf_counter() - started, 3),
         "insert_seconds_per_edit": (insert_seconds / len(inserted)) if args.method != "none" else 0.0,
@@ -198,7 +227,8 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
     assert tuple(metrics) == METRIC_KEYS
     return Results(args=args, model=backbone.name, code_version=code_version, threads=torch.get_num_threads(),
                    data_root=root, records=records, questions=questions, sets=sets, base=base, edited=edited,
-                   gen_texts=gen_texts, gen_ok=gen_ok, withdrawal=withdrawal, rejected=rejected,
+                   gen_texts=gen_texts, gen_ok=gen_ok, chat_texts=chat_texts, chat_ok=chat_ok,
+                   probes=probes, withdrawal=withdrawal, rejected=rejected,
                    description=description, decide_ms=decide_ms, diagnostics=diagnostics, metrics=metrics,
                    decode=tok.decode)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from evaluation.metrics import changed_tokens, exact_match, fmt, token_accuracy
 from evaluation.pipeline import Results
 
-SWEEP_KEYS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "insert_seconds_per_edit")
+SWEEP_KEYS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "chat_es", "insert_seconds_per_edit")
 PLOTTED = (("es", "ES"), ("ps", "PS"), ("ns", "NS"), ("locality", "locality"), ("es_gen", "ES (gen)"))
 FAILURES_SHOWN = 10
 
@@ -117,6 +117,11 @@ def _metric_table(r: Results) -> list[str]:
         f"| ns | {fmt(m['ns'])} | NQ answer tokens right, edits active |",
         f"| rs | {fmt(m['rs'])} | tokens the edit changed that change back when it alone is withdrawn |",
         f"| con | {fmt(m['con'])} | prompt tokens predicted as unedited after withdrawing the edit |",
+        f"| chat_es | {fmt(m['chat_es'])} | the prompt asked as a chat turn: the answer contains the target |",
+        f"| chat_ps | {fmt(m['chat_ps'])} | the paraphrase asked as a chat turn: the answer contains the target |",
+        f"| same_subject | {fmt(m['same_subject'])} | the subject's other relations: tokens predicted as unedited |",
+        f"| neighbourhood | {fmt(m['neighbourhood'])} | same relation, other subjects: tokens predicted as unedited |",
+        f"| portability | {fmt(m['portability'])} | answers that follow from the edit, tokens right |",
         f"| n_edits | {m['n_edits']} | |",
         f"| seconds | {fmt(m['seconds'])} | whole run |",
         f"| insert_seconds_per_edit | {fmt(m['insert_seconds_per_edit'])} | |",
@@ -202,6 +207,21 @@ def _failures(r: Results) -> list[str]:
         lines += ["", "First locality changes (probe: unedited | edited prediction):"]
         lines += [f"- #{k} {records[k].loc_prompt!r}: {pred('locality', k, base)} | {pred('locality', k)}"
                   for k in fails[:FAILURES_SHOWN]]
+    for name, asked in (("es", "prompt"), ("ps", "paraphrase")):
+        fails = [k for k, ok in enumerate(r.chat_ok[name]) if not ok][:FAILURES_SHOWN]
+        if fails:
+            lines += ["", f"First chat_{name} failures ({asked} as a chat turn -> target: the answer):"]
+            lines += [f"- #{k} {getattr(records[k], asked)!r} -> {records[k].target!r}: {r.chat_texts[name][k]!r}"
+                      for k in fails]
+    for name, what in (("same_subject", "same subject, other relation"), ("neighbourhood", "same relation, other subject")):
+        if name not in r.sets:
+            continue
+        fails = [i for i in range(len(r.probes[name])) if changed_tokens(base[name][i], edited[name][i])]
+        if fails:
+            lines += ["", f"First {name} changes ({what}; probe [edit]: unedited | edited prediction):"]
+            lines += [f"- {r.probes[name][i][1].prompt!r} [#{r.probes[name][i][0]} {records[r.probes[name][i][0]].prompt!r}"
+                      f" -> {records[r.probes[name][i][0]].target!r}]: {pred(name, i, base)} | {pred(name, i)}"
+                      for i in fails[:FAILURES_SHOWN]]
     return lines
 
 

@@ -136,6 +136,13 @@ class System:
         prompts = [encode_prompt(self.backbone.tokenizer, q) for q in queries]
         return greedy(self.backbone, prompts, budgets, batch_size=self.batch_size, progress=progress)
 
+    def chat(self, questions: list[str], budgets: list[int]) -> list[str]:
+        """The text of the answer to each question asked as one chat turn (the model's own template)."""
+        tok = self.backbone.tokenizer
+        texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+                 for q in questions]
+        return [tok.decode(g) for g in self.generate(texts, budgets)]
+
     def predict_withdrawn(self, k: int, cs: CaseSet, base: PerRecord) -> PerRecord | None:
         """Record k's cases with edit k withdrawn and the others active (None: edit k was refused)."""
         raise NotImplementedError
