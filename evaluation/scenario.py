@@ -1,83 +1,99 @@
-"""`editserve scenario`: SERAC over HTTP against a real server process (`python -m app.cli serve` on
-127.0.0.1, evaluation/server.py).
+"""`editserve scenario`: hand-written entity edits tried as a user would, over HTTP against a real
+server process (`python -m app.cli serve` on 127.0.0.1, evaluation/server.py).
 
-Starts the server on a fresh data dir (default settings unless --env), inserts the first N zsRE train
-records (the held-out dev records 0..N-1) with "method": "serac", and counts, with 12-token greedy
-generations: prompts and paraphrases whose answer starts with the target and names the edit on every
-token; 12 unrelated prompts (10 NQ questions, 2 completions) answered exactly as before the edits;
-the same after a restart; and the first 5 edits' prompts answered as before once those edits are
-withdrawn. Prints one JSON line at the end (and which adapter the server said it loaded).
+The edits (evaluation/entity_edits.json, 30 of the kind "The Louvre is located in" -> "Madrid") are all
+made at once on a fresh data dir with the chosen method (default: the server's default), and each is
+tried five ways, with 16-token greedy answers:
 
-    editserve scenario [--n 30] [--data-dir DIR] [--env EDITSERVE_SERAC__USE_ADAPTER=false]
+  prompt         the edit's own prompt: the answer contains the target, its first token names the edit
+  paraphrase     a rewording of the prompt: the answer contains the target
+  chat           the fact asked as a chat question (`messages`): the answer contains the target
+  same_relation  the same relation about another subject: the answer is exactly as before the edits
+  same_subject   another relation of the same subject: the answer is exactly as before the edits
+
+then the same after a restart, and the first --withdraw edits withdrawn: their prompts and chat
+questions answered exactly as before the edits again. Prints one JSON line with the shares.
+
+    editserve scenario [--method ireva|serac] [--data-dir DIR] [--env KEY=VALUE ...]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import time
 from pathlib import Path
 
-from evaluation import datasets
 from evaluation.server import Server
 
-UNRELATED_EXTRA = ["The capital of France is", "Water is made of hydrogen and"]
+EDITS_FILE = Path(__file__).with_name("entity_edits.json")
+KINDS = ("prompt", "paraphrase", "chat", "same_relation", "same_subject")
+TOKENS = 16
+
+
+def ask(server: Server, kind: str, edit: dict) -> dict:
+    if kind == "chat":
+        body = {"messages": [{"role": "user", "content": edit["question"]}], "max_new_tokens": TOKENS}
+    else:
+        body = {"prompt": edit[kind], "max_new_tokens": TOKENS}
+    return server.call("POST", "/generate", body)
+
+
+def check(kind: str, edit: dict, out: dict, before: dict, edit_id: str) -> bool:
+    if kind in ("same_relation", "same_subject"):
+        return out == before[kind, edit["prompt"]]
+    ok = edit["target"].lower() in out["text"].lower()
+    return ok and (kind != "prompt" or out["tokens"][0]["edit_id"] == edit_id)
+
+
+def measure(server: Server, edits: list[dict], ids: list[str], before: dict) -> tuple[dict, list]:
+    shares, misses = {}, []
+    for kind in KINDS:
+        good = 0
+        for edit, edit_id in zip(edits, ids):
+            out = ask(server, kind, edit)
+            if check(kind, edit, out, before, edit_id):
+                good += 1
+            else:
+                misses.append({"kind": kind, "edit": edit["prompt"], "target": edit["target"], "got": out["text"]})
+        shares[kind] = round(good / len(edits), 3)
+    return shares, misses
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="editserve scenario", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--method", default=None, help="editing method of the edits (default: the server's default)")
+    ap.add_argument("--edits", default=str(EDITS_FILE), help="JSON list of edits with the five kinds of query")
+    ap.add_argument("--n", type=int, default=None, help="only the first N edits")
     ap.add_argument("--data-dir", default=None, help="server data dir; default: a fresh temporary directory")
-    ap.add_argument("--eval-data", default=None, help="default $EDITSERVE_EVAL_DATA or ../shared/data")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting")
     ap.add_argument("--withdraw", type=int, default=5)
     args = ap.parse_args(argv)
     env = {"EDITSERVE_TORCH_THREADS": "1", **dict(kv.split("=", 1) for kv in args.env)}
-    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="serac-scenario-"))
-    root = datasets.data_root(args.eval_data)
-    recs = datasets.zsre("dev", root)[: args.n]
-    # the first 10 NQ-open dev questions as a user would ask them (without zsRE's "nq question: " prefix)
-    unrelated = [q.prompt.removeprefix(datasets.NQ_PREFIX) for q in datasets.nq("dev", root)[:10]] + UNRELATED_EXTRA
-
-    def ok(out: dict, target: str, edit_id: str) -> bool:
-        return out["text"].strip().startswith(target) and all(t["edit_id"] == edit_id for t in out["tokens"])
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="editserve-scenario-"))
+    edits = json.loads(Path(args.edits).read_text())[: args.n]
+    method = {"method": args.method} if args.method else {}
 
     t0 = time.time()
     server = Server(data_dir, env)
     with server:
-        before = {q: server.generate(q) for q in unrelated + [r.prompt for r in recs[: args.withdraw]]}
-        ids = [server.call("POST", "/edits", {"prompt": r.prompt, "target": r.target, "method": "serac"})["id"]
-               for r in recs]
-        prompt_ok = [ok(server.generate(r.prompt), r.target, i) for r, i in zip(recs, ids)]
-        para_out = [server.generate(r.paraphrase) for r in recs]
-        para_ok = [ok(o, r.target, i) for o, r, i in zip(para_out, recs, ids)]
-        unrelated_same = sum(server.generate(q) == before[q] for q in unrelated)
+        before = {(kind, e["prompt"]): ask(server, kind, e) for e in edits for kind in KINDS}
+        made = [server.call("POST", "/edits", {"prompt": e["prompt"], "target": e["target"], **method}) for e in edits]
+        ids = [m["id"] for m in made]
+        shares, misses = measure(server, edits, ids, before)
     with server:  # the same data dir, a new process
-        restart_prompt = sum(ok(server.generate(r.prompt), r.target, i) for r, i in zip(recs, ids))
-        restart_para = sum(ok(server.generate(r.paraphrase), r.target, i) for r, i in zip(recs, ids))
-        restart_unrelated = sum(server.generate(q) == before[q] for q in unrelated)
-        for i in ids[: args.withdraw]:
-            server.call("DELETE", f"/edits/{i}")
-        withdrawn_back = sum(server.generate(r.prompt) == before[r.prompt] for r in recs[: args.withdraw])
-        kept = sum(ok(server.generate(r.prompt), r.target, i)
-                   for r, i in zip(recs[args.withdraw:], ids[args.withdraw:]))
-    loaded = re.findall(r"SERAC[^\n]*(?:adapter|prompted backbone)[^\n]*", server.log.read_text())
-    result = {
-        "n": args.n, "env": env, "data_dir": str(data_dir), "server_said": loaded[-1] if loaded else None,
-        "prompts": sum(prompt_ok), "paraphrases": sum(para_ok),
-        "unrelated_unchanged": unrelated_same, "unrelated": len(unrelated),
-        "after_restart": {"prompts": restart_prompt, "paraphrases": restart_para,
-                          "unrelated_unchanged": restart_unrelated},
-        "withdrawn": args.withdraw, "withdrawn_original_back": withdrawn_back,
-        "others_still_edited": kept, "seconds": round(time.time() - t0),
-        "misses": [{"kind": "prompt", "query": r.prompt, "target": r.target}
-                   for r, good in zip(recs, prompt_ok) if not good]
-                  + [{"kind": "paraphrase", "query": r.paraphrase, "target": r.target, "got": o["text"]}
-                     for r, o, good in zip(recs, para_out, para_ok) if not good],
-    }
-    print(json.dumps(result))
+        restarted, _ = measure(server, edits, ids, before)
+        for edit_id in ids[: args.withdraw]:
+            server.call("DELETE", f"/edits/{edit_id}")
+        back = sum(ask(server, kind, e) == before[kind, e["prompt"]]
+                   for e in edits[: args.withdraw] for kind in ("prompt", "chat"))
+    print(json.dumps({
+        "method": made[0]["method"] if made else args.method, "edits": len(edits), **shares,
+        "after_restart": restarted, "withdrawn": args.withdraw,
+        "withdrawn_answers_as_before": f"{back}/{2 * min(args.withdraw, len(edits))}",
+        "seconds": round(time.time() - t0), "data_dir": str(data_dir), "misses": misses,
+    }))
     return 0
 
 
