@@ -1,6 +1,7 @@
 """`editserve` command line: `serve` here; `eval`, `bench`, `scenario` and the train commands live in
 their own modules and receive the rest of the command line (imported only when asked for: they pull in
 more)."""
+
 from __future__ import annotations
 
 import argparse

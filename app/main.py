@@ -1,4 +1,5 @@
 """The FastAPI app: migrate the database, load the model and the stored edits, then serve."""
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate.upgrade(database_url(settings.data_dir))
         app.state.service = EditingService.start(settings)
-        log.info("serving %s with methods %s from %s", settings.model, list(app.state.service.editors),
-                 settings.data_dir)
+        log.info(
+            "serving %s with methods %s from %s", settings.model, list(app.state.service.editors), settings.data_dir
+        )
         try:
             yield
         finally:

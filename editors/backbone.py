@@ -4,6 +4,7 @@ The packaged default (SmolLM2-135M-Instruct) ships as a GGUF file inside the `ll
 Dequantising it takes about a minute, so the first start saves a float32 safetensors copy into the
 cache dir and every later start loads that copy (< 1 s).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -85,8 +86,9 @@ def resolve_model_dir(model: str, cache_dir: Path) -> str:
     return str(target)
 
 
-def load_backbone(model: str = DEFAULT_MODEL, cache_dir: Path | str = "~/.cache/editserve",
-                  device: torch.device | None = None) -> Backbone:
+def load_backbone(
+    model: str = DEFAULT_MODEL, cache_dir: Path | str = "~/.cache/editserve", device: torch.device | None = None
+) -> Backbone:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or pick_device()
@@ -105,8 +107,9 @@ def _part(model: nn.Module, llama_name: str, gpt2_name: str, what: str) -> nn.Mo
     for inner, name in ((getattr(model, "model", None), llama_name), (getattr(model, "transformer", None), gpt2_name)):
         if inner is not None and hasattr(inner, name):
             return getattr(inner, name)
-    raise ValueError(f"unsupported architecture {type(model).__name__}: no {what} "
-                     f"(model.{llama_name} or transformer.{gpt2_name})")
+    raise ValueError(
+        f"unsupported architecture {type(model).__name__}: no {what} (model.{llama_name} or transformer.{gpt2_name})"
+    )
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList:
@@ -130,8 +133,9 @@ def final_norm(model: nn.Module) -> nn.Module:
     return _part(model, "norm", "ln_f", "final norm")
 
 
-def padded(rows: list[list[int]], pad: int, device: torch.device | None = None, left: bool = True
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def padded(
+    rows: list[list[int]], pad: int, device: torch.device | None = None, left: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of token ids padded to one width, and their attention mask (1 on real tokens). Left padding
     (the default) puts every row's last token in the last column, where generation and teacher forcing
     read it (with position ids counted from each row's first real token); right padding keeps each row

@@ -5,6 +5,7 @@ model decides which live edit, if any, the query is about; no edit -> the unedit
 fires); edit E -> E's own method answers, reading what it reads (`reads`), in its model set-up
 (`context`), with its neurons or its attribution steering each step (`steer`).
 """
+
 from __future__ import annotations
 
 import threading
@@ -103,8 +104,12 @@ class EditedModel:
             for edit_id in self.scope.withdrawn_with_prompt(prompt):
                 self.scope.remove(edit_id)
 
-    def load(self, live: list[tuple[str, str, str, str, Tensors]], withdrawn: list[tuple[str, str, str]],
-             known: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, Exception], int]:
+    def load(
+        self,
+        live: list[tuple[str, str, str, str, Tensors]],
+        withdrawn: list[tuple[str, str, str]],
+        known: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, Exception], int]:
         """A start: live edits (id, method, prompt, target, tensors) act again; withdrawn ones
         (id, method, prompt), oldest first, keep their prompts on the unedited answer where no live
         edit has the prompt (the newest of each prompt only, as the running server held them).
@@ -116,8 +121,11 @@ class EditedModel:
                 errors.update(editor.load_many([(i, p, t, x) for i, m, p, t, x in live if m == name]))
             owned = {p for i, _, p, _, _ in live if i not in errors}
             newest = {p: (i, m) for i, m, p in withdrawn if p not in owned}
-            embedded = self.scope.put_many([Entry(i, m, p, True) for i, m, p, _, _ in live if i not in errors]
-                                           + [Entry(i, m, p, False) for p, (i, m) in newest.items()], known)
+            embedded = self.scope.put_many(
+                [Entry(i, m, p, True) for i, m, p, _, _ in live if i not in errors]
+                + [Entry(i, m, p, False) for p, (i, m) in newest.items()],
+                known,
+            )
         return errors, embedded
 
     # -- answers -----------------------------------------------------------------------------------
@@ -135,12 +143,17 @@ class EditedModel:
                 return generate(self.backbone, ids, max_new_tokens)
             editor = self.editors[decision.method]
             with editor.lock, editor.context():
-                gen = generate(self.backbone, editor.reads(decision.edit_id, ids, query.about), max_new_tokens,
-                               editor.steer([decision.edit_id]))
+                gen = generate(
+                    self.backbone,
+                    editor.reads(decision.edit_id, ids, query.about),
+                    max_new_tokens,
+                    editor.steer([decision.edit_id]),
+                )
         return first_line(gen) if editor.answer_line_only else gen
 
-    def generate_many(self, queries: list[Query], budgets: list[int], edits: bool = True,
-                      batch_size: int = 16) -> list[Generation]:
+    def generate_many(
+        self, queries: list[Query], budgets: list[int], edits: bool = True, batch_size: int = 16
+    ) -> list[Generation]:
         """generate() for many queries, batched by the method that answers them (the harness's path)."""
         tok = self.backbone.tokenizer
         out: list[Generation | None] = [None] * len(queries)
@@ -153,7 +166,7 @@ class EditedModel:
                 editor = self.editors[method] if method is not None else None
                 ks = sorted(ks, key=lambda k: len(queries[k].text))  # similar lengths pad less
                 for s in range(0, len(ks), batch_size):
-                    chunk = ks[s:s + batch_size]
+                    chunk = ks[s : s + batch_size]
                     ids = [encode_prompt(tok, queries[k].text) for k in chunk]
                     if editor is None:
                         got = generate_batch(self.backbone, ids, [budgets[k] for k in chunk])
@@ -167,7 +180,7 @@ class EditedModel:
                         owners = steering.owners
                     for k, token_ids, who in zip(chunk, got, owners):
                         pieces = token_texts(tok, token_ids)
-                        gen = Generation("".join(pieces), token_ids, list(zip(pieces, who[:len(token_ids)])))
+                        gen = Generation("".join(pieces), token_ids, list(zip(pieces, who[: len(token_ids)])))
                         out[k] = first_line(gen) if editor is not None and editor.answer_line_only else gen
         return out
 
@@ -229,8 +242,9 @@ def _next_tokens(backbone: Backbone, seqs: list[list[int]]) -> list[int]:
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=backbone.device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=backbone.device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    logits = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                            logits_to_keep=1).logits
+    logits = backbone.model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
+    ).logits
     return logits[:, -1].argmax(-1).tolist()
 
 
@@ -253,4 +267,3 @@ def first_line(gen: Generation) -> Generation:
         kept_ids.append(tid)
         kept_tokens.append((piece, owner))
     return Generation(text="".join(p for p, _ in kept_tokens), token_ids=kept_ids, tokens=kept_tokens)
-

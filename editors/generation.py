@@ -6,6 +6,7 @@ layer also gives a context in which the same step runs without it, so that the c
 values of that position are the unedited ones, as a full forward over the text would compute them
 (an edit acts on the last position only). Cached generation thus equals a full forward, token by token.
 """
+
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
@@ -46,8 +47,13 @@ def _step(model, ids: torch.Tensor, cache, start: int):
 
 
 @torch.no_grad()
-def generate(backbone: Backbone, ids: list[int], max_new_tokens: int = 16, steering: Steering | None = None,
-             attribute_to: str | None = None) -> Generation:
+def generate(
+    backbone: Backbone,
+    ids: list[int],
+    max_new_tokens: int = 16,
+    steering: Steering | None = None,
+    attribute_to: str | None = None,
+) -> Generation:
     """Greedy continuation of the token ids `ids`. Each token names the edit `steering` says wrote it,
     or `attribute_to` for every token (a method whose whole answer comes from one edit)."""
     from transformers import DynamicCache
@@ -80,8 +86,9 @@ def generate(backbone: Backbone, ids: list[int], max_new_tokens: int = 16, steer
 
 
 @torch.no_grad()
-def generate_batch(backbone: Backbone, prompts: list[list[int]], budgets: list[int], steering: Steering | None = None,
-                   context=None) -> list[list[int]]:
+def generate_batch(
+    backbone: Backbone, prompts: list[list[int]], budgets: list[int], steering: Steering | None = None, context=None
+) -> list[list[int]]:
     """Greedy continuations of many token-id prompts at once (left padding, each row at its own
     positions), each stopping at EOS or its budget; `steering` acts per row as in generate(). The
     harness uses it; a row's tokens equal generate()'s up to float rounding of the padded batch."""
@@ -102,14 +109,26 @@ def generate_batch(backbone: Backbone, prompts: list[list[int]], budgets: list[i
             if all(done):
                 break
             writers = steering.step(out) if steering is not None else [None] * len(prompts)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                           use_cache=True, logits_to_keep=1).logits
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits
             cache_after = cache
             if relay and any(w is not None for w in writers):
                 cache_after.crop(-1)  # store the last position again, computed without the edits
                 with steering.without_edit():
-                    model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                          past_key_values=cache_after, use_cache=True, logits_to_keep=1)
+                    model(
+                        input_ids=ids[:, -1:],
+                        attention_mask=mask,
+                        position_ids=positions[:, -1:],
+                        past_key_values=cache_after,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
             nxt = logits[:, -1].argmax(-1).tolist()
             for row, token in enumerate(nxt):
                 if done[row]:
@@ -137,8 +156,8 @@ def token_texts(tok, ids: list[int]) -> list[str]:
         if text.endswith("\ufffd"):  # incomplete UTF-8 sequence so far
             pieces.append("")
             continue
-        pieces.append(text[len(prev):])
+        pieces.append(text[len(prev) :])
         prev = text
     if pieces and prev != tok.decode(ids):
-        pieces[-1] += tok.decode(ids)[len(prev):]
+        pieces[-1] += tok.decode(ids)[len(prev) :]
     return pieces

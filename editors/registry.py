@@ -5,11 +5,13 @@ query is about is not the method's call: the scope model (editors/scope) decides
 and the edit's own method then answers the query through `reads`, `context` and `steer`
 (editors/edited.py).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 

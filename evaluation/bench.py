@@ -28,6 +28,7 @@ as a start loads them: real dev prompts and targets (so the scope index holds re
 has its target's neuron count), random unit keys, values in the real values' directions and norms.
 bench.json says how many were synthetic. Timings move with machine load; they are printed, never asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,22 @@ from editors.edited import EditedModel, Query, Restore
 from evaluation import datasets
 from evaluation.server import Server
 
-KEYS = ("insert_over_forward", "retrofit_insert_over_forward", "gen_speed_ratio", "restart_extra_s",
-        "bytes_per_neuron", "scope_decision_ms", "scope_decision_over_forward")
+KEYS = (
+    "insert_over_forward",
+    "retrofit_insert_over_forward",
+    "gen_speed_ratio",
+    "restart_extra_s",
+    "bytes_per_neuron",
+    "scope_decision_ms",
+    "scope_decision_over_forward",
+)
 PARTS = ("restart", "scope", "gen", "retrofit")
 
 
 def parse(argv):
-    ap = argparse.ArgumentParser(prog="editserve bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="editserve bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, required=True, help="edits active during the measurements")
     ap.add_argument("--out", required=True)
     ap.add_argument("--real", type=int, default=200, help="edits built by a real insert; the rest synthesised")
@@ -66,8 +75,11 @@ def parse(argv):
     ap.add_argument("--scope-queries", type=int, default=50, help="queries whose scope decision is timed")
     ap.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(PARTS)}")
     ap.add_argument("--data-dir", default=None, help="default $EDITSERVE_EVAL_DATA or ../shared/data")
-    ap.add_argument("--cache-dir", default=os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve",
-                    help="default $EDITSERVE_CACHE_DIR or ~/.cache/editserve, as the server")
+    ap.add_argument(
+        "--cache-dir",
+        default=os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve",
+        help="default $EDITSERVE_CACHE_DIR or ~/.cache/editserve, as the server",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -150,9 +162,14 @@ def fill(model: EditedModel, pairs, n: int, real: int, seed: int) -> tuple[dict,
     errors, _ = model.load(synthetic, [])
     load_seconds = time.perf_counter() - t0
     edits.update({edit_id: (p, t) for edit_id, _, p, t, _ in synthetic if edit_id not in errors})
-    info = {"real_edits": len(counts), "synthetic_edits": len(synthetic) - len(errors),
-            "neurons": editor.adaptor.live_count, "neurons_per_real_edit": sum(counts) / max(len(counts), 1),
-            "seconds_per_real_insert": insert_mean, "seconds_to_load_synthetic": load_seconds}
+    info = {
+        "real_edits": len(counts),
+        "synthetic_edits": len(synthetic) - len(errors),
+        "neurons": editor.adaptor.live_count,
+        "neurons_per_real_edit": sum(counts) / max(len(counts), 1),
+        "seconds_per_real_insert": insert_mean,
+        "seconds_to_load_synthetic": load_seconds,
+    }
     return info, edits
 
 
@@ -163,7 +180,7 @@ def insert_vs_forward(model: EditedModel, pairs, samples: int, retrofit: bool = 
         p, t = pairs[i]
         ids = encode_prompt(backbone.tokenizer, p)
         edit_id = f"bench{'R' if retrofit else ''}{i}"
-        for what in (("f", "i") if i % 2 == 0 else ("i", "f")):
+        for what in ("f", "i") if i % 2 == 0 else ("i", "f"):
             if what == "f":
                 fwd.append(_forward_seconds(backbone, ids))
             else:
@@ -171,8 +188,13 @@ def insert_vs_forward(model: EditedModel, pairs, samples: int, retrofit: bool = 
                 model.insert("ireva", edit_id, p, t, retrofit)
                 ins.append(time.perf_counter() - t0)
         model.restore(Restore(edit_id, "ireva", p, t, None))  # undo the insert: the edit count stays N
-    return {"ratio": _median(ins) / _median(fwd), "insert_median_s": _median(ins), "forward_median_s": _median(fwd),
-            "paired_ratio_median": _median([a / b for a, b in zip(ins, fwd)]), "samples": samples}
+    return {
+        "ratio": _median(ins) / _median(fwd),
+        "insert_median_s": _median(ins),
+        "forward_median_s": _median(fwd),
+        "paired_ratio_median": _median([a / b for a, b in zip(ins, fwd)]),
+        "samples": samples,
+    }
 
 
 def generation_speed(model: EditedModel, prompts: list[str], tokens: int) -> dict:
@@ -182,7 +204,7 @@ def generation_speed(model: EditedModel, prompts: list[str], tokens: int) -> dic
     fired = 0
     for i, p in enumerate(tqdm(prompts, desc="bench: generation with/without edits", leave=False)):
         rate = {}
-        for on in ((True, False) if i % 2 == 0 else (False, True)):
+        for on in (True, False) if i % 2 == 0 else (False, True):
             t0 = time.perf_counter()
             out = model.generate(Query.prompt(p), max_new_tokens=tokens, edits=on)
             dt = time.perf_counter() - t0
@@ -194,9 +216,14 @@ def generation_speed(model: EditedModel, prompts: list[str], tokens: int) -> dic
         if rate[False] > 0:
             pair_ratios.append(rate[True] / rate[False])
     on_rate, off_rate = counts[True] / times[True], counts[False] / times[False]
-    return {"ratio": on_rate / off_rate, "tokens_per_s_with_edits": on_rate, "tokens_per_s_without": off_rate,
-            "paired_ratio_median": _median(pair_ratios), "prompts": len(prompts),
-            "prompts_where_an_edit_fired": fired}
+    return {
+        "ratio": on_rate / off_rate,
+        "tokens_per_s_with_edits": on_rate,
+        "tokens_per_s_without": off_rate,
+        "paired_ratio_median": _median(pair_ratios),
+        "prompts": len(prompts),
+        "prompts_where_an_edit_fired": fired,
+    }
 
 
 def neuron_bytes(adaptor: torch.nn.Module) -> tuple[int, dict[str, int]]:
@@ -206,8 +233,11 @@ def neuron_bytes(adaptor: torch.nn.Module) -> tuple[int, dict[str, int]]:
     capacity = adaptor.keys.shape[0]
     tensors = {name: t for name, t in vars(adaptor).items() if isinstance(t, torch.Tensor)}
     tensors.update(dict(adaptor.named_buffers(recurse=False)))
-    rows = {name: (t.numel() // capacity) * t.element_size() for name, t in tensors.items()
-            if t.dim() >= 1 and t.shape[0] == capacity}
+    rows = {
+        name: (t.numel() // capacity) * t.element_size()
+        for name, t in tensors.items()
+        if t.dim() >= 1 and t.shape[0] == capacity
+    }
     return sum(rows.values()), rows
 
 
@@ -231,8 +261,15 @@ def _data_dirs(model: EditedModel, edits: dict[str, tuple[str, str]], workdir: P
         if with_edits:
             for edit_id, (prompt, target) in tqdm(edits.items(), desc="bench: writing the data dir", leave=False):
                 tensors = editor.tensors(edit_id)
-                repo.create(edit_id=edit_id, method="ireva", prompt=prompt, target=target, retrofit=False,
-                            neurons=tensors["keys"].shape[0], tensors=tensors)
+                repo.create(
+                    edit_id=edit_id,
+                    method="ireva",
+                    prompt=prompt,
+                    target=target,
+                    retrofit=False,
+                    neurons=tensors["keys"].shape[0],
+                    tensors=tensors,
+                )
         repo.close()
         dirs.append(d)
     return dirs[0], dirs[1]
@@ -242,23 +279,30 @@ def restart_cost(model: EditedModel, edits, reps: int, threads, cache_dir) -> di
     work = Path(tempfile.mkdtemp(prefix="editserve-bench-"))
     try:
         empty, full = _data_dirs(model, edits, work, cache_dir)
-        env = {"EDITSERVE_METHODS": "ireva", "EDITSERVE_LOG_LEVEL": "warning",
-               "EDITSERVE_CACHE_DIR": str(Path(cache_dir).expanduser())}
+        env = {
+            "EDITSERVE_METHODS": "ireva",
+            "EDITSERVE_LOG_LEVEL": "warning",
+            "EDITSERVE_CACHE_DIR": str(Path(cache_dir).expanduser()),
+        }
         if threads:
             env["EDITSERVE_TORCH_THREADS"] = str(threads)
         times = {"empty": [], "full": []}
         active = None
         for r in tqdm(range(reps), desc="bench: server restarts", leave=False):
-            for which in (("empty", "full") if r % 2 == 0 else ("full", "empty")):
+            for which in ("empty", "full") if r % 2 == 0 else ("full", "empty"):
                 with Server(empty if which == "empty" else full, env, ready_timeout=300.0) as server:
                     times[which].append(server.ready_seconds)
                     if which == "full":
                         active = int(server.health.get("edits_active", -1))
         disk = sum(p.stat().st_size for p in (full / "blobs").iterdir() if not p.name.startswith("state-"))
-        return {"extra_s": _median(times["full"]) - _median(times["empty"]),
-                "ready_s_empty": times["empty"], "ready_s_with_edits": times["full"], "edits_active": active,
-                "how": "editserve serve subprocess, process start to first 200 from GET /health",
-                "disk_bytes_per_neuron": disk / max(model.editor("ireva").adaptor.live_count, 1)}
+        return {
+            "extra_s": _median(times["full"]) - _median(times["empty"]),
+            "ready_s_empty": times["empty"],
+            "ready_s_with_edits": times["full"],
+            "edits_active": active,
+            "how": "editserve serve subprocess, process start to first 200 from GET /health",
+            "disk_bytes_per_neuron": disk / max(model.editor("ireva").adaptor.live_count, 1),
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -271,7 +315,7 @@ def scope_cost(model: EditedModel, queries: list[str]) -> dict:
     decide, embed, fwd, found = [], [], [], 0
     for i, q in enumerate(tqdm(queries, desc="bench: scope decisions", leave=False)):
         ids = encode_prompt(backbone.tokenizer, q)
-        for what in (("d", "f") if i % 2 == 0 else ("f", "d")):
+        for what in ("d", "f") if i % 2 == 0 else ("f", "d"):
             if what == "f":
                 fwd.append(_forward_seconds(backbone, ids))
             else:
@@ -282,10 +326,17 @@ def scope_cost(model: EditedModel, queries: list[str]) -> dict:
         t = time.perf_counter()
         scope.model.embed([q])
         embed.append(time.perf_counter() - t)
-    return {"ms": 1000 * _median(decide), "over_forward": _median(decide) / _median(fwd),
-            "paired_ratio_median": _median([d / f for d, f in zip(decide, fwd)]),
-            "embed_ms": 1000 * _median(embed), "forward_ms": 1000 * _median(fwd), "edits": len(scope),
-            "queries": len(queries), "in_some_scope": found, "trained": scope.model.trained}
+    return {
+        "ms": 1000 * _median(decide),
+        "over_forward": _median(decide) / _median(fwd),
+        "paired_ratio_median": _median([d / f for d, f in zip(decide, fwd)]),
+        "embed_ms": 1000 * _median(embed),
+        "forward_ms": 1000 * _median(fwd),
+        "edits": len(scope),
+        "queries": len(queries),
+        "in_some_scope": found,
+        "trained": scope.model.trained,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,16 +358,18 @@ def main(argv: list[str] | None = None) -> int:
 
     details["fill"], edits = fill(model, pairs, args.n, args.real, args.seed)
     if details["fill"]["synthetic_edits"]:
-        notes.append(f"{details['fill']['synthetic_edits']} of {args.n} edits are synthetic (real dev prompts and "
-                     "targets, random unit keys, real value directions/norms, loaded as a start loads them); "
-                     f"{details['fill']['real_edits']} are real inserts")
-    spare = pairs[max(args.n, args.real):]
+        notes.append(
+            f"{details['fill']['synthetic_edits']} of {args.n} edits are synthetic (real dev prompts and "
+            "targets, random unit keys, real value directions/norms, loaded as a start loads them); "
+            f"{details['fill']['real_edits']} are real inserts"
+        )
+    spare = pairs[max(args.n, args.real) :]
     details["insert"] = insert_vs_forward(model, spare, args.samples)
     result = {"insert_over_forward": details["insert"]["ratio"], "retrofit_insert_over_forward": None}
     if "retrofit" in args.skip:
         notes.append("retrofit skipped (--skip)")
     else:
-        details["retrofit"] = insert_vs_forward(model, spare[args.samples:], args.samples, retrofit=True)
+        details["retrofit"] = insert_vs_forward(model, spare[args.samples :], args.samples, retrofit=True)
         result["retrofit_insert_over_forward"] = details["retrofit"]["ratio"]
 
     result["gen_speed_ratio"] = None

@@ -7,6 +7,7 @@
 All N edits are inserted through the editor classes the server uses, then evaluated with all of them
 active (evaluation/pipeline.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,34 +31,64 @@ and prints the metrics as the last line of stdout. Unedited predictions are cach
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="editserve eval", description=__doc__ + "\n" + metrics.__doc__ + OUTPUTS,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="editserve eval",
+        description=__doc__ + "\n" + metrics.__doc__ + OUTPUTS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--dataset", choices=datasets.DATASETS, default="zsre")
     ap.add_argument("--n", type=int, default=None, help="first N records of the file (default: all)")
     ap.add_argument("--method", choices=METHODS, default="ireva")
     ap.add_argument("--retrofit", action="store_true", help="iReVa with retrofit (insert(..., retrofit=True))")
-    ap.add_argument("--split", choices=datasets.SPLITS, default="acceptance",
-                    help="acceptance files are for reporting; tune on dev (the train files)")
+    ap.add_argument(
+        "--split",
+        choices=datasets.SPLITS,
+        default="acceptance",
+        help="acceptance files are for reporting; tune on dev (the train files)",
+    )
     ap.add_argument("--layer", type=int, default=None, help="iReVa adaptor layer / FT layer (negative from the top)")
-    ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a field of the method's config (IrevaConfig, SeracConfig; FT: epochs, lr, "
-                         "train_batch, seed); repeatable")
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the method's config (IrevaConfig, SeracConfig; FT: epochs, lr, "
+        "train_batch, seed); repeatable",
+    )
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--sweep", choices=("edits", "layer"), default=None,
-                    help="edits: N in 10, 100, 1000 and the whole file; layer: every --layer-step-th layer")
+    ap.add_argument(
+        "--sweep",
+        choices=("edits", "layer"),
+        default=None,
+        help="edits: N in 10, 100, 1000 and the whole file; layer: every --layer-step-th layer",
+    )
     ap.add_argument("--points", default=None, help="sweep points, comma-separated (N values or layers)")
     ap.add_argument("--layer-step", type=int, default=3)
-    ap.add_argument("--eval-sample", type=int, default=None,
-                    help="insert all N edits but measure on a random sample of this many of them (large N)")
-    ap.add_argument("--resume", action="store_true",
-                    help="sweeps: keep a point whose directory holds metrics.json made by the same command (argv.json)")
-    ap.add_argument("--withdraw-sample", type=int, default=None,
-                    help="measure rs/con on a random sample of this many edits (default: every edit)")
+    ap.add_argument(
+        "--eval-sample",
+        type=int,
+        default=None,
+        help="insert all N edits but measure on a random sample of this many of them (large N)",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="sweeps: keep a point whose directory holds metrics.json made by the same command (argv.json)",
+    )
+    ap.add_argument(
+        "--withdraw-sample",
+        type=int,
+        default=None,
+        help="measure rs/con on a random sample of this many edits (default: every edit)",
+    )
     ap.add_argument("--data-dir", default=None, help="default $EDITSERVE_EVAL_DATA or ../shared/data")
     ap.add_argument("--model", default=None, help="backbone (default: the packaged SmolLM2)")
-    ap.add_argument("--cache-dir", default=os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve",
-                    help="converted models, SERAC's shared adapter, the scope model, the eval cache "
-                         "(default $EDITSERVE_CACHE_DIR or ~/.cache/editserve, as the server)")
+    ap.add_argument(
+        "--cache-dir",
+        default=os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve",
+        help="converted models, SERAC's shared adapter, the scope model, the eval cache "
+        "(default $EDITSERVE_CACHE_DIR or ~/.cache/editserve, as the server)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-cache", action="store_true", help="do not cache unedited predictions on disk")

@@ -22,6 +22,7 @@ answer is the edited one). knowedit and counterfact-rome have acceptance files o
 NS (the iReVa paper's neighbourhood success) uses NQ questions: NQ-open.efficientqa.test for acceptance,
 NQ-open.dev for dev, phrased as zsRE phrases its NQ probes ("nq question: ..."), answer = first answer.
 """
+
 from __future__ import annotations
 
 import json
@@ -104,10 +105,19 @@ def zsre(split: str = "acceptance", root: Path | None = None) -> list[Record]:
     _check_split(split)
     name = "zsre_mend_eval_portability_gpt4.json" if split == "acceptance" else "zsre_mend_train-1k.json"
     rows = _json(data_root(root) / "zsre" / name)
-    return [Record(prompt=r["src"], target=r["alt"], paraphrase=r["rephrase"], loc_prompt=r["loc"],
-                   loc_answer=r["loc_ans"], subject=r["subject"], truth=(r.get("answers") or [None])[0],
-                   portability=_zsre_portability(r.get("portability")))
-            for r in rows]
+    return [
+        Record(
+            prompt=r["src"],
+            target=r["alt"],
+            paraphrase=r["rephrase"],
+            loc_prompt=r["loc"],
+            loc_answer=r["loc_ans"],
+            subject=r["subject"],
+            truth=(r.get("answers") or [None])[0],
+            portability=_zsre_portability(r.get("portability")),
+        )
+        for r in rows
+    ]
 
 
 def _zsre_portability(p: dict | None) -> tuple[Probe, ...]:
@@ -120,17 +130,29 @@ def counterfact(split: str = "acceptance", root: Path | None = None) -> list[Rec
     _check_split(split)
     name = "counterfact-edit.json" if split == "acceptance" else "counterfact-train.json"
     rows = _json(data_root(root) / "counterfact" / name)
-    return [Record(prompt=r["prompt"], target=r["target_new"], paraphrase=r["rephrase_prompt"],
-                   loc_prompt=r["locality_prompt"], loc_answer=r["locality_ground_truth"], subject=r["subject"],
-                   truth=r.get("ground_truth")) for r in rows]
+    return [
+        Record(
+            prompt=r["prompt"],
+            target=r["target_new"],
+            paraphrase=r["rephrase_prompt"],
+            loc_prompt=r["locality_prompt"],
+            loc_answer=r["locality_ground_truth"],
+            subject=r["subject"],
+            truth=r.get("ground_truth"),
+        )
+        for r in rows
+    ]
 
 
 def nq(split: str = "acceptance", root: Path | None = None, file: str | None = None) -> list[Question]:
     """NQ-open questions with their first answer, as NS probes."""
     _check_split(split)
     name = file or ("NQ-open.efficientqa.test.1.1.jsonl" if split == "acceptance" else "NQ-open.dev.jsonl")
-    return [Question(NQ_PREFIX + r["question"], r["answer"][0]) for r in _jsonl(data_root(root) / "nq" / name)
-            if r.get("answer")]
+    return [
+        Question(NQ_PREFIX + r["question"], r["answer"][0])
+        for r in _jsonl(data_root(root) / "nq" / name)
+        if r.get("answer")
+    ]
 
 
 def knowedit(split: str = "acceptance", root: Path | None = None) -> list[Record]:
@@ -140,14 +162,27 @@ def knowedit(split: str = "acceptance", root: Path | None = None) -> list[Record
     _check_split(split, ("acceptance",), "knowedit")
     rows = _json(data_root(root) / "zsre" / "ZsRE-test-all.json")
     loc = nq(split, root)
-    return [Record(prompt=r["prompt"], target=r["target_new"], paraphrase=r["rephrase_prompt"],
-                   loc_prompt=loc[i % len(loc)].prompt, loc_answer=loc[i % len(loc)].answer, subject=r["subject"],
-                   truth=_first(r.get("ground_truth") or [None]),
-                   same_subject=tuple(Probe(p["prompt"], _first(p["ground_truth"]))
-                                      for p in (r.get("locality") or {}).get("Relation_Specificity", [])),
-                   portability=tuple(Probe(p["prompt"], _first(p["ground_truth"]), kind)
-                                     for kind, probes in (r.get("portability") or {}).items() for p in probes))
-            for i, r in enumerate(rows)]
+    return [
+        Record(
+            prompt=r["prompt"],
+            target=r["target_new"],
+            paraphrase=r["rephrase_prompt"],
+            loc_prompt=loc[i % len(loc)].prompt,
+            loc_answer=loc[i % len(loc)].answer,
+            subject=r["subject"],
+            truth=_first(r.get("ground_truth") or [None]),
+            same_subject=tuple(
+                Probe(p["prompt"], _first(p["ground_truth"]))
+                for p in (r.get("locality") or {}).get("Relation_Specificity", [])
+            ),
+            portability=tuple(
+                Probe(p["prompt"], _first(p["ground_truth"]), kind)
+                for kind, probes in (r.get("portability") or {}).items()
+                for p in probes
+            ),
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 def counterfact_rome(split: str = "acceptance", root: Path | None = None) -> list[Record]:
@@ -161,10 +196,19 @@ def counterfact_rome(split: str = "acceptance", root: Path | None = None) -> lis
         rw = r["requested_rewrite"]
         truth = rw["target_true"]["str"]
         neighbours = tuple(Probe(p, truth) for p in r["neighborhood_prompts"])
-        out.append(Record(prompt=rw["prompt"].replace("{}", rw["subject"]), target=rw["target_new"]["str"],
-                          paraphrase=r["paraphrase_prompts"][0], loc_prompt=neighbours[0].prompt, loc_answer=truth,
-                          subject=rw["subject"], truth=truth, paraphrases=tuple(r["paraphrase_prompts"]),
-                          neighbourhood=neighbours))
+        out.append(
+            Record(
+                prompt=rw["prompt"].replace("{}", rw["subject"]),
+                target=rw["target_new"]["str"],
+                paraphrase=r["paraphrase_prompts"][0],
+                loc_prompt=neighbours[0].prompt,
+                loc_answer=truth,
+                subject=rw["subject"],
+                truth=truth,
+                paraphrases=tuple(r["paraphrase_prompts"]),
+                neighbourhood=neighbours,
+            )
+        )
     return out
 
 
@@ -195,15 +239,16 @@ def _lcs(a: list[str], b: list[str]) -> list[str]:
                 if cur[j] > best:
                     best, best_end = cur[j], i
         prev = cur
-    return a[best_end - best:best_end]
+    return a[best_end - best : best_end]
 
 
 def _words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text)
 
 
-def pararel(split: str = "acceptance", root: Path | None = None,
-            tokenize: Callable[[str], list[str]] = _words) -> list[Record]:
+def pararel(
+    split: str = "acceptance", root: Path | None = None, tokenize: Callable[[str], list[str]] = _words
+) -> list[Record]:
     """The iReVa paper's appendix 9.6 preprocessing (algorithm 3):
 
     - a fact's question bag is every pattern of its relation filled with the subject; questions ending in
@@ -252,13 +297,27 @@ def pararel(split: str = "acceptance", root: Path | None = None,
             out.append((strip(src), fact["obj_label"], strip(para), subject_text))
     rng.shuffle(out)
     loc = nq("dev", root)
-    return [Record(prompt=p, target=t, paraphrase=q, loc_prompt=loc[i % len(loc)].prompt,
-                   loc_answer=loc[i % len(loc)].answer, subject=s, truth=t)
-            for i, (p, t, q, s) in enumerate(out)]
+    return [
+        Record(
+            prompt=p,
+            target=t,
+            paraphrase=q,
+            loc_prompt=loc[i % len(loc)].prompt,
+            loc_answer=loc[i % len(loc)].answer,
+            subject=s,
+            truth=t,
+        )
+        for i, (p, t, q, s) in enumerate(out)
+    ]
 
 
-LOADERS = {"zsre": zsre, "counterfact": counterfact, "pararel": pararel, "knowedit": knowedit,
-           "counterfact-rome": counterfact_rome}
+LOADERS = {
+    "zsre": zsre,
+    "counterfact": counterfact,
+    "pararel": pararel,
+    "knowedit": knowedit,
+    "counterfact-rome": counterfact_rome,
+}
 ONLY_ACCEPTANCE = ("knowedit", "counterfact-rome")  # no dev file in their format
 
 

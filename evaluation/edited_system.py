@@ -4,6 +4,7 @@ Every query takes the server's answer path (editors/edited.py): the scope model 
 if any, it is about, and that edit's method answers. Teacher-forced cases are scored on that path
 (one forward per prefix, the edit acting on the last position), generations through it, batched.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,15 +24,23 @@ from evaluation.systems import CaseSet, PerRecord, System, set_config
 class EditedSystem(System):
     withdrawable = True
 
-    def __init__(self, backbone: Backbone, method: str, batch_size: int = 32, cache_dir=None,
-                 layer: int | None = None, retrofit: bool = False, overrides: dict[str, str] | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        method: str,
+        batch_size: int = 32,
+        cache_dir=None,
+        layer: int | None = None,
+        retrofit: bool = False,
+        overrides: dict[str, str] | None = None,
+    ):
         super().__init__(backbone, batch_size)
         from app.core.config import Settings
 
         self.name, self.retrofit = method, retrofit
         settings = Settings(_env_file=None, **({"cache_dir": cache_dir} if cache_dir else {}))
         section = getattr(settings, method)
-        scope_overrides = {k[len("scope."):]: v for k, v in (overrides or {}).items() if k.startswith("scope.")}
+        scope_overrides = {k[len("scope.") :]: v for k, v in (overrides or {}).items() if k.startswith("scope.")}
         set_config(section, {k: v for k, v in (overrides or {}).items() if not k.startswith("scope.")})
         set_config(settings.scope, scope_overrides)
         if layer is not None:
@@ -47,16 +56,27 @@ class EditedSystem(System):
 
     def describe(self) -> dict:
         model = self.model.scope.model
-        out = {"config": asdict(getattr(self.settings, self.name)), "retrofit": self.retrofit,
-               "scope": {"config": asdict(self.settings.scope), "fingerprint": model.fingerprint,
-                         "trained": model.trained}}
+        out = {
+            "config": asdict(getattr(self.settings, self.name)),
+            "retrofit": self.retrofit,
+            "scope": {
+                "config": asdict(self.settings.scope),
+                "fingerprint": model.fingerprint,
+                "trained": model.trained,
+            },
+        }
         if self.name == "ireva":
             out["neurons"] = int(self.editor.adaptor.live_count)
         if self.name == "serac":
             adapter = self.editor.adapter
-            out["adapter"] = ({"dir": str(adapter.path), "trained": {k: adapter.meta.get(k) for k in
-                                                                      ("model", "records", "steps", "rank")}}
-                              if adapter is not None else None)
+            out["adapter"] = (
+                {
+                    "dir": str(adapter.path),
+                    "trained": {k: adapter.meta.get(k) for k in ("model", "records", "steps", "rank")},
+                }
+                if adapter is not None
+                else None
+            )
         return out
 
     def insert_all(self, records: list[Record]) -> float:
@@ -84,7 +104,7 @@ class EditedSystem(System):
         queries = [Query.prompt(q) for q in cs.queries]
         decisions = []
         for s in range(0, len(queries), 256):
-            decisions += self._decide(queries[s:s + 256])
+            decisions += self._decide(queries[s : s + 256])
         out = [list(b) for b in base] if base is not None else [[] for _ in queries]
         owners = [None] * len(cs.expected)
         for k, d in enumerate(tqdm(decisions, desc=progress, disable=progress is None, leave=False)):

@@ -7,6 +7,7 @@ centred on the calibration mean, unit length). Printed per layer and theta: the 
 paraphrases whose own edit's key clears theta (they can fire it) and the share of out-of-scope
 probes on which some edit's key clears theta (an edit may fire where it must not). Dev split only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ def last_keys(editor: IrevaEditor, texts: list[str]) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evaluation.keys", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m evaluation.keys", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--dataset", choices=datasets.DATASETS, default="counterfact")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--layers", default="3,8,13,18,23,29")
@@ -50,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         own = (prompts * paraphrases).sum(-1)
         nearest = (probes @ prompts.T).max(-1).values
         for theta in (float(x) for x in args.thetas.split(",")):
-            rows.append({"layer": layer, "theta": theta, "paraphrase_fires_own": float((own >= theta).float().mean()),
-                         "probe_fires_some": float((nearest >= theta).float().mean())})
+            rows.append(
+                {
+                    "layer": layer,
+                    "theta": theta,
+                    "paraphrase_fires_own": float((own >= theta).float().mean()),
+                    "probe_fires_some": float((nearest >= theta).float().mean()),
+                }
+            )
             print(json.dumps(rows[-1]))
     return 0
 

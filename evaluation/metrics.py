@@ -1,28 +1,29 @@
 """The metrics of `editserve eval`, each in [0, 1], micro-averaged over tokens where they are token-level:
 
-  es, ps     teacher-forced accuracy of the target's tokens after the prompt / paraphrase (appendix 9.5:
-             one case per target token, the prompt plus the target tokens before it)
-  locality   share of the out-of-scope probe's teacher-forced tokens whose prediction equals the
-             unedited model's (zsRE loc/loc_ans, CounterFact locality_prompt, PARAREL an NQ question)
-  es_gen, ps_gen  greedy generation (KV cache, as the server generates) from the prompt / paraphrase
-             starts with the whole target (leading whitespace of the generation ignored)
-  ns         teacher-forced accuracy of NQ answers with the edits active (the iReVa paper's NS)
-  rs, con    withdrawable methods only (null otherwise): each edit k is withdrawn on its own, the others
-             active, and its prompt's cases predicted again; rs = share of the tokens whose prediction
-             the edit had changed (edited != unedited) that change back (withdrawn != edited); con =
-             share of all the prompt's tokens predicted as by the unedited model (withdrawn == unedited)
-  chat_es, chat_ps  the prompt / paraphrase asked as one chat turn (the model's chat template, the
-             question as the user's message): the generated answer contains the target (case-insensitive)
-  same_subject  share of the teacher-forced tokens of the subject's other relations (KnowEdit
-             Relation_Specificity) whose prediction equals the unedited model's; null where the file has none
-  neighbourhood  the same for prompts of the same relation about other subjects (CounterFact ROME
-             neighborhood_prompts, answer target_true); null where the file has none
-  portability  teacher-forced accuracy of the answers that follow from the edit (zsRE / KnowEdit
-             portability); null where the file has none
-  n_edits    records evaluated (edits requested; refused ones are listed in report.md)
-  seconds    wall clock of the whole run; insert_seconds_per_edit: mean time of one insert (FT: training
-             time / N)
+es, ps     teacher-forced accuracy of the target's tokens after the prompt / paraphrase (appendix 9.5:
+           one case per target token, the prompt plus the target tokens before it)
+locality   share of the out-of-scope probe's teacher-forced tokens whose prediction equals the
+           unedited model's (zsRE loc/loc_ans, CounterFact locality_prompt, PARAREL an NQ question)
+es_gen, ps_gen  greedy generation (KV cache, as the server generates) from the prompt / paraphrase
+           starts with the whole target (leading whitespace of the generation ignored)
+ns         teacher-forced accuracy of NQ answers with the edits active (the iReVa paper's NS)
+rs, con    withdrawable methods only (null otherwise): each edit k is withdrawn on its own, the others
+           active, and its prompt's cases predicted again; rs = share of the tokens whose prediction
+           the edit had changed (edited != unedited) that change back (withdrawn != edited); con =
+           share of all the prompt's tokens predicted as by the unedited model (withdrawn == unedited)
+chat_es, chat_ps  the prompt / paraphrase asked as one chat turn (the model's chat template, the
+           question as the user's message): the generated answer contains the target (case-insensitive)
+same_subject  share of the teacher-forced tokens of the subject's other relations (KnowEdit
+           Relation_Specificity) whose prediction equals the unedited model's; null where the file has none
+neighbourhood  the same for prompts of the same relation about other subjects (CounterFact ROME
+           neighborhood_prompts, answer target_true); null where the file has none
+portability  teacher-forced accuracy of the answers that follow from the edit (zsRE / KnowEdit
+           portability); null where the file has none
+n_edits    records evaluated (edits requested; refused ones are listed in report.md)
+seconds    wall clock of the whole run; insert_seconds_per_edit: mean time of one insert (FT: training
+           time / N)
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -30,8 +31,24 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from evaluation.systems import PerRecord  # per record: the (predicted, expected) token of each case
 
-METRIC_KEYS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "chat_es", "chat_ps", "same_subject",
-               "neighbourhood", "portability", "n_edits", "seconds", "insert_seconds_per_edit")
+METRIC_KEYS = (
+    "es",
+    "ps",
+    "locality",
+    "es_gen",
+    "ps_gen",
+    "ns",
+    "rs",
+    "con",
+    "chat_es",
+    "chat_ps",
+    "same_subject",
+    "neighbourhood",
+    "portability",
+    "n_edits",
+    "seconds",
+    "insert_seconds_per_edit",
+)
 
 
 def fmt(v, digits: int = 4) -> str:
@@ -108,9 +125,12 @@ def firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, ids, s
         flat_e = [pair for rec in edited[name] for pair in rec]
         fired = [who is not None for who in owners]
         changed = [pb != pe for (pb, _), (pe, _) in zip(flat_b, flat_e)]
-        out[name] = {"cases": len(owners), "fired": sum(fired),
-                     "changed_where_fired": sum(c and f for c, f in zip(changed, fired)),
-                     "changed_where_not_fired": sum(c and not f for c, f in zip(changed, fired))}
+        out[name] = {
+            "cases": len(owners),
+            "fired": sum(fired),
+            "changed_where_fired": sum(c and f for c, f in zip(changed, fired)),
+            "changed_where_not_fired": sum(c and not f for c, f in zip(changed, fired)),
+        }
     if withdrawal.get("fired_after"):
         out["withdrawal"] = withdrawal["fired_after"]
     return out

@@ -5,6 +5,7 @@ All N edits are inserted through the editor classes the server uses (evaluation/
 predictions are cached on disk (<cache dir>/eval) keyed by model, sequences, batch size and thread
 count, unless the run says no_cache.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,14 @@ from tqdm.auto import tqdm
 
 from editors.backbone import Backbone, encode_target
 from evaluation import datasets
-from evaluation.metrics import (METRIC_KEYS, contains_target, firing_diagnostics, starts_with_target, token_accuracy,
-                                unchanged_share)
+from evaluation.metrics import (
+    METRIC_KEYS,
+    contains_target,
+    firing_diagnostics,
+    starts_with_target,
+    token_accuracy,
+    unchanged_share,
+)
 from evaluation.systems import CaseSet, PerRecord, System, build
 
 GEN_EXTRA_TOKENS = 3  # generation budget: the target's token count plus this
@@ -71,10 +78,16 @@ def load_backbone_for(args) -> Backbone:
 def git_describe() -> str:
     try:
         root = Path(__file__).resolve().parents[1]
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + ("+uncommitted changes" if dirty else "")
     except Exception:  # noqa: BLE001
         return "unknown"
@@ -93,8 +106,18 @@ def base_predictions(backbone: Backbone, cs: CaseSet, batch_size: int, progress:
     path = None
     if cache_dir is not None:
         h = hashlib.sha256()
-        h.update(json.dumps(["shared", _model_fingerprint(backbone), torch.__version__, torch.get_num_threads(),
-                             batch_size, str(backbone.device)]).encode())
+        h.update(
+            json.dumps(
+                [
+                    "shared",
+                    _model_fingerprint(backbone),
+                    torch.__version__,
+                    torch.get_num_threads(),
+                    batch_size,
+                    str(backbone.device),
+                ]
+            ).encode()
+        )
         h.update(json.dumps([cs.prompt_ids, cs.target_ids]).encode())
         path = cache_dir / f"{h.hexdigest()[:32]}.pt"
         if path.exists():
@@ -117,8 +140,7 @@ def _records(args) -> tuple[list[datasets.Record], list[int], Path]:
     root = datasets.data_root(args.data_dir)
     records = datasets.load(args.dataset, args.split, args.n, root)
     if args.n is not None and len(records) < args.n:
-        print(f"note: {args.dataset}/{args.split} has {len(records)} records, fewer than --n {args.n}",
-              file=sys.stderr)
+        print(f"note: {args.dataset}/{args.split} has {len(records)} records, fewer than --n {args.n}", file=sys.stderr)
     # All N edits are inserted; with --eval-sample the metrics are measured on a seeded sample of them.
     evaluated = list(range(len(records)))
     if args.eval_sample is not None and args.eval_sample < len(records):
@@ -178,11 +200,20 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
     for name, items in probes.items():
         if items:
             sets[name] = CaseSet.build(tok, [p.prompt for _, p in items], [p.answer for _, p in items])
-    base = {name: cs.group(base_predictions(backbone, cs, args.batch_size, f"unedited {name}", cache_dir))
-            for name, cs in sets.items()}
+    base = {
+        name: cs.group(base_predictions(backbone, cs, args.batch_size, f"unedited {name}", cache_dir))
+        for name, cs in sets.items()
+    }
 
-    system = build(args.method, backbone, batch_size=args.batch_size, layer=args.layer, retrofit=args.retrofit,
-                   overrides=args.overrides, cache_dir=args.cache_dir)
+    system = build(
+        args.method,
+        backbone,
+        batch_size=args.batch_size,
+        layer=args.layer,
+        retrofit=args.retrofit,
+        overrides=args.overrides,
+        cache_dir=args.cache_dir,
+    )
     try:
         insert_seconds = system.insert_all(inserted)
         _measure_only(system, evaluated, len(inserted))
@@ -195,10 +226,10 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         rs = con = None
         withdrawal = {}
         if system.withdrawable:
-            rs, con, withdrawal = measure_withdrawal(system, sets["es"], base["es"], edited["es"],
-                                                     args.withdraw_sample, args.seed)
-        diagnostics = firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, system.ids,
-                                         system.subjects)
+            rs, con, withdrawal = measure_withdrawal(
+                system, sets["es"], base["es"], edited["es"], args.withdraw_sample, args.seed
+            )
+        diagnostics = firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, system.ids, system.subjects)
         description = system.describe()
         rejected = dict(system.rejected)
         decide_ms = 1000 * sum(system.decide_seconds) / len(system.decide_seconds) if system.decide_seconds else None
@@ -216,25 +247,47 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         "con": con,
         "chat_es": sum(chat_ok["es"]) / len(records),
         "chat_ps": sum(chat_ok["ps"]) / len(records),
-        "same_subject": unchanged_share(base["same_subject"], edited["same_subject"]) if "same_subject" in sets else None,
+        "same_subject": unchanged_share(base["same_subject"], edited["same_subject"])
+        if "same_subject" in sets
+        else None,
         "neighbourhood": unchanged_share(base["neighbourhood"], edited["neighbourhood"])
-        if "neighbourhood" in sets else None,
+        if "neighbourhood" in sets
+        else None,
         "portability": token_accuracy(edited["portability"]) if "portability" in sets else None,
         "n_edits": len(inserted),
         "seconds": round(time.perf_counter() - started, 3),
         "insert_seconds_per_edit": (insert_seconds / len(inserted)) if args.method != "none" else 0.0,
     }
     assert tuple(metrics) == METRIC_KEYS
-    return Results(args=args, model=backbone.name, code_version=code_version, threads=torch.get_num_threads(),
-                   data_root=root, records=records, questions=questions, sets=sets, base=base, edited=edited,
-                   gen_texts=gen_texts, gen_ok=gen_ok, chat_texts=chat_texts, chat_ok=chat_ok,
-                   probes=probes, withdrawal=withdrawal, rejected=rejected,
-                   description=description, decide_ms=decide_ms, diagnostics=diagnostics, metrics=metrics,
-                   decode=tok.decode)
+    return Results(
+        args=args,
+        model=backbone.name,
+        code_version=code_version,
+        threads=torch.get_num_threads(),
+        data_root=root,
+        records=records,
+        questions=questions,
+        sets=sets,
+        base=base,
+        edited=edited,
+        gen_texts=gen_texts,
+        gen_ok=gen_ok,
+        chat_texts=chat_texts,
+        chat_ok=chat_ok,
+        probes=probes,
+        withdrawal=withdrawal,
+        rejected=rejected,
+        description=description,
+        decide_ms=decide_ms,
+        diagnostics=diagnostics,
+        metrics=metrics,
+        decode=tok.decode,
+    )
 
 
-def measure_withdrawal(system: System, cs: CaseSet, base: PerRecord, edited: PerRecord,
-                       sample: int | None = None, seed: int = 0) -> tuple[float, float, dict]:
+def measure_withdrawal(
+    system: System, cs: CaseSet, base: PerRecord, edited: PerRecord, sample: int | None = None, seed: int = 0
+) -> tuple[float, float, dict]:
     """rs / con as defined in evaluation/metrics.py, plus per-edit detail; on a seeded sample of
     `sample` edits when given."""
     n = len(cs.queries)
@@ -257,9 +310,15 @@ def measure_withdrawal(system: System, cs: CaseSet, base: PerRecord, edited: Per
                 back += pw != pe
             if system.last_fired_owner is not None:
                 mine = system.subjects.get(system.ids[k])
-                g = "none" if who is None else (
-                    "other edit, same subject" if mine is not None and system.subjects.get(who) == mine
-                    else "other edit")
+                g = (
+                    "none"
+                    if who is None
+                    else (
+                        "other edit, same subject"
+                        if mine is not None and system.subjects.get(who) == mine
+                        else "other edit"
+                    )
+                )
                 slot = fired_after.setdefault(g, {"cases": 0, "as_unedited": 0})
                 slot["cases"] += 1
                 slot["as_unedited"] += pw == pb
@@ -268,12 +327,21 @@ def measure_withdrawal(system: System, cs: CaseSet, base: PerRecord, edited: Per
         detail[k] = [pw for pw, _ in w]
     rs = back / changed if changed else 1.0
     con = same_as_base / total if total else 1.0
-    info = {"edits": len(detail), "changed_tokens": changed, "tokens": total, "sampled": len(chosen) < n,
-            "fired_after": fired_after}
+    info = {
+        "edits": len(detail),
+        "changed_tokens": changed,
+        "tokens": total,
+        "sampled": len(chosen) < n,
+        "fired_after": fired_after,
+    }
     # numeric check: per-edit predictions (small batches) vs the batched ones the metrics used
     noise = chosen[:NOISE_SAMPLE]
-    info["batch_noise_mismatches"] = sum(p != e for k in noise if k not in system.rejected
-                                         for (p, _), (e, _) in zip(system.predict_one(k, cs), edited[k]))
+    info["batch_noise_mismatches"] = sum(
+        p != e
+        for k in noise
+        if k not in system.rejected
+        for (p, _), (e, _) in zip(system.predict_one(k, cs), edited[k])
+    )
     info["batch_noise_sample"] = len(noise)
     # the paper's literal RS: share of all prompt tokens whose prediction changes on withdrawal
     lit = [pw != pe for k, w in detail.items() for pw, (pe, _) in zip(w, edited[k])]

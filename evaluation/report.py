@@ -3,6 +3,7 @@ version, settings, the metrics explained, failure examples), DIR/records.jsonl (
 DIR/diagnostics.json (which edit acted, for methods that say), and for sweeps DIR/sweep.json,
 DIR/sweep.md and the plot DIR/sweep_<kind>.png.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,8 @@ SEMANTICS = (
     "about; a query in no edit's scope is the unedited model's, the others are answered by their edit's "
     "method as the server answers them. Generation uses a KV cache exactly as the server does (for an "
     "adaptor below the top layer, a step on which a neuron fired is cached again without the adaptor, as "
-    "editors/generation.py does).")
+    "editors/generation.py does)."
+)
 
 
 def command_line(args) -> list[str]:
@@ -64,14 +66,19 @@ def write_records(out: Path, r: Results) -> None:
     with (out / "records.jsonl").open("w") as f:
         for k, rec in enumerate(r.records):
             row = {
-                "k": k, "prompt": rec.prompt, "target": rec.target, "paraphrase": rec.paraphrase,
+                "k": k,
+                "prompt": rec.prompt,
+                "target": rec.target,
+                "paraphrase": rec.paraphrase,
                 "es_tokens": [p == y for p, y in edited["es"][k]],
                 "ps_tokens": [p == y for p, y in edited["ps"][k]],
                 "es_pred": r.decode([p for p, _ in edited["es"][k]]),
                 "ps_pred": r.decode([p for p, _ in edited["ps"][k]]),
                 "loc_changed": changed_tokens(base["locality"][k], edited["locality"][k]),
-                "es_gen": r.gen_texts["es"][k], "ps_gen": r.gen_texts["ps"][k],
-                "es_gen_ok": r.gen_ok["es"][k], "ps_gen_ok": r.gen_ok["ps"][k],
+                "es_gen": r.gen_texts["es"][k],
+                "ps_gen": r.gen_texts["ps"][k],
+                "es_gen_ok": r.gen_ok["es"][k],
+                "ps_gen_ok": r.gen_ok["ps"][k],
             }
             if k in per_edit:
                 row["withdrawn_pred"] = r.decode(per_edit[k])
@@ -82,8 +89,15 @@ def write_records(out: Path, r: Results) -> None:
 
 
 def report_lines(r: Results) -> list[str]:
-    return (_header(r) + _metric_table(r) + _notes(r) + _withdrawal(r) + _diagnostics(r) + _failures(r)
-            + ["", "```json", json.dumps(r.metrics, indent=2), "```", ""])
+    return (
+        _header(r)
+        + _metric_table(r)
+        + _notes(r)
+        + _withdrawal(r)
+        + _diagnostics(r)
+        + _failures(r)
+        + ["", "```json", json.dumps(r.metrics, indent=2), "```", ""]
+    )
 
 
 def _header(r: Results) -> list[str]:
@@ -91,7 +105,8 @@ def _header(r: Results) -> list[str]:
     sample = f", measured on a sample of {len(r.records)}" if len(r.records) < m["n_edits"] else ""
     return [
         f"# eval: {args.method}{' + retrofit' if args.retrofit else ''} on {args.dataset} ({args.split}), "
-        f"{m['n_edits']} edits{sample}", "",
+        f"{m['n_edits']} edits{sample}",
+        "",
         f"- command: `editserve eval {' '.join(command_line(args))}`",
         f"- model: {r.model}; code at start: {r.code_version}; torch threads: {r.threads}",
         f"- method settings: `{json.dumps(r.description, default=str)}`",
@@ -108,7 +123,8 @@ def _metric_table(r: Results) -> list[str]:
         return sum(len(rec) for rec in x)
 
     return [
-        "| metric | value | what |", "|---|---|---|",
+        "| metric | value | what |",
+        "|---|---|---|",
         f"| es | {fmt(m['es'])} | {tokens(edited['es'])} target tokens after the prompt, teacher-forced |",
         f"| ps | {fmt(m['ps'])} | {tokens(edited['ps'])} target tokens after the paraphrase |",
         f"| locality | {fmt(m['locality'])} | {tokens(base['locality'])} out-of-scope tokens, prediction unchanged |",
@@ -140,8 +156,10 @@ def _notes(r: Results) -> list[str]:
     lines = []
     if r.rejected:
         lines += ["", f"Refused by the editor ({len(r.rejected)}; evaluated as they are, without an edit):"]
-        lines += [f"- #{k} {r.records[k].prompt!r} -> {r.records[k].target!r}: {why}"
-                  for k, why in list(r.rejected.items())[:20]]
+        lines += [
+            f"- #{k} {r.records[k].prompt!r} -> {r.records[k].target!r}: {why}"
+            for k, why in list(r.rejected.items())[:20]
+        ]
     if r.decide_ms is not None:
         lines += ["", f"Scope decision: {r.decide_ms:.1f} ms per query on average."]
     return lines
@@ -151,13 +169,18 @@ def _withdrawal(r: Results) -> list[str]:
     w = r.withdrawal
     if not w:
         return []
-    lines = ["", "Withdrawal: each edit withdrawn alone, its prompt's cases predicted, then restored from its own "
-             f"tensors. {w['edits']} edits{' (random sample)' if w['sampled'] else ''}, {w['tokens']} tokens, "
-             f"{w['changed_tokens']} of them changed by their edit. "
-             f"The paper's literal RS (all prompt tokens, changed or not): {fmt(w['rs_all_tokens'])}."]
+    lines = [
+        "",
+        "Withdrawal: each edit withdrawn alone, its prompt's cases predicted, then restored from its own "
+        f"tensors. {w['edits']} edits{' (random sample)' if w['sampled'] else ''}, {w['tokens']} tokens, "
+        f"{w['changed_tokens']} of them changed by their edit. "
+        f"The paper's literal RS (all prompt tokens, changed or not): {fmt(w['rs_all_tokens'])}.",
+    ]
     if "batch_noise_mismatches" in w:
-        lines += [f"Numerical check: per-edit (small batch) predictions differ from the batched ones on "
-                  f"{w['batch_noise_mismatches']} tokens of {w['batch_noise_sample']} edits."]
+        lines += [
+            f"Numerical check: per-edit (small batch) predictions differ from the batched ones on "
+            f"{w['batch_noise_mismatches']} tokens of {w['batch_noise_sample']} edits."
+        ]
     return lines
 
 
@@ -168,17 +191,22 @@ def _diagnostics(r: Results) -> list[str]:
     lines = ["", "Which edit acted on each case (diagnostics.json):"]
     for name in ("es", "ps"):
         if name in d:
-            parts = [f"{g}: {v['cases']} cases, accuracy {fmt(v['accuracy'])}" for g, v in d[name].items()
-                     if v["cases"]]
+            parts = [
+                f"{g}: {v['cases']} cases, accuracy {fmt(v['accuracy'])}" for g, v in d[name].items() if v["cases"]
+            ]
             lines.append(f"- {name}: " + "; ".join(parts))
     for name in ("locality", "ns"):
         if name in d:
             x = d[name]
-            lines.append(f"- {name}: an edit acted on {x['fired']} of {x['cases']} cases; prediction changed on "
-                         f"{x['changed_where_fired']} of them (and on {x['changed_where_not_fired']} where none did)")
+            lines.append(
+                f"- {name}: an edit acted on {x['fired']} of {x['cases']} cases; prediction changed on "
+                f"{x['changed_where_fired']} of them (and on {x['changed_where_not_fired']} where none did)"
+            )
     if "withdrawal" in d:
-        parts = [f"{g}: {v['cases']} cases, {fmt(v['as_unedited'] / v['cases'] if v['cases'] else None)} as unedited"
-                 for g, v in d["withdrawal"].items()]
+        parts = [
+            f"{g}: {v['cases']} cases, {fmt(v['as_unedited'] / v['cases'] if v['cases'] else None)} as unedited"
+            for g, v in d["withdrawal"].items()
+        ]
         lines.append("- after withdrawing an edit, on its prompt's cases: " + "; ".join(parts))
     return lines
 
@@ -196,8 +224,10 @@ def _failures(r: Results) -> list[str]:
     fails = [k for k in range(len(records)) if wrong("es", k)][:FAILURES_SHOWN]
     if fails:
         lines += ["", "First ES failures (prompt -> target: teacher-forced prediction | generation):"]
-        lines += [f"- #{k} {records[k].prompt!r} -> {records[k].target!r}: {pred('es', k)} | {r.gen_texts['es'][k]!r}"
-                  for k in fails]
+        lines += [
+            f"- #{k} {records[k].prompt!r} -> {records[k].target!r}: {pred('es', k)} | {r.gen_texts['es'][k]!r}"
+            for k in fails
+        ]
     fails = [k for k in range(len(records)) if wrong("ps", k)][:FAILURES_SHOWN]
     if fails:
         lines += ["", "First PS failures (paraphrase -> target: teacher-forced prediction):"]
@@ -205,23 +235,32 @@ def _failures(r: Results) -> list[str]:
     fails = [k for k in range(len(records)) if changed_tokens(base["locality"][k], edited["locality"][k])]
     if fails:
         lines += ["", "First locality changes (probe: unedited | edited prediction):"]
-        lines += [f"- #{k} {records[k].loc_prompt!r}: {pred('locality', k, base)} | {pred('locality', k)}"
-                  for k in fails[:FAILURES_SHOWN]]
+        lines += [
+            f"- #{k} {records[k].loc_prompt!r}: {pred('locality', k, base)} | {pred('locality', k)}"
+            for k in fails[:FAILURES_SHOWN]
+        ]
     for name, asked in (("es", "prompt"), ("ps", "paraphrase")):
         fails = [k for k, ok in enumerate(r.chat_ok[name]) if not ok][:FAILURES_SHOWN]
         if fails:
             lines += ["", f"First chat_{name} failures ({asked} as a chat turn -> target: the answer):"]
-            lines += [f"- #{k} {getattr(records[k], asked)!r} -> {records[k].target!r}: {r.chat_texts[name][k]!r}"
-                      for k in fails]
-    for name, what in (("same_subject", "same subject, other relation"), ("neighbourhood", "same relation, other subject")):
+            lines += [
+                f"- #{k} {getattr(records[k], asked)!r} -> {records[k].target!r}: {r.chat_texts[name][k]!r}"
+                for k in fails
+            ]
+    for name, what in (
+        ("same_subject", "same subject, other relation"),
+        ("neighbourhood", "same relation, other subject"),
+    ):
         if name not in r.sets:
             continue
         fails = [i for i in range(len(r.probes[name])) if changed_tokens(base[name][i], edited[name][i])]
         if fails:
             lines += ["", f"First {name} changes ({what}; probe [edit]: unedited | edited prediction):"]
-            lines += [f"- {r.probes[name][i][1].prompt!r} [#{r.probes[name][i][0]} {records[r.probes[name][i][0]].prompt!r}"
-                      f" -> {records[r.probes[name][i][0]].target!r}]: {pred(name, i, base)} | {pred(name, i)}"
-                      for i in fails[:FAILURES_SHOWN]]
+            lines += [
+                f"- {r.probes[name][i][1].prompt!r} [#{r.probes[name][i][0]} {records[r.probes[name][i][0]].prompt!r}"
+                f" -> {records[r.probes[name][i][0]].target!r}]: {pred(name, i, base)} | {pred(name, i)}"
+                for i in fails[:FAILURES_SHOWN]
+            ]
     return lines
 
 
@@ -231,16 +270,20 @@ def write_sweep_json(out: Path, args, rows: list[dict]) -> None:
 
 
 def sweep_summary(args, rows: list[dict]) -> dict:
-    return {"sweep": args.sweep, "method": args.method, "dataset": args.dataset, "split": args.split,
-            "points": rows}
+    return {"sweep": args.sweep, "method": args.method, "dataset": args.dataset, "split": args.split, "points": rows}
 
 
 def write_sweep(out: Path, args, x_name: str, rows: list[dict]) -> None:
     """The plot and sweep.md of a finished sweep."""
     plot_sweep(out, args, x_name, rows)
-    lines = [f"# sweep over {x_name}: {args.method} on {args.dataset} ({args.split})", "",
-             f"command: `editserve eval --sweep {args.sweep} " + " ".join(command_line(args)) + "`", "",
-             "| " + " | ".join([x_name, *SWEEP_KEYS]) + " |", "|" + "---|" * (len(SWEEP_KEYS) + 1)]
+    lines = [
+        f"# sweep over {x_name}: {args.method} on {args.dataset} ({args.split})",
+        "",
+        f"command: `editserve eval --sweep {args.sweep} " + " ".join(command_line(args)) + "`",
+        "",
+        "| " + " | ".join([x_name, *SWEEP_KEYS]) + " |",
+        "|" + "---|" * (len(SWEEP_KEYS) + 1),
+    ]
     for row in rows:
         lines.append("| " + " | ".join([str(row[x_name])] + [fmt(row[k]) for k in SWEEP_KEYS]) + " |")
     lines += ["", f"![sweep](sweep_{args.sweep}.png)", ""]

@@ -16,6 +16,7 @@ questions answered exactly as before the edits again. Prints one JSON line with 
 
     editserve scenario [--method ireva|serac] [--data-dir DIR] [--env KEY=VALUE ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,9 @@ def measure(server: Server, edits: list[dict], ids: list[str], before: dict) -> 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="editserve scenario", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="editserve scenario", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--method", default=None, help="editing method of the edits (default: the server's default)")
     ap.add_argument("--edits", default=str(EDITS_FILE), help="JSON list of edits with the five kinds of query")
     ap.add_argument("--n", type=int, default=None, help="only the first N edits")
@@ -86,14 +88,26 @@ def main(argv=None) -> int:
         restarted, _ = measure(server, edits, ids, before)
         for edit_id in ids[: args.withdraw]:
             server.call("DELETE", f"/edits/{edit_id}")
-        back = sum(ask(server, kind, e) == before[kind, e["prompt"]]
-                   for e in edits[: args.withdraw] for kind in ("prompt", "chat"))
-    print(json.dumps({
-        "method": made[0]["method"] if made else args.method, "edits": len(edits), **shares,
-        "after_restart": restarted, "withdrawn": args.withdraw,
-        "withdrawn_answers_as_before": f"{back}/{2 * min(args.withdraw, len(edits))}",
-        "seconds": round(time.time() - t0), "data_dir": str(data_dir), "misses": misses,
-    }))
+        back = sum(
+            ask(server, kind, e) == before[kind, e["prompt"]]
+            for e in edits[: args.withdraw]
+            for kind in ("prompt", "chat")
+        )
+    print(
+        json.dumps(
+            {
+                "method": made[0]["method"] if made else args.method,
+                "edits": len(edits),
+                **shares,
+                "after_restart": restarted,
+                "withdrawn": args.withdraw,
+                "withdrawn_answers_as_before": f"{back}/{2 * min(args.withdraw, len(edits))}",
+                "seconds": round(time.time() - t0),
+                "data_dir": str(data_dir),
+                "misses": misses,
+            }
+        )
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ below. Subjects are split train/dev/test by a seeded hash, so a dev or test subj
 the last question template of each relation and the last chat wrapper of each family are never trained
 on either, so held-out numbers also measure phrasings the models have not seen.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,111 +22,288 @@ from evaluation.datasets import data_root
 # relation -> (questions, indirect forms for "Do you know ..."); [X] is the subject. The last question
 # of each relation is for dev/test only.
 QUESTIONS = {
-    "P19": (["Where was [X] born?", "What is the birthplace of [X]?", "Where is [X] originally from?",
-             "What is the place of birth of [X]?", "In which city was [X] born?"],
-            ["where [X] was born", "the birthplace of [X]"]),
-    "P20": (["Where did [X] die?", "What is the place of death of [X]?", "Where did [X] pass away?",
-             "In which place did [X] die?", "In which city did [X] pass away?"],
-            ["where [X] died", "the place where [X] passed away"]),
-    "P27": (["What is the nationality of [X]?", "Which country is [X] a citizen of?",
-             "What country does [X] hold citizenship in?", "Of which country is [X] a citizen?",
-             "What citizenship does [X] hold?"],
-            ["the nationality of [X]", "which country [X] is a citizen of"]),
-    "P101": (["What field does [X] work in?", "What is the area of expertise of [X]?", "What does [X] specialize in?",
-              "What is [X]'s field of work?", "In which domain does [X] work?"],
-             ["what field [X] works in", "the area of expertise of [X]"]),
-    "P103": (["What is the native language of [X]?", "What is [X]'s mother tongue?",
-              "What was the first language of [X]?", "Which language is [X]'s native tongue?",
-              "Which language did [X] grow up speaking?"],
-             ["the native language of [X]", "what [X]'s mother tongue is"]),
-    "P106": (["What is the profession of [X]?", "What does [X] do for a living?", "What is [X]'s job?",
-              "What does [X] work as?", "What is [X]'s occupation?"],
-             ["what [X] does for a living", "the profession of [X]"]),
-    "P108": (["Who does [X] work for?", "Who is the employer of [X]?", "Which company is [X] employed by?",
-              "Who employs [X]?", "Which organisation employs [X]?"],
-             ["who [X] works for", "the employer of [X]"]),
-    "P127": (["Who owns [X]?", "Who is the owner of [X]?", "Who is [X] owned by?", "Which company is the owner of [X]?",
-              "Which company owns [X]?"],
-             ["who owns [X]", "the owner of [X]"]),
-    "P131": (["Where is [X] located?", "In which region is [X]?", "Where can [X] be found?",
-              "What administrative area is [X] in?", "In what area can [X] be found?"],
-             ["where [X] is located", "the region [X] is in"]),
-    "P136": (["What kind of music does [X] play?", "What genre of music is [X] known for?",
-              "What style of music does [X] perform?", "What is the musical genre of [X]?",
-              "Which musical genre does [X] play?"],
-             ["what kind of music [X] plays", "the musical genre of [X]"]),
-    "P138": (["Who is [X] named after?", "What was [X] named after?", "Who was [X] named for?",
-              "After whom is [X] named?", "Where does the name of [X] come from?"],
-             ["who [X] is named after", "what [X] was named for"]),
-    "P140": (["What religion does [X] follow?", "What is the religion of [X]?", "What faith does [X] practise?",
-              "Which religion is [X] affiliated with?", "Which faith is [X] affiliated with?"],
-             ["what religion [X] follows", "the religion of [X]"]),
-    "P159": (["Where is [X] headquartered?", "Where are the headquarters of [X]?", "Where is [X] based?",
-              "Where is the head office of [X]?", "In which city is [X] based?"],
-             ["where [X] is headquartered", "the city where [X] has its headquarters"]),
-    "P17": (["In which country is [X]?", "What country is [X] located in?", "Which country is [X] in?",
-             "In what country can [X] be found?", "Which country does [X] belong to?"],
-            ["which country [X] is in", "the country of [X]"]),
-    "P176": (["Who produces [X]?", "Which company manufactures [X]?", "Who makes [X]?",
-              "Who is the manufacturer of [X]?", "Who is the maker of [X]?"],
-             ["who produces [X]", "the manufacturer of [X]"]),
-    "P178": (["Who developed [X]?", "Which company created [X]?", "Who made [X]?", "Who created [X]?",
-              "Who is the developer of [X]?"],
-             ["who developed [X]", "the developer of [X]"]),
-    "P190": (["What is the twin city of [X]?", "Which city is twinned with [X]?", "What is the sister city of [X]?",
-              "Which city is [X] twinned with?", "Which town is paired with [X] as a twin city?"],
-             ["the twin city of [X]", "which city is twinned with [X]"]),
-    "P30": (["On which continent is [X]?", "What continent is [X] located on?", "Which continent is [X] part of?",
-             "In what continent is [X]?", "Which continent does [X] belong to?"],
-            ["which continent [X] is on", "the continent of [X]"]),
-    "P36": (["What is the capital of [X]?", "Which city is the capital of [X]?",
-             "What city serves as the capital of [X]?", "Where is the seat of government of [X]?",
-             "What is [X]'s capital city?"],
-            ["the capital of [X]", "which city is the capital of [X]"]),
-    "P37": (["What is the official language of [X]?", "Which language is official in [X]?",
-             "What language is used officially in [X]?", "What is [X]'s official language?",
-             "What language is official in [X]?"],
-            ["the official language of [X]", "which language is official in [X]"]),
-    "P39": (["What position does [X] hold?", "Which office does [X] hold?", "What title does [X] hold?",
-             "What is the position of [X]?", "What is the position held by [X]?"],
-            ["what position [X] holds", "the office held by [X]"]),
-    "P47": (["Which place shares a border with [X]?", "What borders [X]?", "What does [X] border?",
-             "Which territory is adjacent to [X]?", "What is a neighbour of [X]?"],
-            ["what borders [X]", "which place shares a border with [X]"]),
+    "P19": (
+        [
+            "Where was [X] born?",
+            "What is the birthplace of [X]?",
+            "Where is [X] originally from?",
+            "What is the place of birth of [X]?",
+            "In which city was [X] born?",
+        ],
+        ["where [X] was born", "the birthplace of [X]"],
+    ),
+    "P20": (
+        [
+            "Where did [X] die?",
+            "What is the place of death of [X]?",
+            "Where did [X] pass away?",
+            "In which place did [X] die?",
+            "In which city did [X] pass away?",
+        ],
+        ["where [X] died", "the place where [X] passed away"],
+    ),
+    "P27": (
+        [
+            "What is the nationality of [X]?",
+            "Which country is [X] a citizen of?",
+            "What country does [X] hold citizenship in?",
+            "Of which country is [X] a citizen?",
+            "What citizenship does [X] hold?",
+        ],
+        ["the nationality of [X]", "which country [X] is a citizen of"],
+    ),
+    "P101": (
+        [
+            "What field does [X] work in?",
+            "What is the area of expertise of [X]?",
+            "What does [X] specialize in?",
+            "What is [X]'s field of work?",
+            "In which domain does [X] work?",
+        ],
+        ["what field [X] works in", "the area of expertise of [X]"],
+    ),
+    "P103": (
+        [
+            "What is the native language of [X]?",
+            "What is [X]'s mother tongue?",
+            "What was the first language of [X]?",
+            "Which language is [X]'s native tongue?",
+            "Which language did [X] grow up speaking?",
+        ],
+        ["the native language of [X]", "what [X]'s mother tongue is"],
+    ),
+    "P106": (
+        [
+            "What is the profession of [X]?",
+            "What does [X] do for a living?",
+            "What is [X]'s job?",
+            "What does [X] work as?",
+            "What is [X]'s occupation?",
+        ],
+        ["what [X] does for a living", "the profession of [X]"],
+    ),
+    "P108": (
+        [
+            "Who does [X] work for?",
+            "Who is the employer of [X]?",
+            "Which company is [X] employed by?",
+            "Who employs [X]?",
+            "Which organisation employs [X]?",
+        ],
+        ["who [X] works for", "the employer of [X]"],
+    ),
+    "P127": (
+        [
+            "Who owns [X]?",
+            "Who is the owner of [X]?",
+            "Who is [X] owned by?",
+            "Which company is the owner of [X]?",
+            "Which company owns [X]?",
+        ],
+        ["who owns [X]", "the owner of [X]"],
+    ),
+    "P131": (
+        [
+            "Where is [X] located?",
+            "In which region is [X]?",
+            "Where can [X] be found?",
+            "What administrative area is [X] in?",
+            "In what area can [X] be found?",
+        ],
+        ["where [X] is located", "the region [X] is in"],
+    ),
+    "P136": (
+        [
+            "What kind of music does [X] play?",
+            "What genre of music is [X] known for?",
+            "What style of music does [X] perform?",
+            "What is the musical genre of [X]?",
+            "Which musical genre does [X] play?",
+        ],
+        ["what kind of music [X] plays", "the musical genre of [X]"],
+    ),
+    "P138": (
+        [
+            "Who is [X] named after?",
+            "What was [X] named after?",
+            "Who was [X] named for?",
+            "After whom is [X] named?",
+            "Where does the name of [X] come from?",
+        ],
+        ["who [X] is named after", "what [X] was named for"],
+    ),
+    "P140": (
+        [
+            "What religion does [X] follow?",
+            "What is the religion of [X]?",
+            "What faith does [X] practise?",
+            "Which religion is [X] affiliated with?",
+            "Which faith is [X] affiliated with?",
+        ],
+        ["what religion [X] follows", "the religion of [X]"],
+    ),
+    "P159": (
+        [
+            "Where is [X] headquartered?",
+            "Where are the headquarters of [X]?",
+            "Where is [X] based?",
+            "Where is the head office of [X]?",
+            "In which city is [X] based?",
+        ],
+        ["where [X] is headquartered", "the city where [X] has its headquarters"],
+    ),
+    "P17": (
+        [
+            "In which country is [X]?",
+            "What country is [X] located in?",
+            "Which country is [X] in?",
+            "In what country can [X] be found?",
+            "Which country does [X] belong to?",
+        ],
+        ["which country [X] is in", "the country of [X]"],
+    ),
+    "P176": (
+        [
+            "Who produces [X]?",
+            "Which company manufactures [X]?",
+            "Who makes [X]?",
+            "Who is the manufacturer of [X]?",
+            "Who is the maker of [X]?",
+        ],
+        ["who produces [X]", "the manufacturer of [X]"],
+    ),
+    "P178": (
+        [
+            "Who developed [X]?",
+            "Which company created [X]?",
+            "Who made [X]?",
+            "Who created [X]?",
+            "Who is the developer of [X]?",
+        ],
+        ["who developed [X]", "the developer of [X]"],
+    ),
+    "P190": (
+        [
+            "What is the twin city of [X]?",
+            "Which city is twinned with [X]?",
+            "What is the sister city of [X]?",
+            "Which city is [X] twinned with?",
+            "Which town is paired with [X] as a twin city?",
+        ],
+        ["the twin city of [X]", "which city is twinned with [X]"],
+    ),
+    "P30": (
+        [
+            "On which continent is [X]?",
+            "What continent is [X] located on?",
+            "Which continent is [X] part of?",
+            "In what continent is [X]?",
+            "Which continent does [X] belong to?",
+        ],
+        ["which continent [X] is on", "the continent of [X]"],
+    ),
+    "P36": (
+        [
+            "What is the capital of [X]?",
+            "Which city is the capital of [X]?",
+            "What city serves as the capital of [X]?",
+            "Where is the seat of government of [X]?",
+            "What is [X]'s capital city?",
+        ],
+        ["the capital of [X]", "which city is the capital of [X]"],
+    ),
+    "P37": (
+        [
+            "What is the official language of [X]?",
+            "Which language is official in [X]?",
+            "What language is used officially in [X]?",
+            "What is [X]'s official language?",
+            "What language is official in [X]?",
+        ],
+        ["the official language of [X]", "which language is official in [X]"],
+    ),
+    "P39": (
+        [
+            "What position does [X] hold?",
+            "Which office does [X] hold?",
+            "What title does [X] hold?",
+            "What is the position of [X]?",
+            "What is the position held by [X]?",
+        ],
+        ["what position [X] holds", "the office held by [X]"],
+    ),
+    "P47": (
+        [
+            "Which place shares a border with [X]?",
+            "What borders [X]?",
+            "What does [X] border?",
+            "Which territory is adjacent to [X]?",
+            "What is a neighbour of [X]?",
+        ],
+        ["what borders [X]", "which place shares a border with [X]"],
+    ),
 }
 # Chat wrappers by what they wrap: q a question, ql the same starting lower-case, i an indirect form,
 # c a cloze prompt. The last of each family is for dev/test only.
 CHAT = {
-    "q": ["Quick question: {q}", "{q} Answer briefly.", "Hey, {ql}", "Please answer this: {q}", "Hi! {q} Thanks.",
-          "Question for you: {q}", "{q} Just the answer, please.", "I was wondering, {ql}"],
-    "i": ["Can you tell me {i}?", "Do you know {i}?", "I'd like to know {i}.", "Tell me {i}, please.",
-          "I'm curious about {i}.", "Could you remind me {i}?"],
+    "q": [
+        "Quick question: {q}",
+        "{q} Answer briefly.",
+        "Hey, {ql}",
+        "Please answer this: {q}",
+        "Hi! {q} Thanks.",
+        "Question for you: {q}",
+        "{q} Just the answer, please.",
+        "I was wondering, {ql}",
+    ],
+    "i": [
+        "Can you tell me {i}?",
+        "Do you know {i}?",
+        "I'd like to know {i}.",
+        "Tell me {i}, please.",
+        "I'm curious about {i}.",
+        "Could you remind me {i}?",
+    ],
     "c": ["Complete the sentence: {c}", "Finish this: {c}", "Continue: {c}", "Fill in the blank: {c} ___"],
 }
 # Relations whose questions can be the same question ("Where is X?" for a region, a country or a base):
 # never used as negatives of each other.
 CONFUSABLE = [{"P17", "P131", "P30", "P159"}, {"P176", "P178"}, {"P101", "P106"}, {"P106", "P39"}]
 # Relations that ask about the same kind of subject: other-relation negatives are drawn from these.
-SUBJECT_KINDS = [{"P19", "P20", "P27", "P101", "P103", "P106", "P108", "P39", "P140", "P136"},
-                 {"P17", "P131", "P30", "P36", "P37", "P47", "P190", "P138"},
-                 {"P127", "P176", "P178", "P159", "P17", "P138"}]
+SUBJECT_KINDS = [
+    {"P19", "P20", "P27", "P101", "P103", "P106", "P108", "P39", "P140", "P136"},
+    {"P17", "P131", "P30", "P36", "P37", "P47", "P190", "P138"},
+    {"P127", "P176", "P178", "P159", "P17", "P138"},
+]
 
 
 # Other questions about a subject, beyond PARAREL's relations ("Who designed the Louvre?" is not about
 # where it is): (template, SUBJECT_KINDS it suits, relations it could be the same question as). The
 # last five are for dev/test only.
-GENERIC = [("[X] was originally built as a", {1, 2}, set()), ("Who designed [X]?", {1, 2}, {"P176", "P178", "P127"}),
-           ("When was [X] built?", {1, 2}, set()), ("How old is [X]?", {0, 1, 2}, set()),
-           ("What is the population of [X]?", {1}, set()), ("How tall is [X]?", {0, 1}, set()),
-           ("What does [X] look like?", {0, 1, 2}, set()), ("When did [X] open to the public?", {1, 2}, set()),
-           ("The architect of [X] was", {1, 2}, {"P176", "P178"}), ("How much did [X] cost?", {2}, set()),
-           ("What awards has [X] won?", {0, 2}, set()), ("Who is married to [X]?", {0}, set()),
-           ("How many children does [X] have?", {0}, set()), ("In what year was [X] founded?", {1, 2}, set()),
-           ("The size of [X] is", {1, 2}, set()), ("How many employees does [X] have?", {2}, set()),
-           ("What is the main topic of [X]?", {2}, {"P101", "P136"}),
-           ("Who was the architect of [X]?", {1, 2}, {"P176", "P178"}), ("When was [X] completed?", {1, 2}, set()),
-           ("How many people live in [X]?", {1}, set()), ("[X] was first used as a", {1, 2}, set()),
-           ("Who is the spouse of [X]?", {0}, set())]
+GENERIC = [
+    ("[X] was originally built as a", {1, 2}, set()),
+    ("Who designed [X]?", {1, 2}, {"P176", "P178", "P127"}),
+    ("When was [X] built?", {1, 2}, set()),
+    ("How old is [X]?", {0, 1, 2}, set()),
+    ("What is the population of [X]?", {1}, set()),
+    ("How tall is [X]?", {0, 1}, set()),
+    ("What does [X] look like?", {0, 1, 2}, set()),
+    ("When did [X] open to the public?", {1, 2}, set()),
+    ("The architect of [X] was", {1, 2}, {"P176", "P178"}),
+    ("How much did [X] cost?", {2}, set()),
+    ("What awards has [X] won?", {0, 2}, set()),
+    ("Who is married to [X]?", {0}, set()),
+    ("How many children does [X] have?", {0}, set()),
+    ("In what year was [X] founded?", {1, 2}, set()),
+    ("The size of [X] is", {1, 2}, set()),
+    ("How many employees does [X] have?", {2}, set()),
+    ("What is the main topic of [X]?", {2}, {"P101", "P136"}),
+    ("Who was the architect of [X]?", {1, 2}, {"P176", "P178"}),
+    ("When was [X] completed?", {1, 2}, set()),
+    ("How many people live in [X]?", {1}, set()),
+    ("[X] was first used as a", {1, 2}, set()),
+    ("Who is the spouse of [X]?", {0}, set()),
+]
 
 
 def generic_questions(rel: str, train: bool) -> list[str]:
@@ -159,13 +337,14 @@ def cloze_patterns(rel: str) -> list[str]:
 
 
 def split_of(subject: str, seed: int, dev: float = 0.1, test: float = 0.1) -> str:
-    u = int(hashlib.sha256(f"{seed}:{subject}".encode()).hexdigest()[:8], 16) / 16 ** 8
+    u = int(hashlib.sha256(f"{seed}:{subject}".encode()).hexdigest()[:8], 16) / 16**8
     return "dev" if u < dev else "test" if u < dev + test else "train"
 
 
 @dataclass
 class Pararel:
     """PARAREL facts (relation, subject) of the relations with question templates and cloze patterns."""
+
     seed: int
     patterns: dict[str, list[str]] = field(default_factory=dict)
     facts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # split -> [(relation, subject)]
@@ -204,11 +383,15 @@ def chat_question(q: str, rng: random.Random, train: bool) -> str:
     return rng.choice(wrappers).format(q=q, ql=q[:1].lower() + q[1:])
 
 
-def chat(rel: str | None, subj: str, rng: random.Random, train: bool, cloze_text: str | None = None,
-         q: str | None = None) -> str:
+def chat(
+    rel: str | None, subj: str, rng: random.Random, train: bool, cloze_text: str | None = None, q: str | None = None
+) -> str:
     """A user message about (rel, subj): wrapping a question, an indirect question or the cloze."""
-    families = [f for f, ok in (("q", q is not None or rel is not None), ("i", rel is not None),
-                                ("c", cloze_text is not None)) if ok]
+    families = [
+        f
+        for f, ok in (("q", q is not None or rel is not None), ("i", rel is not None), ("c", cloze_text is not None))
+        if ok
+    ]
     family = rng.choice(families)
     if family == "q":
         return chat_question(q if q is not None else question(rel, subj, rng, train), rng, train)
@@ -251,15 +434,27 @@ def same_scope(a: Key, b: Key) -> bool:
     return True
 
 
-def pararel_unit(par: Pararel, rel: str, subj: str, neg_pool: list[tuple[str, str]], rng: random.Random,
-                 train: bool, n_srel: int = 2, n_ssubj: int = 2) -> Unit:
+def pararel_unit(
+    par: Pararel,
+    rel: str,
+    subj: str,
+    neg_pool: list[tuple[str, str]],
+    rng: random.Random,
+    train: bool,
+    n_srel: int = 2,
+    n_ssubj: int = 2,
+) -> Unit:
     """The edit is a cloze prompt, or a quarter of the time a question: users write edits both ways."""
     as_question = rng.random() < 0.25
     edit = question(rel, subj, rng, train) if as_question else par.cloze(rel, subj, rng)
     c2 = par.cloze(rel, subj, rng, avoid=edit)
     q2 = question(rel, subj, rng, train, avoid=edit)
-    pos = [(q2 if as_question else c2, "paraphrase"), (c2 if as_question else q2, "question"),
-           (chat(rel, subj, rng, train, cloze_text=c2), "chat"), (edit, "prompt")]
+    pos = [
+        (q2 if as_question else c2, "paraphrase"),
+        (c2 if as_question else q2, "question"),
+        (chat(rel, subj, rng, train, cloze_text=c2), "chat"),
+        (edit, "prompt"),
+    ]
     # Relations with one cloze pattern (P37, P140, P190) have no cloze paraphrase of a cloze edit.
     pos = [(q, kind) for q, kind in pos if kind == "prompt" or q != edit]
     neg = []
@@ -283,8 +478,12 @@ def _json(path: str):
 def zsre_units(start: int, stop: int, rng: random.Random, train: bool) -> list[Unit]:
     out = []
     for i, r in enumerate(_json("zsre/zsre_mend_train-1k.json")[start:stop]):
-        pos = [(r["rephrase"], "paraphrase"), (chat_question(r["rephrase"], rng, train), "chat"),
-               (chat_question(r["src"], rng, train), "chat"), (r["src"], "prompt")]
+        pos = [
+            (r["rephrase"], "paraphrase"),
+            (chat_question(r["rephrase"], rng, train), "chat"),
+            (chat_question(r["src"], rng, train), "chat"),
+            (r["src"], "prompt"),
+        ]
         loc = r["loc"].removeprefix("nq question: ").strip()
         out.append(Unit("zsre", r["src"], (r["subject"], f"zsre{start + i}"), pos, [(loc, "nq", (None, "nq"))]))
     return out
@@ -295,10 +494,20 @@ def counterfact_units(split: str, start: int, stop: int, rng: random.Random, tra
     wrap = CHAT["c"][:-1] if train else CHAT["c"]
     out = []
     for i, r in enumerate(_json(f"counterfact/counterfact-{split}.json")[start:stop]):
-        pos = [(r["rephrase_prompt"], "paraphrase"), (rng.choice(wrap).format(c=r["prompt"]), "chat"),
-               (r["prompt"], "prompt")]
-        out.append(Unit("cf", r["prompt"], (r["subject"], f"cf-{split}{start + i}"), pos,
-                        [(r["locality_prompt"], "srel", (None, "cf-loc"))]))
+        pos = [
+            (r["rephrase_prompt"], "paraphrase"),
+            (rng.choice(wrap).format(c=r["prompt"]), "chat"),
+            (r["prompt"], "prompt"),
+        ]
+        out.append(
+            Unit(
+                "cf",
+                r["prompt"],
+                (r["subject"], f"cf-{split}{start + i}"),
+                pos,
+                [(r["locality_prompt"], "srel", (None, "cf-loc"))],
+            )
+        )
     return out
 
 
@@ -308,8 +517,10 @@ def knowedit_units(start: int, stop: int, rng: random.Random, train: bool) -> li
     out = []
     for i, r in enumerate(_json("knowedit/benchmark_wiki_counterfact_train_cf.json")[start:stop]):
         key = (r["subject"], f"ke{start + i}")
-        neg = [(x["prompt"], "ssubj", (r["subject"], f"ke{start + i}-other"))
-               for x in r.get("locality", {}).get("Relation_Specificity", [])]
+        neg = [
+            (x["prompt"], "ssubj", (r["subject"], f"ke{start + i}-other"))
+            for x in r.get("locality", {}).get("Relation_Specificity", [])
+        ]
         pos = [(rng.choice(wrap).format(c=r["prompt"]), "chat"), (r["prompt"], "prompt")]
         out.append(Unit("ke", r["prompt"], key, pos, neg))
     return out
@@ -330,8 +541,9 @@ RANGES = {
 }
 
 
-def units(split: str, seed: int, par: Pararel, pararel_n: int, cf_n: int, limit: int | None = None,
-          ke_n: int | None = None) -> list[Unit]:
+def units(
+    split: str, seed: int, par: Pararel, pararel_n: int, cf_n: int, limit: int | None = None, ke_n: int | None = None
+) -> list[Unit]:
     """The split's edits in a fixed (seeded) order. Outside train, the PARAREL edits have distinct
     subjects and their other-subject negatives are drawn from subjects without an edit, so that every
     negative is truly out of the scope of every edit of the split."""
@@ -353,7 +565,7 @@ def units(split: str, seed: int, par: Pararel, pararel_n: int, cf_n: int, limit:
     z0, z1 = RANGES["zsre"][split]
     cf_split, c0, c1 = RANGES["cf"][split]
     k0, k1 = RANGES["ke"][split]
-    few = limit if limit is not None else 10 ** 9
+    few = limit if limit is not None else 10**9
     out += zsre_units(z0, min(z1, z0 + few), rng, train)
     out += counterfact_units(cf_split, c0, min(c1, c0 + cf_n, c0 + few), rng, train)
     out += knowedit_units(k0, min(k1, k0 + few, k0 + (ke_n if ke_n is not None else k1)), rng, train)
@@ -363,6 +575,7 @@ def units(split: str, seed: int, par: Pararel, pararel_n: int, cf_n: int, limit:
 @dataclass
 class EvalSet:
     """A memory of edits, as a server would hold them, and queries with the row that should take them."""
+
     memory: list[str]
     keys: list[Key]
     queries: list[tuple[str, str, int | None, str]]  # (text, kind, right row or None, source)
@@ -372,8 +585,9 @@ IN_KINDS = ("paraphrase", "question", "chat")
 OUT_KINDS = ("srel", "ssubj", "nq")
 
 
-def eval_set(split: str, seed: int, par: Pararel, pararel_n: int, cf_n: int, per_kind: int,
-             limit: int | None = None) -> EvalSet:
+def eval_set(
+    split: str, seed: int, par: Pararel, pararel_n: int, cf_n: int, per_kind: int, limit: int | None = None
+) -> EvalSet:
     rng = random.Random(f"{seed}:{split}:queries")
     memory, keys, row_of = [], [], {}
     by_kind: dict[str, dict[str, list]] = {}
@@ -412,7 +626,7 @@ def eval_set(split: str, seed: int, par: Pararel, pararel_n: int, cf_n: int, per
         lists = [rng.sample(v, len(v)) for _, v in sorted(by_kind.get(kind, {}).items())]
         taken, i = [], 0
         while len(taken) < per_kind and any(i < len(v) for v in lists):
-            taken += [v[i] for v in lists if i < len(v)][:per_kind - len(taken)]
+            taken += [v[i] for v in lists if i < len(v)][: per_kind - len(taken)]
             i += 1
         queries += taken
     return EvalSet(memory, keys, queries)

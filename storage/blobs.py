@@ -1,5 +1,6 @@
 """Neuron tensors as safetensors files, written so that a crash never leaves a half-written blob
 under a name the database points at: temp file, fsync, rename, fsync of the directory."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Apply the Alembic migrations programmatically (the server does this at every start)."""
+
 from __future__ import annotations
 
 from pathlib import Path

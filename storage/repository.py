@@ -9,6 +9,7 @@ safetensors file holding copies of many blobs, each under its blob's name. Blob 
 reused, so a pack entry is valid exactly when a row still names that blob; the pack is a cache
 that can be stale, torn or missing without losing anything, and the blobs stay the source of truth.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ class Repository:
         with self.sessions() as s:
             return s.get(EditRecord, edit_id)
 
-    def list(self, status: str | None = None, method: str | None = None,
-             limit: int | None = None, offset: int = 0) -> tuple[list[EditRecord], int]:
+    def list(
+        self, status: str | None = None, method: str | None = None, limit: int | None = None, offset: int = 0
+    ) -> tuple[list[EditRecord], int]:
         """A page of edits, oldest first, and how many match in all."""
         query = select(EditRecord)
         if status is not None:
@@ -87,10 +89,21 @@ class Repository:
         """The edits a starting server puts back in its editors: active and withdrawn, oldest first.
         Light rows (id, method, status, blob, prompt, target, error, withdrawn_at, created_at), not
         ORM objects: a start may read 10,000."""
-        query = (select(EditRecord.id, EditRecord.method, EditRecord.status, EditRecord.blob, EditRecord.prompt,
-                        EditRecord.target, EditRecord.error, EditRecord.withdrawn_at, EditRecord.created_at)
-                 .where(EditRecord.status.in_((ACTIVE, WITHDRAWN)))
-                 .order_by(EditRecord.created_at, EditRecord.id))
+        query = (
+            select(
+                EditRecord.id,
+                EditRecord.method,
+                EditRecord.status,
+                EditRecord.blob,
+                EditRecord.prompt,
+                EditRecord.target,
+                EditRecord.error,
+                EditRecord.withdrawn_at,
+                EditRecord.created_at,
+            )
+            .where(EditRecord.status.in_((ACTIVE, WITHDRAWN)))
+            .order_by(EditRecord.created_at, EditRecord.id)
+        )
         with self.sessions() as s:
             return list(s.execute(query))
 
@@ -138,8 +151,11 @@ class Repository:
                 entry[name] = [key, start, start + len(flat), list(t.shape)]
         final = self.data_dir / PACK_FILE
         tmp = final.with_name(final.name + ".tmp")
-        save_file({key: torch.cat(rows).contiguous() for key, rows in stacks.items()}, str(tmp),
-                  metadata={"index": json.dumps(index)})
+        save_file(
+            {key: torch.cat(rows).contiguous() for key, rows in stacks.items()},
+            str(tmp),
+            metadata={"index": json.dumps(index)},
+        )
         os.replace(tmp, final)  # readers see the old pack or the new one, never half of one
 
     def _read_pack(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -150,9 +166,10 @@ class Repository:
             with safe_open(str(path), framework="pt") as f:
                 index = json.loads(f.metadata()["index"])
                 stacks = {key: f.get_tensor(key) for key in f.keys()}
-            return {blob: {name: stacks[key][start:end].reshape(shape)
-                           for name, (key, start, end, shape) in entry.items()}
-                    for blob, entry in index.items()}
+            return {
+                blob: {name: stacks[key][start:end].reshape(shape) for name, (key, start, end, shape) in entry.items()}
+                for blob, entry in index.items()
+            }
         except Exception as exc:  # noqa: BLE001 - a torn or foreign pack only costs time
             log.warning("pack %s is unreadable (%s); reading every blob", path, exc)
             return {}
@@ -178,16 +195,38 @@ class Repository:
         tmp = final.with_name(final.name + ".tmp")
         prompts = list(vectors)
         stacked = torch.stack([vectors[p] for p in prompts]) if prompts else torch.zeros(0, 1)
-        save_file({"vectors": stacked.contiguous()}, str(tmp),
-                  metadata={"fingerprint": fingerprint, "prompts": json.dumps(prompts)})
+        save_file(
+            {"vectors": stacked.contiguous()},
+            str(tmp),
+            metadata={"fingerprint": fingerprint, "prompts": json.dumps(prompts)},
+        )
         os.replace(tmp, final)
 
     # -- writes ------------------------------------------------------------------------------------
-    def create(self, *, edit_id: str, method: str, prompt: str, target: str, retrofit: bool,
-               neurons: int, tensors: dict[str, torch.Tensor]) -> EditRecord:
+    def create(
+        self,
+        *,
+        edit_id: str,
+        method: str,
+        prompt: str,
+        target: str,
+        retrofit: bool,
+        neurons: int,
+        tensors: dict[str, torch.Tensor],
+    ) -> EditRecord:
         now = utcnow()
-        record = EditRecord(id=edit_id, method=method, prompt=prompt, target=target, retrofit=retrofit,
-                            status=ACTIVE, neurons=neurons, blob=_blob_name(edit_id), created_at=now, updated_at=now)
+        record = EditRecord(
+            id=edit_id,
+            method=method,
+            prompt=prompt,
+            target=target,
+            retrofit=retrofit,
+            status=ACTIVE,
+            neurons=neurons,
+            blob=_blob_name(edit_id),
+            created_at=now,
+            updated_at=now,
+        )
         self.blobs.write(record.blob, tensors)
         try:
             with self.sessions.begin() as s:
@@ -197,8 +236,9 @@ class Repository:
             raise
         return record
 
-    def retrain(self, edit_id: str, *, prompt: str, target: str, neurons: int,
-                tensors: dict[str, torch.Tensor]) -> EditRecord:
+    def retrain(
+        self, edit_id: str, *, prompt: str, target: str, neurons: int, tensors: dict[str, torch.Tensor]
+    ) -> EditRecord:
         """New prompt/target and neurons for an edit (it becomes active again if it was corrupt)."""
         blob = _blob_name(edit_id)
         self.blobs.write(blob, tensors)

@@ -4,6 +4,7 @@
 Tests on the real packaged model are marked `integration` (`make test-fast` skips them). What they
 need from set-up (the converted model, SERAC's adapter) they get through the fixtures at the end,
 which find it where `make` puts it and make it there when it is missing."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def settings(tiny_model_dir, tmp_path) -> Settings:
     # The scope model is the packaged MiniLM, untrained: these tests do not depend on set-up products.
-    return Settings(_env_file=None, data_dir=tmp_path / "data", cache_dir=tmp_path / "cache",
-                    model=str(tiny_model_dir), device="cpu", torch_threads=1, scope=ScopeConfig(use_trained=False))
+    return Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        cache_dir=tmp_path / "cache",
+        model=str(tiny_model_dir),
+        device="cpu",
+        torch_threads=1,
+        scope=ScopeConfig(use_trained=False),
+    )
 
 
 @pytest.fixture
@@ -80,13 +88,16 @@ def fail_writes(settings):
     def _fail(statement: str):
         name = f"fail_{statement.lower()}"
         with sqlite3.connect(db) as con:
-            con.execute(f"CREATE TRIGGER {name} BEFORE {statement} ON edits "
-                        "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END")
+            con.execute(
+                f"CREATE TRIGGER {name} BEFORE {statement} ON edits "
+                "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END"
+            )
         made.append(name)
 
         def undo():
             with sqlite3.connect(db) as con:
                 con.execute(f"DROP TRIGGER IF EXISTS {name}")
+
         return undo
 
     yield _fail
@@ -124,7 +135,20 @@ def serac_adapter(editserve_cache, packaged_model_dir) -> Path:
         data = data_root()
         if not (data / "zsre").exists():
             pytest.skip(f"no SERAC adapter at {path} and no train files at {data} to train it")
-        subprocess.run([sys.executable, "-m", "app.cli", "train-serac", "--shared", "--cache-dir", str(editserve_cache),
-                        "--threads", "1"], check=True, env={**os.environ, "EDITSERVE_EVAL_DATA": str(data)})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "train-serac",
+                "--shared",
+                "--cache-dir",
+                str(editserve_cache),
+                "--threads",
+                "1",
+            ],
+            check=True,
+            env={**os.environ, "EDITSERVE_EVAL_DATA": str(data)},
+        )
     assert has_adapter(path)
     return path

@@ -1,4 +1,5 @@
 """KeyValueAdaptor and IrevaEditor on tiny random GPT-2 and Llama backbones."""
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -110,8 +111,10 @@ def test_state_round_trips_through_safetensors(backbone, tmp_path):
     ours = {e: steered(editor, e, p, [encode_target(backbone.tokenizer, p, t)[:1]]) for e, (p, t) in edits.items()}
     editor.close()
     restored = IrevaEditor(backbone, IrevaConfig(), centre=editor.adaptor.centre.cpu())
-    errors = restored.load_many([(e, p, t, load_file(tmp_path / f"{e}.safetensors")) for e, (p, t) in edits.items()]
-                                + [("bad", "x", "y", {"keys": torch.zeros(1, 3)})])
+    errors = restored.load_many(
+        [(e, p, t, load_file(tmp_path / f"{e}.safetensors")) for e, (p, t) in edits.items()]
+        + [("bad", "x", "y", {"keys": torch.zeros(1, 3)})]
+    )
     assert list(errors) == ["bad"]
     assert torch.equal(restored.adaptor.keys[: restored.adaptor.size], editor.adaptor.keys[: editor.adaptor.size])
     for e, (p, t) in edits.items():

@@ -1,4 +1,5 @@
 """The `editserve` command line parses; the delegated commands are listed."""
+
 import pytest
 
 from app.cli import DELEGATED, main

@@ -3,6 +3,7 @@
 Checks the files' keys and value ranges, never timings or scores beyond their range. The set-up
 products they use (the converted model, SERAC's adapter) come from the fixtures in conftest.py; the
 unedited predictions are not read from a cache (--no-cache)."""
+
 import json
 
 import pytest
@@ -19,8 +20,20 @@ def _last_json_line(text: str) -> dict:
 
 
 def _eval(out, editserve_cache, *argv: str) -> int:
-    return cli.main(["--dataset", "zsre", "--split", "dev", *argv, "--out", str(out),
-                     "--cache-dir", str(editserve_cache), "--no-cache"])
+    return cli.main(
+        [
+            "--dataset",
+            "zsre",
+            "--split",
+            "dev",
+            *argv,
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(editserve_cache),
+            "--no-cache",
+        ]
+    )
 
 
 @pytest.mark.parametrize("method", ["none", "ireva", "serac"])
@@ -61,8 +74,26 @@ def test_eval_sample_inserts_all_edits_and_measures_some(tmp_path, editserve_cac
 
 def test_bench_small(tmp_path, capsys, editserve_cache, packaged_model_dir):
     out = tmp_path / "bench"
-    argv = ["--n", "8", "--real", "4", "--samples", "2", "--gen-prompts", "2", "--gen-tokens", "4",
-            "--scope-queries", "4", "--skip", "restart", "--out", str(out), "--cache-dir", str(editserve_cache)]
+    argv = [
+        "--n",
+        "8",
+        "--real",
+        "4",
+        "--samples",
+        "2",
+        "--gen-prompts",
+        "2",
+        "--gen-tokens",
+        "4",
+        "--scope-queries",
+        "4",
+        "--skip",
+        "restart",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(editserve_cache),
+    ]
     assert bench.main(argv) == 0
     result = json.loads((out / "bench.json").read_text())
     assert _last_json_line(capsys.readouterr().out) == result

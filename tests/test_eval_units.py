@@ -1,4 +1,5 @@
 """Fast checks of the evaluation harness's parts on tiny random models (no packaged model weights)."""
+
 import pytest
 import torch
 
@@ -10,8 +11,12 @@ from evaluation.systems import CaseSet
 from evaluation.teacher_forcing import greedy, next_tokens, prefix_cases
 from tests.tiny_models import packaged_tokenizer, tiny_backbone
 
-PROMPTS = ["The mother tongue of Danielle Darrieux is", "Who wrote the novel about the whale?",
-           "The capital of France is", "Q: hi\nA:"]
+PROMPTS = [
+    "The mother tongue of Danielle Darrieux is",
+    "Who wrote the novel about the whale?",
+    "The capital of France is",
+    "Q: hi\nA:",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +51,10 @@ def test_next_tokens_keeps_input_order(tokenizer):
 
 def test_case_set_groups_by_record(tokenizer):
     cs = CaseSet.build(tokenizer, ["Where is it?", "Who?"], ["in Paris", "Bob"])
-    assert [len(c) for c in cs.group([0] * len(cs.seqs))] == [len(prefix_cases(tokenizer, "Where is it?", "in Paris")),
-                                                              len(prefix_cases(tokenizer, "Who?", "Bob"))]
+    assert [len(c) for c in cs.group([0] * len(cs.seqs))] == [
+        len(prefix_cases(tokenizer, "Where is it?", "in Paris")),
+        len(prefix_cases(tokenizer, "Who?", "Bob")),
+    ]
     assert cs.cases_of(1) == [i for i, o in enumerate(cs.owner) if o == 1]
 
 
@@ -94,12 +101,19 @@ def test_knowedit_reader_carries_same_subject_and_portability_probes():
     assert len(records) == 1301
     r = records[0]
     assert (r.prompt, r.target, r.paraphrase, r.subject, r.truth) == (
-        "Which family does Epaspidoceras belong to?", "Noctuidae", "What family are Epaspidoceras?",
-        "Epaspidoceras", "Aspidoceratidae")
-    assert r.same_subject == (datasets.Probe("The taxon rank of Epaspidoceras is", "genus"),
-                              datasets.Probe("Epaspidoceras taxon rank", "genus"))
-    assert r.portability == (datasets.Probe("What is the common name for the family Epaspidoceras belongs to?",
-                                            "Owlet moths", "Reasoning"),)
+        "Which family does Epaspidoceras belong to?",
+        "Noctuidae",
+        "What family are Epaspidoceras?",
+        "Epaspidoceras",
+        "Aspidoceratidae",
+    )
+    assert r.same_subject == (
+        datasets.Probe("The taxon rank of Epaspidoceras is", "genus"),
+        datasets.Probe("Epaspidoceras taxon rank", "genus"),
+    )
+    assert r.portability == (
+        datasets.Probe("What is the common name for the family Epaspidoceras belongs to?", "Owlet moths", "Reasoning"),
+    )
     assert all(len(x.same_subject) == 2 and len(x.portability) == 1 for x in records)
     assert r.loc_prompt.startswith(datasets.NQ_PREFIX) and not r.neighbourhood
     with pytest.raises(ValueError, match="dev"):

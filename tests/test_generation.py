@@ -1,6 +1,6 @@
 """Cached greedy generation equals a full forward pass, with and without firing neurons."""
+
 import pytest
-import torch
 
 from editors.backbone import encode_prompt, encode_target
 from editors.generation import generate
@@ -53,6 +53,7 @@ def test_outside_every_scope_generation_is_the_base_model(tokenizer):
 
 def test_attribute_to_names_one_edit_for_every_token(tokenizer):
     backbone = tiny_backbone("gpt2", tokenizer, seed=3)
-    out = generate(backbone, encode_prompt(tokenizer, "Question: hello\nAnswer:"), max_new_tokens=5,
-                   attribute_to="serac-1")
+    out = generate(
+        backbone, encode_prompt(tokenizer, "Question: hello\nAnswer:"), max_new_tokens=5, attribute_to="serac-1"
+    )
     assert [owner for _, owner in out.tokens] == ["serac-1"] * len(out.tokens)

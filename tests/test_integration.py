@@ -1,6 +1,7 @@
 """The product scenario on the real packaged model, through `editserve serve` on 127.0.0.1.
 
 Insert a fact, see it answered and traced, see unrelated answers unchanged, restart, withdraw."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,11 @@ import pytest
 from evaluation.server import Server
 
 PROMPT = "The mother tongue of Danielle Darrieux is"
-UNRELATED = ["The capital of France is", "Water is made of hydrogen and",
-             "The first president of the United States was"]
+UNRELATED = [
+    "The capital of France is",
+    "Water is made of hydrogen and",
+    "The first president of the United States was",
+]
 
 
 def answer(server: Server, prompt: str, n: int = 6) -> dict:

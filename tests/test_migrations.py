@@ -1,4 +1,5 @@
 """The Alembic migrations build exactly the schema the models describe, and undo it."""
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory

@@ -1,5 +1,6 @@
 """The scope model: the untrained cosine rule, and a tiny `editserve train-scope` run that must load,
 decide, and be byte-for-byte reproducible (full training is `make scope`, not a test)."""
+
 from __future__ import annotations
 
 import filecmp

@@ -1,5 +1,6 @@
 """SERAC: the editor's verbs and persistence, the counterfactual path answering for queries the scope
 model puts in an edit's scope (real MiniLM, untrained), the trained adapter, on the real packaged model."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,18 +19,29 @@ torch.set_num_threads(1)
 # zsRE train records (zsre_mend_train-1k.json): prompt, target, paraphrase.
 EDITS = [
     ("Which person was the head of government of Munich?", "Bruno Granier", "Who was the director of Munich?"),
-    ("What production company was involved in Sambhav Asambhav?", "Reliance Entertainment",
-     "The Sambhav Asambhav production company is what?"),
-    ("Who was the designor of Albert and Edith Adelman House?", "Frank Gehry",
-     "Who made Albert and Edith Adelman House?"),
+    (
+        "What production company was involved in Sambhav Asambhav?",
+        "Reliance Entertainment",
+        "The Sambhav Asambhav production company is what?",
+    ),
+    (
+        "Who was the designor of Albert and Edith Adelman House?",
+        "Frank Gehry",
+        "Who made Albert and Edith Adelman House?",
+    ),
 ]
-UNRELATED = ["who sings does he love me with reba", "when was the last time anyone was on the moon",
-             "The capital of France is", "Photosynthesis turns sunlight into"]
+UNRELATED = [
+    "who sings does he love me with reba",
+    "when was the last time anyone was on the moon",
+    "The capital of France is",
+    "Photosynthesis turns sunlight into",
+]
 
 
 @pytest.fixture(scope="module")
 def backbone(editserve_cache, packaged_model_dir):
     from editors.backbone import load_backbone
+
     return load_backbone(cache_dir=editserve_cache, device=torch.device("cpu"))
 
 
@@ -124,8 +136,10 @@ def test_adapter_hooks_equal_peft_and_leave_the_base_alone(tmp_path):
     from tests.tiny_models import packaged_tokenizer, tiny_backbone
 
     bb = tiny_backbone("llama", packaged_tokenizer(), seed=0, layers=2)
-    peft_model = get_peft_model(copy.deepcopy(bb.model), LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0))
+    peft_model = get_peft_model(
+        copy.deepcopy(bb.model),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0),
+    )
     torch.manual_seed(1)
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
@@ -168,8 +182,10 @@ def test_adapter_order_setting_data_dir_shared(tmp_path):
     settings = SimpleNamespace(data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", model=model)
     # nothing trained yet: where train-serac would write one
     assert resolve_adapter(settings) == (str(default_adapter_dir(settings.data_dir)), "none")
-    for where, source in ((shared_adapter_dir(settings.cache_dir, model), "shared"),
-                          (default_adapter_dir(settings.data_dir), "data dir")):
+    for where, source in (
+        (shared_adapter_dir(settings.cache_dir, model), "shared"),
+        (default_adapter_dir(settings.data_dir), "data dir"),
+    ):
         where.mkdir(parents=True)
         (where / "adapter_config.json").write_text("{}")
         (where / "adapter_model.safetensors").write_bytes(b"")
@@ -180,8 +196,9 @@ def test_adapter_order_setting_data_dir_shared(tmp_path):
 
 
 @pytest.mark.integration
-def test_default_settings_on_the_packaged_model_use_the_adapter_set_up_trained(backbone, tmp_path, monkeypatch,
-                                                                                editserve_cache, serac_adapter):
+def test_default_settings_on_the_packaged_model_use_the_adapter_set_up_trained(
+    backbone, tmp_path, monkeypatch, editserve_cache, serac_adapter
+):
     """The server's own path (Settings from the environment -> registry build) on the real model, with
     the shared adapter `make` trains at set-up (`editserve train-serac --shared`)."""
     from app.core.config import Settings
@@ -234,8 +251,25 @@ def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path, edits
     from evaluation.train_serac import main
 
     out = tmp_path / "data" / "serac" / "adapter"
-    assert main(["--out", str(out), "--steps", "2", "--batch", "2", "--zsre-start", "990", "--cf-count", "4",
-                 "--cache-dir", str(editserve_cache)]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--batch",
+                "2",
+                "--zsre-start",
+                "990",
+                "--cf-count",
+                "4",
+                "--cache-dir",
+                str(editserve_cache),
+            ]
+        )
+        == 0
+    )
     assert (out / "adapter_model.safetensors").exists() and (out / "serac_train.json").exists()
     import json
 

@@ -1,5 +1,6 @@
 """SERAC through the HTTP API on real SQLite with the real MiniLM embedder (tiny backbone from conftest):
 routing names the edit, unrelated prompts are untouched, restarts keep edits, withdrawal removes them."""
+
 from __future__ import annotations
 
 from tests.api.helpers import assert_error, create, generate, listing, stop
@@ -45,13 +46,16 @@ def test_serac_edits_route_persist_and_withdraw(start):
 
 def test_serac_update_moves_the_scope(client):
     edit = create(client, *EDITS[0][:2], method="serac")
-    r = client.put(f"/edits/{edit['id']}", json={"prompt": "Who designed the Eiffel Tower?", "target": "Gustave Flaubert"})
+    r = client.put(
+        f"/edits/{edit['id']}", json={"prompt": "Who designed the Eiffel Tower?", "target": "Gustave Flaubert"}
+    )
     assert r.status_code == 200, r.text
     assert owners(generate(client, "Who is the designer of the Eiffel Tower?")) == {edit["id"]}
     assert owners(generate(client, EDITS[0][2])) == {None}
 
 
 def test_serac_rejects_an_empty_or_overlong_target(client):
-    assert_error(client.post("/edits", json={"prompt": "Who?", "target": "word " * 40, "method": "serac"}),
-                 422, "target")
+    assert_error(
+        client.post("/edits", json={"prompt": "Who?", "target": "word " * 40, "method": "serac"}), 422, "target"
+    )
     assert listing(client)["count"] == 0

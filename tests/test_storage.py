@@ -1,6 +1,7 @@
 """The repository and the blob store on a real SQLite file: a failed commit leaves no trace."""
+
 import sqlite3
-from datetime import timezone
+from datetime import UTC
 
 import pytest
 import torch
@@ -25,8 +26,9 @@ def tensors(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def create(repo, edit_id: str, prompt: str = "p", seed: int = 0, **fields):
-    args = dict(edit_id=edit_id, method="ireva", prompt=prompt, target="t", retrofit=False, neurons=2,
-                tensors=tensors(seed))
+    args = dict(
+        edit_id=edit_id, method="ireva", prompt=prompt, target="t", retrofit=False, neurons=2, tensors=tensors(seed)
+    )
     return repo.create(**(args | fields))
 
 
@@ -52,7 +54,7 @@ def test_create_then_read_back(repo):
     record = create(repo, "e1")
     got = repo.get("e1")
     assert (got.method, got.prompt, got.status, got.neurons, got.blob) == ("ireva", "p", "active", 2, record.blob)
-    assert got.created_at == got.updated_at and got.created_at.tzinfo == timezone.utc
+    assert got.created_at == got.updated_at and got.created_at.tzinfo == UTC
     assert torch.equal(repo.read_tensors(got)["values"], tensors()["values"])
     assert repo.get("nope") is None
 

@@ -3,6 +3,7 @@
 They use the real SmolLM2 tokenizer, so text round-trips exactly as on the packaged model; it is read
 from the packaged GGUF file, so these tests depend on nothing a set-up step or a server start leaves in
 the cache."""
+
 from __future__ import annotations
 
 import copy
@@ -36,9 +37,16 @@ def tiny_backbone(kind: str, tokenizer, seed: int = 0, layers: int = 3) -> Backb
         config = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=64, n_layer=layers, n_head=4)
         model = GPT2LMHeadModel(config)
     elif kind == "llama":
-        config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                             tie_word_embeddings=True)
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+        )
         model = LlamaForCausalLM(config)
     else:
         raise ValueError(kind)

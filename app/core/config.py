@@ -2,6 +2,7 @@
 
 Nested sections use a double underscore: EDITSERVE_IREVA__LAYER=-2, EDITSERVE_IREVA__THETA=0.9.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,9 @@ from editors.serac.config import SeracConfig
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EDITSERVE_", env_nested_delimiter="__", env_file=".env",
-                                      extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="EDITSERVE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
 
     data_dir: Path = Path("data")  # SQLite file + neuron blobs: everything that makes edits persist
     cache_dir: Path = Path("~/.cache/editserve")  # converted models, shared by all data dirs

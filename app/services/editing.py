@@ -4,6 +4,7 @@ Routes call this; this changes the model (editors/edited.py, in memory) and the 
 together, one change at a time, and puts the model back when the store refuses a change: what a
 generation sees is always what is stored. How edits act and who answers is the model's business.
 """
+
 from __future__ import annotations
 
 import logging
@@ -94,11 +95,15 @@ class EditingService:
         active = [r for r in rows if r.status == ACTIVE]
         tensors, misses = self.repo.read_many(active)
         errors = {rid: t for rid, t in tensors.items() if isinstance(t, Exception)}
-        withdrawn = [(r.id, r.method, r.prompt) for r in sorted((r for r in rows if r.status == WITHDRAWN),
-                                                                key=lambda r: r.withdrawn_at or r.created_at)]
-        failed, embedded = self.model.load([(r.id, r.method, r.prompt, r.target, tensors[r.id]) for r in active
-                                            if r.id not in errors], withdrawn,
-                                           self.repo.read_scope_vectors(self.model.scope.model.fingerprint))
+        withdrawn = [
+            (r.id, r.method, r.prompt)
+            for r in sorted((r for r in rows if r.status == WITHDRAWN), key=lambda r: r.withdrawn_at or r.created_at)
+        ]
+        failed, embedded = self.model.load(
+            [(r.id, r.method, r.prompt, r.target, tensors[r.id]) for r in active if r.id not in errors],
+            withdrawn,
+            self.repo.read_scope_vectors(self.model.scope.model.fingerprint),
+        )
         errors.update(failed)
         if embedded >= PACK_AFTER_MISSES:  # embedding 10,000 prompts takes a minute: keep them
             self._write_scope_vectors()
@@ -106,22 +111,26 @@ class EditingService:
             exc = errors.get(record.id)
             if exc is not None:
                 tensors[record.id] = exc  # kept out of the pack
-                self._mark_corrupt(record, f"blob {record.blob} is missing" if isinstance(exc, FileNotFoundError)
-                                   else f"blob {record.blob} is unreadable: {exc}")
+                self._mark_corrupt(
+                    record,
+                    f"blob {record.blob} is missing"
+                    if isinstance(exc, FileNotFoundError)
+                    else f"blob {record.blob} is unreadable: {exc}",
+                )
             else:
                 self.live[record.method].add(record.id)
         for name in self.repo.remove_orphans():
             log.warning("removed orphan blob %s (no edit refers to it)", name)
         if misses >= PACK_AFTER_MISSES:
-            self._packer = threading.Thread(target=self._write_pack, args=(active, tensors), daemon=True,
-                                            name="editserve-pack")
+            self._packer = threading.Thread(
+                target=self._write_pack, args=(active, tensors), daemon=True, name="editserve-pack"
+            )
             self._packer.start()
         log.info("loaded %d active edits (%d blobs read one by one)", self.edits_active, misses)
 
     def _restorable(self, record, state_lost: set[str]) -> bool:
         if record.method not in self.editors:
-            log.warning("edit %s: method %r is not served (EDITSERVE_METHODS); left as it is",
-                        record.id, record.method)
+            log.warning("edit %s: method %r is not served (EDITSERVE_METHODS); left as it is", record.id, record.method)
             return False
         if record.method in state_lost:
             why = f"the {record.method} editor state it was made against is lost"
@@ -145,8 +154,14 @@ class EditingService:
             log.exception("saving the scope vectors failed; the next start embeds every prompt")
 
     def _mark_corrupt(self, record, error: str) -> None:
-        log.error("edit %s (%s, prompt %r) is corrupt: %s; its record is kept, PUT /edits/%s rebuilds it",
-                  record.id, record.method, record.prompt, error, record.id)
+        log.error(
+            "edit %s (%s, prompt %r) is corrupt: %s; its record is kept, PUT /edits/%s rebuilds it",
+            record.id,
+            record.method,
+            record.prompt,
+            error,
+            record.id,
+        )
         self.repo.mark_corrupt(record.id, error)
 
     def close(self) -> None:
@@ -184,8 +199,15 @@ class EditingService:
             edit_id = str(uuid.uuid4())
             tensors = _invalid_input(self.model.insert, method, edit_id, prompt, target, retrofit)
             try:
-                record = self.repo.create(edit_id=edit_id, method=method, prompt=prompt, target=target,
-                                          retrofit=retrofit, neurons=editor.neurons(edit_id), tensors=tensors)
+                record = self.repo.create(
+                    edit_id=edit_id,
+                    method=method,
+                    prompt=prompt,
+                    target=target,
+                    retrofit=retrofit,
+                    neurons=editor.neurons(edit_id),
+                    tensors=tensors,
+                )
             except Exception as exc:
                 self.model.restore(Restore(edit_id, method, prompt, target, None))
                 raise _storage_failed("insert", exc) from exc
@@ -206,12 +228,14 @@ class EditingService:
             if prompt != record.prompt or record.status != ACTIVE:
                 self._refuse_duplicate(prompt)
             loaded = edit_id in self.live[record.method]
-            before = Restore(edit_id, record.method, record.prompt, record.target,
-                             editor.tensors(edit_id) if loaded else None)
+            before = Restore(
+                edit_id, record.method, record.prompt, record.target, editor.tensors(edit_id) if loaded else None
+            )
             tensors = _invalid_input(self.model.update, before, prompt, target, record.retrofit)
             try:
-                record = self.repo.retrain(edit_id, prompt=prompt, target=target,
-                                           neurons=editor.neurons(edit_id), tensors=tensors)
+                record = self.repo.retrain(
+                    edit_id, prompt=prompt, target=target, neurons=editor.neurons(edit_id), tensors=tensors
+                )
             except Exception as exc:
                 self.model.restore(before)
                 raise _storage_failed("update", exc) from exc
@@ -227,8 +251,9 @@ class EditingService:
                 raise Conflict(f"edit {edit_id} is already withdrawn")
             loaded = record.method in self.editors and edit_id in self.live[record.method]
             if loaded:
-                before = Restore(edit_id, record.method, record.prompt, record.target,
-                                 self.editors[record.method].tensors(edit_id))
+                before = Restore(
+                    edit_id, record.method, record.prompt, record.target, self.editors[record.method].tensors(edit_id)
+                )
                 self.model.withdraw(edit_id, record.method)
             try:
                 record = self.repo.withdraw(edit_id)
@@ -250,16 +275,19 @@ class EditingService:
         # Two live edits on one prompt would claim the same queries; the user changes an edit with PUT.
         existing = next(iter(self.repo.with_prompt(None, prompt, ACTIVE)), None)
         if existing is not None:
-            raise Conflict(f"prompt: active {existing.method} edit {existing.id} already has this prompt; "
-                           f"change it with PUT /edits/{existing.id}")
+            raise Conflict(
+                f"prompt: active {existing.method} edit {existing.id} already has this prompt; "
+                f"change it with PUT /edits/{existing.id}"
+            )
 
     # -- generation --------------------------------------------------------------------------------
     def generate(self, query: Query, max_new_tokens: int) -> Generation:
         return self.model.generate(query, max_new_tokens)
 
 
-def _open_editor(name: str, method: Method, backbone: Backbone, settings: Settings,
-                 repo: Repository) -> tuple[Editor, bool]:
+def _open_editor(
+    name: str, method: Method, backbone: Backbone, settings: Settings, repo: Repository
+) -> tuple[Editor, bool]:
     """Build a method's editor from the state saved on this data dir's first start (saving it now if
     this is that start). Returns the editor and whether saved state was lost."""
     fingerprint = method.fingerprint(backbone, settings)
@@ -268,7 +296,8 @@ def _open_editor(name: str, method: Method, backbone: Backbone, settings: Settin
         if repo.list(method=name, limit=0)[1]:
             raise RuntimeError(
                 f"{settings.data_dir} holds {name} edits made with {saved.fingerprint}, but this server runs "
-                f"{fingerprint}; they would not fit. Restore those settings or use another EDITSERVE_DATA_DIR.")
+                f"{fingerprint}; they would not fit. Restore those settings or use another EDITSERVE_DATA_DIR."
+            )
         saved = None  # no edit depends on the old state: start afresh
     if saved is not None:
         try:

@@ -1,4 +1,5 @@
 """KeyValueAdaptor: the iReVa neurons that sit beside one MLP of the backbone."""
+
 from __future__ import annotations
 
 import contextlib
@@ -73,8 +74,10 @@ class KeyValueAdaptor(nn.Module):
 
     def slot_bytes(self) -> int:
         """Memory one neuron takes in the adaptor: every per-slot buffer's row."""
-        return sum(buf[0].numel() * buf.element_size() if buf.dim() > 1 else buf.element_size()
-                   for buf in (self.keys, self.values, self.live))
+        return sum(
+            buf[0].numel() * buf.element_size() if buf.dim() > 1 else buf.element_size()
+            for buf in (self.keys, self.values, self.live)
+        )
 
     # -- computation ---------------------------------------------------------------------------
     def normalise(self, x: torch.Tensor) -> torch.Tensor:

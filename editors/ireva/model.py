@@ -1,4 +1,5 @@
 """IrevaEditor: turns (prompt, target) edits into KeyValueAdaptor neurons and back."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,7 +41,9 @@ class IrevaEditor:
         if centre is None:
             centre = self._calibration_centre()
         cfg = self.config
-        self.adaptor = KeyValueAdaptor(self.mean_row.shape[0], centre.to(backbone.device), cfg.theta, cfg.ramp, cfg.alpha)
+        self.adaptor = KeyValueAdaptor(
+            self.mean_row.shape[0], centre.to(backbone.device), cfg.theta, cfg.ramp, cfg.alpha
+        )
         self._handle = self.mlp.register_forward_hook(self.adaptor.hook)
         self.slots: dict[str, list[int]] = {}  # live edit id -> adaptor slots, in target-token order
         self.targets: dict[str, list[int]] = {}  # live edit id -> its target token ids
@@ -112,8 +115,9 @@ class IrevaEditor:
                 opt.step()
         return v.detach()
 
-    def calibrate_scale(self, hidden: torch.Tensor, base_logits: torch.Tensor, direction: torch.Tensor,
-                        token: int) -> float:
+    def calibrate_scale(
+        self, hidden: torch.Tensor, base_logits: torch.Tensor, direction: torch.Tensor, token: int
+    ) -> float:
         """Smallest scale s for which `token` leads every other token by `logit_margin` when s * direction
         is added to `hidden` (the residual entering the final norm; exact for the top layer, a first-order
         stand-in for lower ones). Where no scale reaches the margin, 90% of the lead reachable is asked.
@@ -130,8 +134,11 @@ class IrevaEditor:
             basis_logits = torch.stack([base_logits, self.logits(anchors[1:2])[0], self._bias_logits])
             # Only tokens near the top of some basis vector can lead a mix of them; the answer is
             # checked against the whole vocabulary below.
-            rivals = torch.unique(torch.cat([basis_logits.topk(64, dim=-1).indices.flatten(),
-                                             torch.tensor([token], device=hidden.device)]))
+            rivals = torch.unique(
+                torch.cat(
+                    [basis_logits.topk(64, dim=-1).indices.flatten(), torch.tensor([token], device=hidden.device)]
+                )
+            )
             mine_at = int((rivals == token).nonzero()[0])
 
             def lead(scales: torch.Tensor, columns: torch.Tensor, me: int) -> torch.Tensor:
@@ -179,8 +186,13 @@ class IrevaEditor:
             values.append(self.calibrate_scale(cap.final_hidden[pos], cap.logits[pos], d, token) * d)
         values = torch.stack(values)
         if retrofit:
-            keys, values = self.retrofit(keys, values, cap.mlp_inputs[positions], cap.final_hidden[positions],
-                                         torch.tensor(t_ids, device=keys.device))
+            keys, values = self.retrofit(
+                keys,
+                values,
+                cap.mlp_inputs[positions],
+                cap.final_hidden[positions],
+                torch.tensor(t_ids, device=keys.device),
+            )
         return keys, values
 
     def negatives(self) -> torch.Tensor:
@@ -208,9 +220,15 @@ class IrevaEditor:
         # initial edited ones, at any of the positions) instead of the whole vocabulary: a step then
         # costs ~1% of a pass through the output embedding, and the tokens left out hold no mass.
         with torch.no_grad():
-            rivals = torch.unique(torch.cat([self.logits(final_hidden).topk(256, dim=-1).indices.flatten(),
-                                             self.logits(final_hidden + values).topk(256, dim=-1).indices.flatten(),
-                                             tokens]))
+            rivals = torch.unique(
+                torch.cat(
+                    [
+                        self.logits(final_hidden).topk(256, dim=-1).indices.flatten(),
+                        self.logits(final_hidden + values).topk(256, dim=-1).indices.flatten(),
+                        tokens,
+                    ]
+                )
+            )
         rows = self.unembed.weight[rivals].detach()
         bias = None if getattr(self.unembed, "bias", None) is None else self.unembed.bias[rivals].detach()
         wanted = torch.searchsorted(rivals, tokens)
@@ -223,7 +241,9 @@ class IrevaEditor:
             for _ in range(cfg.retrofit_steps):
                 unit = k / k.norm(dim=-1, keepdim=True)
                 act = adaptor.activation((own * unit).sum(-1))
-                l_edit = F.cross_entropy(F.linear(self.norm(final_hidden + act[:, None] * v), rows, bias).float(), wanted)
+                l_edit = F.cross_entropy(
+                    F.linear(self.norm(final_hidden + act[:, None] * v), rows, bias).float(), wanted
+                )
                 l_rec = ((keys - unit) * own).sum(-1).pow(2).mean()
                 l_irr = F.relu(negatives @ unit.T - adaptor.theta).mean()
                 loss = l_edit + cfg.rec_weight * l_rec + cfg.irr_weight * l_irr
@@ -265,11 +285,19 @@ class IrevaEditor:
         for edit_id, prompt, target, tensors in items:
             keys, values = tensors.get("keys"), tensors.get("values")
             targets = self._target_ids(prompt, target)
-            if keys is None or values is None or keys.dim() != 2 or keys.shape != values.shape \
-                    or keys.shape[1] != hidden or len(keys) != len(targets):
-                errors[edit_id] = ValueError(f"expected keys and values of shape ({len(targets)}, {hidden}), got "
-                                             f"{None if keys is None else tuple(keys.shape)} and "
-                                             f"{None if values is None else tuple(values.shape)}")
+            if (
+                keys is None
+                or values is None
+                or keys.dim() != 2
+                or keys.shape != values.shape
+                or keys.shape[1] != hidden
+                or len(keys) != len(targets)
+            ):
+                errors[edit_id] = ValueError(
+                    f"expected keys and values of shape ({len(targets)}, {hidden}), got "
+                    f"{None if keys is None else tuple(keys.shape)} and "
+                    f"{None if values is None else tuple(values.shape)}"
+                )
             else:
                 good.append((edit_id, keys, values, targets))
         if not good:
@@ -280,7 +308,7 @@ class IrevaEditor:
                     self.withdraw(edit_id)
             slots = self.adaptor.add(torch.cat([k for _, k, _, _ in good]), torch.cat([v for _, _, v, _ in good]))
             for edit_id, keys, _, targets in good:
-                mine, slots = slots[:len(keys)], slots[len(keys):]
+                mine, slots = slots[: len(keys)], slots[len(keys) :]
                 self.slots[edit_id], self.targets[edit_id] = mine, targets
         return errors
 

@@ -6,6 +6,7 @@ cross-encoder accepts one. A withdrawn edit keeps its row, live=False: a query i
 then gets the unedited answer, as before the edit, instead of falling to the runner-up (another edit
 of the same subject or question). Its row goes when a newer edit of the same prompt arrives.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

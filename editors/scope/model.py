@@ -6,6 +6,7 @@ those few and accepts the best one. Both are fine-tuned by `editserve train-scop
 <cache>/scope/<slug>/{embed,cross,scope.json}. Without that directory the packaged MiniLM is used
 untrained, with a plain cosine threshold.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,17 @@ def _weights_digest(model_dir: Path, meta: dict, top_k: int) -> str:
 
 
 class ScopeModel:
-    def __init__(self, config: ScopeConfig, embedder, tokenizer, cross=None, cross_tokenizer=None,
-                 meta: dict | None = None, fingerprint: str = "", device: torch.device | None = None):
+    def __init__(
+        self,
+        config: ScopeConfig,
+        embedder,
+        tokenizer,
+        cross=None,
+        cross_tokenizer=None,
+        meta: dict | None = None,
+        fingerprint: str = "",
+        device: torch.device | None = None,
+    ):
         self.config, self.device = config, device or torch.device("cpu")
         self.embedder, self.tokenizer = embedder.to(self.device).eval(), tokenizer
         self.cross_model = cross.to(self.device).eval() if cross is not None else None
@@ -71,17 +81,28 @@ class ScopeModel:
     def load(cls, config: ScopeConfig, cache_dir: Path | str | None, device: torch.device | None = None) -> ScopeModel:
         """Trained from config.model_dir, else from <cache_dir>/scope/<slug> (None: no cache looked at),
         if it holds scope.json and use_trained; else the untrained packaged MiniLM."""
-        model_dir = (Path(config.model_dir).expanduser() if config.model_dir
-                     else default_scope_dir(cache_dir) if cache_dir is not None else None)
+        model_dir = (
+            Path(config.model_dir).expanduser()
+            if config.model_dir
+            else default_scope_dir(cache_dir)
+            if cache_dir is not None
+            else None
+        )
         if config.use_trained and model_dir is not None and (model_dir / META).exists():
             model = cls.from_dir(model_dir, config, device)
             log.info("scope model: trained, %s (%s)", model_dir, model.fingerprint)
             return model
         model = cls.untrained(config, device)
-        why = ("use_trained is off" if not config.use_trained else "no cache dir given" if model_dir is None
-               else f"no {model_dir / META} (editserve train-scope makes it)")
+        why = (
+            "use_trained is off"
+            if not config.use_trained
+            else "no cache dir given"
+            if model_dir is None
+            else f"no {model_dir / META} (editserve train-scope makes it)"
+        )
         (log.warning if config.model_dir and config.use_trained else log.info)(
-            "scope model: untrained %s, cosine >= %.2f (%s)", config.embedder_package, config.untrained_threshold, why)
+            "scope model: untrained %s, cosine >= %.2f (%s)", config.embedder_package, config.untrained_threshold, why
+        )
         return model
 
     @classmethod
@@ -93,12 +114,18 @@ class ScopeModel:
             version = metadata.version(config.embedder_package.replace("_", "-"))
         except metadata.PackageNotFoundError:
             version = "unknown"
-        return cls(config, AutoModel.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path),
-                   fingerprint=f"untrained:{config.embedder_package}=={version}", device=device)
+        return cls(
+            config,
+            AutoModel.from_pretrained(path, dtype=torch.float32),
+            AutoTokenizer.from_pretrained(path),
+            fingerprint=f"untrained:{config.embedder_package}=={version}",
+            device=device,
+        )
 
     @classmethod
-    def from_dir(cls, model_dir: Path | str, config: ScopeConfig | None = None,
-                 device: torch.device | None = None) -> ScopeModel:
+    def from_dir(
+        cls, model_dir: Path | str, config: ScopeConfig | None = None, device: torch.device | None = None
+    ) -> ScopeModel:
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         model_dir = Path(model_dir)
@@ -106,9 +133,16 @@ class ScopeModel:
         meta = json.loads((model_dir / META).read_text())
         embed = AutoModel.from_pretrained(model_dir / "embed", dtype=torch.float32)
         cross = AutoModelForSequenceClassification.from_pretrained(model_dir / "cross", dtype=torch.float32)
-        return cls(config, embed, AutoTokenizer.from_pretrained(model_dir / "embed"), cross,
-                   AutoTokenizer.from_pretrained(model_dir / "cross"), meta,
-                   f"trained:{_weights_digest(model_dir, meta, config.top_k)}", device)
+        return cls(
+            config,
+            embed,
+            AutoTokenizer.from_pretrained(model_dir / "embed"),
+            cross,
+            AutoTokenizer.from_pretrained(model_dir / "cross"),
+            meta,
+            f"trained:{_weights_digest(model_dir, meta, config.top_k)}",
+            device,
+        )
 
     # -- the two classifiers -------------------------------------------------------------------------
     @torch.no_grad()
@@ -120,8 +154,13 @@ class ScopeModel:
         order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
         out = []
         for start in range(0, len(order), batch_size):
-            batch = self.tokenizer([texts[i] for i in order[start:start + batch_size]], padding=True, truncation=True,
-                                   max_length=self.config.max_length, return_tensors="pt").to(self.device)
+            batch = self.tokenizer(
+                [texts[i] for i in order[start : start + batch_size]],
+                padding=True,
+                truncation=True,
+                max_length=self.config.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             hidden = self.embedder(**batch).last_hidden_state
             out.append(mean_pool(hidden, batch["attention_mask"]).float().cpu())
         return torch.cat(out)[torch.argsort(torch.tensor(order))]
@@ -138,10 +177,15 @@ class ScopeModel:
         order = sorted(range(len(queries)), key=lambda i: (len(edit_prompts[i]) + len(queries[i]), i))
         out = []
         for start in range(0, len(order), batch_size):
-            part = order[start:start + batch_size]
-            batch = self.cross_tokenizer([edit_prompts[i] for i in part], [queries[i] for i in part], padding=True,
-                                         truncation=True, max_length=self.config.max_length,
-                                         return_tensors="pt").to(self.device)
+            part = order[start : start + batch_size]
+            batch = self.cross_tokenizer(
+                [edit_prompts[i] for i in part],
+                [queries[i] for i in part],
+                padding=True,
+                truncation=True,
+                max_length=self.config.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             out.append(torch.sigmoid(self.cross_model(**batch).logits[:, 0].float()).cpu())
         return torch.cat(out)[torch.argsort(torch.tensor(order))]
 
@@ -157,8 +201,9 @@ class ScopeModel:
             sims[:, dead] = float("-inf")
         return sims
 
-    def decide(self, query_vecs: torch.Tensor, queries: list[str], memory: torch.Tensor,
-               memory_prompts: list) -> list[tuple[int, float] | None]:
+    def decide(
+        self, query_vecs: torch.Tensor, queries: list[str], memory: torch.Tensor, memory_prompts: list
+    ) -> list[tuple[int, float] | None]:
         """For each query, (memory row, score) of the edit whose scope holds it, or None."""
         if len(queries) != query_vecs.shape[0]:
             raise ValueError(f"{query_vecs.shape[0]} query vectors for {len(queries)} queries")
@@ -179,8 +224,9 @@ class ScopeModel:
     def candidates(self, sims: torch.Tensor) -> list[list[int]]:
         """Per query, the rows Cross is asked about: the top_k by cosine that reach embed_floor."""
         vals, idx = torch.topk(sims, min(self.top_k, sims.shape[1]), dim=1)
-        return [[int(i) for v, i in zip(vr, ir) if v >= self.embed_floor and v > float("-inf")]
-                for vr, ir in zip(vals, idx)]
+        return [
+            [int(i) for v, i in zip(vr, ir) if v >= self.embed_floor and v > float("-inf")] for vr, ir in zip(vals, idx)
+        ]
 
     def _decide_trained(self, sims: torch.Tensor, queries: list[str], prompts: list) -> list[tuple[int, float] | None]:
         cands = self.candidates(sims)

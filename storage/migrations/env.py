@@ -3,6 +3,7 @@
 The server runs `upgrade head` itself (storage.migrate). From a shell, `alembic upgrade head` in the
 repo root migrates the database under EDITSERVE_DATA_DIR.
 """
+
 from logging.config import fileConfig
 
 from alembic import context
@@ -25,15 +26,20 @@ target_metadata = Base.metadata
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    engine = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
-                                poolclass=pool.NullPool)
+    engine = engine_from_config(
+        config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
+    )
     with engine.connect() as connection:
         # SQLite cannot ALTER most things: batch mode rebuilds the table instead.
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)

@@ -1,4 +1,5 @@
 """POST/GET/PUT/DELETE /edits over a real SQLite file, including failures, restarts and damaged blobs."""
+
 import logging
 import sqlite3
 from datetime import datetime
@@ -52,17 +53,20 @@ def test_multi_token_target_gets_one_neuron_per_token(client):
     assert all(t["edit_id"] == edit["id"] for t in out["tokens"])
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"target": TARGET}, "prompt"),
-    ({"prompt": "", "target": TARGET}, "prompt"),
-    ({"prompt": "   ", "target": TARGET}, "prompt"),
-    ({"prompt": PROMPT}, "target"),
-    ({"prompt": PROMPT, "target": ""}, "target"),
-    ({"prompt": PROMPT, "target": " \n"}, "target"),
-    ({"prompt": PROMPT, "target": TARGET, "method": "rome"}, "method"),
-    ({"prompt": PROMPT, "target": TARGET, "targte": "typo"}, "targte"),
-    ({"prompt": 3, "target": TARGET}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"target": TARGET}, "prompt"),
+        ({"prompt": "", "target": TARGET}, "prompt"),
+        ({"prompt": "   ", "target": TARGET}, "prompt"),
+        ({"prompt": PROMPT}, "target"),
+        ({"prompt": PROMPT, "target": ""}, "target"),
+        ({"prompt": PROMPT, "target": " \n"}, "target"),
+        ({"prompt": PROMPT, "target": TARGET, "method": "rome"}, "method"),
+        ({"prompt": PROMPT, "target": TARGET, "targte": "typo"}, "targte"),
+        ({"prompt": 3, "target": TARGET}, "prompt"),
+    ],
+)
 def test_create_rejects_bad_input_naming_the_field(client, blob_dir, body, field):
     blobs = sorted(blob_dir.iterdir())
     assert_error(client.post("/edits", json=body), 422, field)
@@ -74,8 +78,7 @@ def test_target_over_the_token_cap_is_rejected_and_leaves_nothing(start, blob_di
     client = start(ireva=IrevaConfig(max_target_tokens=3))
     blobs = sorted(blob_dir.iterdir())
     before = generate(client, PROMPT)
-    assert_error(client.post("/edits", json={"prompt": PROMPT, "target": "one two three four"}), 422,
-                 "target", "cap")
+    assert_error(client.post("/edits", json={"prompt": PROMPT, "target": "one two three four"}), 422, "target", "cap")
     assert listing(client)["count"] == 0
     assert sorted(blob_dir.iterdir()) == blobs
     assert generate(client, PROMPT) == before
@@ -116,8 +119,16 @@ def test_list_filters_and_pages(client):
     assert listing(client, offset=10) == {"data": [], "count": 4}
 
 
-@pytest.mark.parametrize("query, field", [("status=gone", "status"), ("limit=0", "limit"), ("limit=1001", "limit"),
-                                          ("offset=-1", "offset"), ("limit=many", "limit")])
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("status=gone", "status"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("offset=-1", "offset"),
+        ("limit=many", "limit"),
+    ],
+)
 def test_list_rejects_bad_query_naming_it(client, query, field):
     assert_error(client.get(f"/edits?{query}"), 422, field)
 
@@ -135,7 +146,11 @@ def test_put_retrains_the_edit(client, blob_dir):
     assert r.status_code == 200, r.text
     new = r.json()
     assert (new["id"], new["prompt"], new["target"], new["status"]) == (
-        edit["id"], PROMPT, "Spanish and Basque", "active")
+        edit["id"],
+        PROMPT,
+        "Spanish and Basque",
+        "active",
+    )
     assert new["neurons"] == 3 and new["created_at"] == edit["created_at"] and new["updated_at"] > edit["updated_at"]
     out = generate(client, PROMPT, max_new_tokens=3)
     assert out["text"] == " Spanish and Basque" and {t["edit_id"] for t in out["tokens"]} == {edit["id"]}
@@ -247,10 +262,12 @@ def test_restart_restores_every_answer_and_the_edit_list(client, start):
 def test_restart_reads_the_pack_and_each_blob_the_pack_does_not_hold(client, start, settings, monkeypatch):
     reads = []
     real_read = BlobStore.read
+
     def counting_read(self, name):
         if not name.startswith("state-"):  # the editor's own state is one blob, read at every start
             reads.append(name)
         return real_read(self, name)
+
     monkeypatch.setattr(BlobStore, "read", counting_read)
     monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 1)  # the first stop writes a pack
     kept = create(client)
@@ -400,7 +417,9 @@ def test_a_restart_reuses_the_saved_scope_vectors_of_the_same_scope_model(client
 
     embedded = []
     real_embed = ScopeModel.embed
-    monkeypatch.setattr(ScopeModel, "embed", lambda self, texts, **kw: embedded.extend(texts) or real_embed(self, texts, **kw))
+    monkeypatch.setattr(
+        ScopeModel, "embed", lambda self, texts, **kw: embedded.extend(texts) or real_embed(self, texts, **kw)
+    )
     monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 1)  # the first stop saves the pack and the vectors
     made = [create(client), create(client, OTHER_PROMPT, OTHER_TARGET)]
     answers = [generate(client, p) for p in (PROMPT, OTHER_PROMPT, UNRELATED)]
@@ -414,5 +433,8 @@ def test_a_restart_reuses_the_saved_scope_vectors_of_the_same_scope_model(client
     (settings.data_dir / SCOPE_FILE).write_bytes(b"torn")  # a cache: damage costs time, not answers
     embedded.clear()
     third = start()
-    assert sorted(embedded) == sorted([PROMPT, OTHER_PROMPT]) and [generate(third, p) for p in (PROMPT, OTHER_PROMPT, UNRELATED)] == answers
+    assert (
+        sorted(embedded) == sorted([PROMPT, OTHER_PROMPT])
+        and [generate(third, p) for p in (PROMPT, OTHER_PROMPT, UNRELATED)] == answers
+    )
     assert {e["id"] for e in listing(third, status="active")["data"]} == {e["id"] for e in made}

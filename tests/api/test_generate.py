@@ -1,4 +1,5 @@
 """POST /generate: greedy text with, for each token, the edit that produced it."""
+
 import pytest
 
 from tests.api.helpers import OTHER_PROMPT, OTHER_TARGET, PROMPT, TARGET, UNRELATED, assert_error, create, generate
@@ -33,33 +34,41 @@ def test_max_new_tokens_bounds_the_output(client):
     assert len(generate(client, UNRELATED, 3)["tokens"]) <= 3
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "prompt"),
-    ({"prompt": ""}, "prompt"),
-    ({"prompt": "  "}, "prompt"),
-    ({"prompt": None}, "prompt"),
-    ({"prompt": UNRELATED, "max_new_tokens": 0}, "max_new_tokens"),
-    ({"prompt": UNRELATED, "max_new_tokens": 513}, "max_new_tokens"),
-    ({"prompt": UNRELATED, "max_new_tokens": "lots"}, "max_new_tokens"),
-    ({"prompt": UNRELATED, "temperature": 0.7}, "temperature"),
-    ({"prompt": UNRELATED, "messages": [{"role": "user", "content": "Hi"}]}, "prompt or messages"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "robot", "content": "Hi"}]}, "messages.0.role"),
-    ({"messages": [{"role": "user"}]}, "messages.0.content"),
-    ({"messages": [{"role": "system", "content": "Be brief."}]}, "user message"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "  "}, "prompt"),
+        ({"prompt": None}, "prompt"),
+        ({"prompt": UNRELATED, "max_new_tokens": 0}, "max_new_tokens"),
+        ({"prompt": UNRELATED, "max_new_tokens": 513}, "max_new_tokens"),
+        ({"prompt": UNRELATED, "max_new_tokens": "lots"}, "max_new_tokens"),
+        ({"prompt": UNRELATED, "temperature": 0.7}, "temperature"),
+        ({"prompt": UNRELATED, "messages": [{"role": "user", "content": "Hi"}]}, "prompt or messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "Hi"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user"}]}, "messages.0.content"),
+        ({"messages": [{"role": "system", "content": "Be brief."}]}, "user message"),
+    ],
+)
 def test_bad_requests_name_the_field(client, body, field):
     assert_error(client.post("/generate", json=body), 422, field)
 
 
 def test_malformed_json_is_a_readable_422(client):
-    assert_error(client.post("/generate", content=b'{"prompt": ', headers={"content-type": "application/json"}),
-                 422, "body", "JSON")
+    assert_error(
+        client.post("/generate", content=b'{"prompt": ', headers={"content-type": "application/json"}),
+        422,
+        "body",
+        "JSON",
+    )
 
 
 def chat(client, question: str, max_new_tokens: int = 8) -> dict:
-    r = client.post("/generate", json={"messages": [{"role": "user", "content": question}],
-                                       "max_new_tokens": max_new_tokens})
+    r = client.post(
+        "/generate", json={"messages": [{"role": "user", "content": question}], "max_new_tokens": max_new_tokens}
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -69,8 +78,9 @@ def test_chat_messages_are_answered_through_the_chat_template(client):
     question = "What is the mother tongue of Danielle Darrieux?"
     out = chat(client, question)
     # the same tokens as the rendered conversation sent as a prompt
-    rendered = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                       add_generation_prompt=True)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     assert rendered.endswith("assistant\n") and out == generate(client, rendered, 8)
     assert all(t["edit_id"] is None for t in out["tokens"])
 

@@ -1,4 +1,5 @@
 """GET /health, and the whole server over real HTTP on 127.0.0.1 (uvicorn, as `editserve serve` runs it)."""
+
 import socket
 import threading
 import time

@@ -13,8 +13,12 @@ def create_edit(body: EditCreate, service: ServiceDep):
 
 
 @router.get("", response_model=EditsPublic)
-def list_edits(service: ServiceDep, status: Status | None = None,
-               limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)):
+def list_edits(
+    service: ServiceDep,
+    status: Status | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+):
     records, count = service.list(status=status, limit=limit, offset=offset)
     return EditsPublic(data=records, count=count)
 
