@@ -155,3 +155,42 @@ def test_bytes_per_neuron_counts_every_per_slot_buffer(tokenizer):
     adaptor.keys_half = adaptor.keys.half()  # a copy kept per slot is counted too, buffer or not
     assert neuron_bytes(adaptor)[0] == per + 2 * hidden
     editor.close()
+
+
+@pytest.mark.parametrize("method", ["ireva", "serac"])
+def test_the_harness_scores_on_the_servers_answer_path(tokenizer, tmp_path, method):
+    """EditedSystem's teacher-forced predictions, batched and one record at a time, agree with each
+    other and with what the server's own generate() answers; withdrawal restores the unedited path."""
+    from editors.edited import Query
+    from evaluation.edited_system import EditedSystem
+
+    backbone = tiny_backbone("llama", tokenizer, seed=5)
+    records = [
+        datasets.Record(p, t, p, "", "", "")
+        for p, t in [(PROMPTS[0], "English and French"), (PROMPTS[1], "Herman Melville"), (PROMPTS[2], "Rome")]
+    ]
+    system = EditedSystem(
+        backbone,
+        method,
+        batch_size=2,
+        cache_dir=tmp_path,
+        overrides={"scope.use_trained": "false", "use_adapter": "false"}
+        if method == "serac"
+        else {"scope.use_trained": "false"},
+    )
+    system.insert_all(records)
+    cs = CaseSet.build(tokenizer, [r.prompt for r in records], [r.target for r in records])
+    batched = system.predict(cs, None)
+    for k, r in enumerate(records):
+        assert system.predict_one(k, cs) == batched[k]
+        served = system.model.generate(Query.prompt(r.prompt), len(cs.target_ids[k]))
+        if method == "ireva":  # the neurons write the target; teacher forcing sees exactly that
+            assert [p for p, _ in batched[k]] == cs.target_ids[k] == served.token_ids
+        assert {owner for _, owner in served.tokens} == {system.ids[k]}
+    other = CaseSet.build(tokenizer, ["Photosynthesis turns sunlight into"], ["sugar"])
+    assert system.predict(other, [["base kept"]]) == [["base kept"]]  # in no edit's scope: the unedited base
+    withdrawn = system.predict_withdrawn(0, cs, None)[0]
+    plain = next_tokens(backbone, [cs.prompt_ids[0] + cs.target_ids[0][:i] for i in range(len(cs.target_ids[0]))])
+    assert [p for p, _ in withdrawn] == plain.tolist()
+    assert system.predict_one(0, cs) == batched[0]  # put back
+    system.close()
