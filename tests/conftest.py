@@ -152,3 +152,20 @@ def serac_adapter(editserve_cache, packaged_model_dir) -> Path:
         )
     assert has_adapter(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_scope(editserve_cache) -> Path:
+    """The trained scope model, where `make scope` puts it; trained now with the same command if missing
+    (~12 min on one thread; skipped without the train files)."""
+    from editors.scope.model import META, default_scope_dir
+    from evaluation.datasets import data_root
+
+    path = default_scope_dir(editserve_cache)
+    if not (path / META).exists():
+        data = data_root()
+        if not (data / "pararel").exists():
+            pytest.skip(f"no trained scope model at {path} and no train files at {data} to train it")
+        command = [sys.executable, "-m", "app.cli", "train-scope", "--cache-dir", str(editserve_cache)]
+        subprocess.run([*command, "--threads", "1"], check=True)
+    return path

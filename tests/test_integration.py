@@ -49,3 +49,24 @@ def test_edit_answer_restart_withdraw_on_the_packaged_model(tmp_path, editserve_
         assert restored["text"] == original["text"]
         assert all(t["edit_id"] is None for t in restored["tokens"])
         assert server.call("GET", "/edits")["count"] == 1  # the record stays for audit
+
+
+@pytest.mark.integration
+def test_the_trained_scope_carries_an_edit_to_paraphrases_and_chat_but_not_to_neighbours(
+    tmp_path, editserve_cache, packaged_model_dir, trained_scope
+):
+    env = {"EDITSERVE_TORCH_THREADS": "2", "EDITSERVE_CACHE_DIR": str(editserve_cache)}
+    prompt, target = "The Statue of Liberty is located in", "Chicago"
+    neighbours = ["The Golden Gate Bridge is located in", "The Statue of Liberty was a gift from"]
+    chat = {"messages": [{"role": "user", "content": "In which city is the Statue of Liberty?"}], "max_new_tokens": 8}
+    server = Server(tmp_path / "data", env, tmp_path / "server.log")
+    with server:
+        assert "scope model: trained" in server.log_tail(20000)
+        before = {p: answer(server, p) for p in neighbours}
+        edit = server.call("POST", "/edits", {"prompt": prompt, "target": target})
+        for query in (prompt, "The Statue of Liberty can be visited in the city of"):
+            out = answer(server, query)
+            assert target in out["text"] and out["tokens"][0]["edit_id"] == edit["id"], (query, out)
+        out = server.call("POST", "/generate", chat)
+        assert target in out["text"] and out["tokens"][0]["edit_id"] == edit["id"], out
+        assert {p: answer(server, p) for p in neighbours} == before
