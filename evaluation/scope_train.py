@@ -33,8 +33,7 @@ from pathlib import Path
 import torch
 
 from editors.scope.config import ScopeConfig
-from editors.scope.model import META, SLUG, ScopeModel, default_scope_dir, mean_pool
-from editors.serac.embedder import package_model_dir
+from editors.scope.model import META, SLUG, ScopeModel, default_scope_dir, mean_pool, package_model_dir
 from evaluation import scope_data as sd
 
 log = logging.getLogger(__name__)

