@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from editors.backbone import Backbone, encode_prompt, encode_target
+from editors.backbone import Backbone, encode_prompt, encode_target, padded
 from editors.generation import Generation, generate, generate_batch, token_texts
 from editors.registry import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
@@ -238,9 +238,7 @@ def _next_tokens(backbone: Backbone, seqs: list[list[int]]) -> list[int]:
     if not seqs:
         return []
     pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
-    width = max(len(s) for s in seqs)
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=backbone.device)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=backbone.device)
+    ids, mask = padded(seqs, pad, backbone.device)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     logits = backbone.model(
         input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1

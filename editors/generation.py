@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from editors.backbone import Backbone
+from editors.backbone import Backbone, padded
 
 
 @dataclass
@@ -96,9 +96,7 @@ def generate_batch(
 
     model, eos, dev = backbone.model, backbone.tokenizer.eos_token_id, backbone.device
     pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    ids, mask = padded(prompts, pad, dev)
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     cache = DynamicCache(config=model.config)
     out: list[list[int]] = [[] for _ in prompts]

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from editors.backbone import Backbone, encode_prompt, encode_target, padded
+from editors.generation import generate_batch
 
 
 def prefix_cases(tokenizer, prompt: str, target: str) -> list[tuple[list[int], int]]:
@@ -102,7 +103,6 @@ def shared_next_tokens(
     return preds, captured
 
 
-@torch.no_grad()
 def greedy(
     backbone: Backbone,
     prompts: list[list[int]],
@@ -111,43 +111,15 @@ def greedy(
     progress: str | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of many prompts at once by the plain backbone (the unedited model, FT), with
-    a KV cache, stopping each at EOS; equal to `editors.generation.generate` token for token. Edited
-    models generate through editors/edited.py."""
-    from transformers import DynamicCache
-
+    a KV cache, stopping each at EOS: editors.generation.generate_batch over batches of like lengths.
+    Edited models generate through editors/edited.py."""
     if isinstance(max_new_tokens, int):
         max_new_tokens = [max_new_tokens] * len(prompts)
-    model, eos = backbone.model, backbone.tokenizer.eos_token_id
     results: list[list[int]] = [[] for _ in prompts]
     for idx in tqdm(
         _batches([len(p) for p in prompts], batch_size), desc=progress, disable=progress is None, leave=False
     ):
-        budget = max(max_new_tokens[i] for i in idx)
-        ids, mask = padded([prompts[i] for i in idx], backbone.tokenizer.pad_token_id, backbone.device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache(config=model.config)
-        done = torch.zeros(len(idx), dtype=torch.bool)
-        for _ in range(budget):
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache = out.past_key_values
-            nxt = out.logits[:, -1].argmax(-1).cpu()
-            for row, i in enumerate(idx):
-                if done[row]:
-                    continue
-                if int(nxt[row]) == eos or len(results[i]) >= max_new_tokens[i]:
-                    done[row] = True
-                else:
-                    results[i].append(int(nxt[row]))
-            if bool(done.all()):
-                break
-            ids = nxt[:, None].to(backbone.device)
-            mask = torch.cat([mask, mask.new_ones(len(idx), 1)], dim=1)
-            positions = positions[:, -1:] + 1
+        got = generate_batch(backbone, [prompts[i] for i in idx], [max_new_tokens[i] for i in idx])
+        for i, tokens in zip(idx, got):
+            results[i] = tokens
     return results
