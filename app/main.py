@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.main import api_router
 from app.core.config import Settings
@@ -39,20 +40,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
-        return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+        status = 400 if exc.status_code == 422 and _openai(request) else exc.status_code
+        return _error(request, status, str(exc), code=getattr(exc, "code", None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         # One readable sentence naming each bad field, e.g. "max_new_tokens: Input should be less than
         # or equal to 512", instead of pydantic's list of dicts.
-        problems = []
+        problems, params = [], []
         for err in exc.errors():
             if err["type"] == "json_invalid":
                 problems.append(f"body: invalid JSON ({err.get('ctx', {}).get('error', err['msg'])})")
                 continue
             loc = [str(part) for part in err["loc"] if part not in ("body", "query", "path")]
             name = ".".join(loc) or ".".join(str(part) for part in err["loc"])
+            params.append(name)
             problems.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
-        return JSONResponse(status_code=422, content={"detail": "; ".join(problems)})
+        # The OpenAI API answers a bad parameter with 400; the native routes keep FastAPI's 422.
+        status = 400 if _openai(request) else 422
+        return _error(request, status, "; ".join(problems), param=params[0] if params else None)
 
     return app
+
+
+def _openai(request: Request) -> bool:
+    return request.url.path == "/v1" or request.url.path.startswith("/v1/")
+
+
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 409: "conflict_error"}
+
+
+def _error(request: Request, status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
+    """The native routes answer {"detail": message}; the /v1 routes the OpenAI error object."""
+    if not _openai(request):
+        return JSONResponse(status_code=status, content={"detail": message}, headers=headers)
+    kind = "server_error" if status >= 500 else ERROR_TYPES.get(status, "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(status_code=status, content=body, headers=headers)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from editors.generation import Sampling
 from storage.models import STATUSES
 
 Status = Literal[STATUSES]
@@ -74,7 +75,38 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class GenerateRequest(BaseModel):
+MAX_STOPS = 4
+
+
+class SamplingFields(BaseModel):
+    """How tokens are chosen and when an answer ends; the same fields on every generating route."""
+
+    temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None  # with temperature > 0: the same seed, the same answer
+    stop: str | list[str] | None = None  # up to 4 strings that end the answer (not included in it)
+    edits: Literal["all", "none"] = "all"  # "none": answer as the unedited model, to compare
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        items = [value] if isinstance(value, str) else value
+        if items is not None:
+            if len(items) > MAX_STOPS:
+                raise ValueError(f"at most {MAX_STOPS} stop strings")
+            if any(s == "" for s in items):
+                raise ValueError("a stop string must not be empty")
+        return value
+
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def sampling(self, logprobs: int | None = None, seed_offset: int = 0) -> Sampling:
+        seed = self.seed + seed_offset if self.seed is not None else None
+        return Sampling(self.temperature, self.top_p, seed, logprobs)
+
+
+class GenerateRequest(SamplingFields):
     """Either `prompt` (continued as it is) or `messages` (a chat, rendered with the model's own
     chat template and answered as the assistant's next turn)."""
 
@@ -83,6 +115,7 @@ class GenerateRequest(BaseModel):
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     max_new_tokens: int = Field(16, ge=1, le=MAX_NEW_TOKENS)
+    stream: bool = False  # text/event-stream: one event per token, then the end
 
     _check = field_validator("prompt")(_not_blank)
 
@@ -103,6 +136,7 @@ class TokenPublic(BaseModel):
 class GenerateResponse(BaseModel):
     text: str
     tokens: list[TokenPublic]
+    finish_reason: Literal["stop", "length"]  # stop: the model ended or a stop string came
 
 
 class Health(BaseModel):

@@ -9,14 +9,16 @@ fires); edit E -> E's own method answers, reading what it reads (`reads`), in it
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from editors.backbone import Backbone, encode_prompt, encode_target, padded
-from editors.generation import Generation, generate, generate_batch, token_texts
+from editors.generation import GREEDY, Generation, Sampling, generate_batch, steps, token_texts
 from editors.registry import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
+from editors.text_stream import End, Piece, text_pieces
 
 
 @dataclass(frozen=True)
@@ -133,23 +135,41 @@ class EditedModel:
         with self.lock:
             return self.scope.decide([q.about for q in queries])
 
-    @torch.no_grad()
-    def generate(self, query: Query, max_new_tokens: int = 16, edits: bool = True) -> Generation:
-        """Greedy answer to one query; `edits=False` answers as the unedited model."""
-        ids = encode_prompt(self.backbone.tokenizer, query.text)
+    def stream(
+        self,
+        query: Query,
+        max_new_tokens: int = 16,
+        edits: bool = True,
+        sampling: Sampling = GREEDY,
+        stop: tuple[str, ...] = (),
+    ) -> Iterator[Piece | End]:
+        """The answer to one query, piece by piece, then its End; `edits=False` answers as the
+        unedited model. The model's lock is held from the first piece to the End (or until the
+        iterator is closed), so the whole answer sees one edit set: iterate it in one thread."""
+        tok = self.backbone.tokenizer
+        ids = encode_prompt(tok, query.text)
         with self.lock:
             decision = self.scope.decide([query.about])[0] if edits else None
             if decision is None:
-                return generate(self.backbone, ids, max_new_tokens)
+                run = steps(self.backbone, ids, max_new_tokens, sampling=sampling)
+                yield from text_pieces(tok, run, len(ids), max_new_tokens, stop)
+                return
             editor = self.editors[decision.method]
             with editor.lock, editor.context():
-                gen = generate(
-                    self.backbone,
-                    editor.reads(decision.edit_id, ids, query.about),
-                    max_new_tokens,
-                    editor.steer([decision.edit_id]),
-                )
-        return first_line(gen) if editor.answer_line_only else gen
+                reads = editor.reads(decision.edit_id, ids, query.about)
+                run = steps(self.backbone, reads, max_new_tokens, editor.steer([decision.edit_id]), sampling=sampling)
+                yield from text_pieces(tok, run, len(ids), max_new_tokens, stop, editor.answer_line_only)
+
+    def generate(
+        self,
+        query: Query,
+        max_new_tokens: int = 16,
+        edits: bool = True,
+        sampling: Sampling = GREEDY,
+        stop: tuple[str, ...] = (),
+    ) -> Generation:
+        """The whole answer to one query (greedy unless `sampling` says otherwise)."""
+        return collect(self.stream(query, max_new_tokens, edits, sampling, stop))
 
     def generate_many(
         self, queries: list[Query], budgets: list[int], edits: bool = True, batch_size: int = 16
@@ -244,6 +264,22 @@ def _next_tokens(backbone: Backbone, seqs: list[list[int]]) -> list[int]:
         input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
     ).logits
     return logits[:, -1].argmax(-1).tolist()
+
+
+def collect(stream: Iterator[Piece | End]) -> Generation:
+    pieces, end = [], None
+    for item in stream:
+        if isinstance(item, End):
+            end = item
+        else:
+            pieces.append(item)
+    return Generation(
+        "".join(p.text for p in pieces),
+        [p.token_id for p in pieces],
+        [(p.text, p.edit_id) for p in pieces],
+        pieces=pieces,
+        end=end,
+    )
 
 
 def first_line(gen: Generation) -> Generation:

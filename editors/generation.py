@@ -9,6 +9,7 @@ values of that position are the unedited ones, as a full forward over the text w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,6 +24,8 @@ class Generation:
     text: str
     token_ids: list[int] = field(default_factory=list)
     tokens: list[tuple[str, str | None]] = field(default_factory=list)  # (text, edit id or None)
+    pieces: list | None = None  # text_stream.Piece per token, with log-probabilities when asked for
+    end: object | None = None  # text_stream.End: why the answer ended, token counts
 
 
 class Steering(Protocol):
@@ -46,23 +49,81 @@ def _step(model, ids: torch.Tensor, cache, start: int):
     return out.logits[0, -1], out.past_key_values
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How each next token is chosen: the most likely one at temperature 0 (greedy, the default);
+    otherwise drawn from the softmax at `temperature`, kept to the smallest set of tokens whose
+    probability reaches `top_p`, from a generator seeded with `seed` (the same seed, the same draw).
+    `logprobs`: also report the chosen token's log-probability under the model and this many of the
+    most likely alternatives (None: none)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    logprobs: int | None = None
+
+
+GREEDY = Sampling()
+
+
+@dataclass
+class Step:
+    token_id: int
+    edit_id: str | None
+    logprob: float | None = None
+    top: list[tuple[int, float]] | None = None  # the most likely tokens and their log-probabilities
+
+
+class Chooser:
+    def __init__(self, sampling: Sampling):
+        self.sampling = sampling
+        self.rng = None
+        if sampling.temperature > 0:
+            # Drawn on the CPU, so a seed gives the same tokens on any device.
+            self.rng = torch.Generator()
+            self.rng.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
+
+    def __call__(self, logits: torch.Tensor, edit_id: str | None) -> Step:
+        s = self.sampling
+        logits = logits.float().cpu()
+        if self.rng is None:
+            token = int(logits.argmax())
+        else:
+            probs = torch.softmax(logits / s.temperature, -1)
+            if s.top_p < 1.0:
+                sorted_p, order = probs.sort(descending=True)
+                # every token before the mass reaches top_p, and the one that reaches it
+                keep = sorted_p.cumsum(-1) - sorted_p < s.top_p
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+            token = int(torch.multinomial(probs, 1, generator=self.rng))
+        if s.logprobs is None:
+            return Step(token, edit_id)
+        logp = torch.log_softmax(logits, -1)
+        top = logp.topk(s.logprobs) if s.logprobs > 0 else None
+        alternatives = list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []
+        return Step(token, edit_id, float(logp[token]), alternatives)
+
+
 @torch.no_grad()
-def generate(
+def steps(
     backbone: Backbone,
     ids: list[int],
     max_new_tokens: int = 16,
     steering: Steering | None = None,
     attribute_to: str | None = None,
-) -> Generation:
-    """Greedy continuation of the token ids `ids`. Each token names the edit `steering` says wrote it,
-    or `attribute_to` for every token (a method whose whole answer comes from one edit)."""
+    sampling: Sampling = GREEDY,
+) -> Iterator[Step]:
+    """The continuation of the token ids `ids`, one token at a time, until EOS (not yielded) or
+    `max_new_tokens`. Each token names the edit `steering` says wrote it, or `attribute_to` (a method
+    whose whole answer comes from one edit). Closing the iterator early undoes the steering."""
     from transformers import DynamicCache
 
-    model, tok = backbone.model, backbone.tokenizer
+    model, eos = backbone.model, backbone.tokenizer.eos_token_id
     cache = DynamicCache(config=model.config)
     relay = steering is not None and steering.without_edit() is not None
+    choose = Chooser(sampling)
     pending = torch.tensor([ids], device=backbone.device)
-    length, out_ids, owners = 0, [], []
+    length, out_ids = 0, []
     try:
         for _ in range(max_new_tokens):
             writer = steering.step([out_ids])[0] if steering is not None else None
@@ -72,17 +133,28 @@ def generate(
                 with steering.without_edit():
                     _step(model, pending[:, -1:], cache, length + pending.shape[1] - 1)
             length += pending.shape[1]
-            nxt = int(logits.argmax())
-            if nxt == tok.eos_token_id:
-                break
-            out_ids.append(nxt)
-            owners.append(attribute_to if attribute_to is not None else writer)
-            pending = torch.tensor([[nxt]], device=backbone.device)
+            step = choose(logits, attribute_to if attribute_to is not None else writer)
+            if step.token_id == eos:
+                return
+            out_ids.append(step.token_id)
+            yield step
+            pending = torch.tensor([[step.token_id]], device=backbone.device)
     finally:
         if steering is not None:
             steering.close()
-    pieces = token_texts(tok, out_ids)
-    return Generation(text="".join(pieces), token_ids=out_ids, tokens=list(zip(pieces, owners)))
+
+
+def generate(
+    backbone: Backbone,
+    ids: list[int],
+    max_new_tokens: int = 16,
+    steering: Steering | None = None,
+    attribute_to: str | None = None,
+) -> Generation:
+    """Greedy continuation of `ids`, whole (steps() collected)."""
+    got = list(steps(backbone, ids, max_new_tokens, steering, attribute_to))
+    pieces = token_texts(backbone.tokenizer, [s.token_id for s in got])
+    return Generation("".join(pieces), [s.token_id for s in got], list(zip(pieces, [s.edit_id for s in got])))
 
 
 @torch.no_grad()

@@ -11,10 +11,13 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
@@ -71,6 +74,25 @@ def start(settings):
 @pytest.fixture
 def client(start) -> TestClient:
     return start()
+
+
+@pytest.fixture
+def live_url(settings):
+    """The app on a real uvicorn on 127.0.0.1 (a thread of this process, so tests can still reach
+    into it), for clients that speak real HTTP; stopped at the end."""
+    from evaluation.server import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", server.config.app
+    server.should_exit = True
+    thread.join(60)
 
 
 @pytest.fixture

@@ -70,3 +70,29 @@ def test_the_trained_scope_carries_an_edit_to_paraphrases_and_chat_but_not_to_ne
         out = server.call("POST", "/generate", chat)
         assert target in out["text"] and out["tokens"][0]["edit_id"] == edit["id"], out
         assert {p: answer(server, p) for p in neighbours} == before
+
+
+@pytest.mark.integration
+def test_the_openai_client_sees_an_edit_in_a_chat_answer(tmp_path, editserve_cache, packaged_model_dir, trained_scope):
+    """The official client against `editserve serve`: a chat question about an edited fact is answered
+    with it (streamed and whole), the choice names the edit, and `edits: none` shows the model's own."""
+    import openai
+
+    env = {"EDITSERVE_TORCH_THREADS": "2", "EDITSERVE_CACHE_DIR": str(editserve_cache)}
+    with Server(tmp_path / "data", env, tmp_path / "server.log") as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=300)
+        (model,) = [m.id for m in client.models.list().data]
+        question = [{"role": "user", "content": "Where is the Statue of Liberty?"}]
+
+        def ask(**extra):
+            return client.chat.completions.create(model=model, messages=question, max_tokens=24, temperature=0, **extra)
+
+        own = ask().choices[0]
+        assert "Chicago" not in own.message.content
+        edit = server.call("POST", "/edits", {"prompt": "The Statue of Liberty is located in", "target": "Chicago"})
+
+        edited = ask().choices[0]
+        assert "Chicago" in edited.message.content and edited.model_extra["edits"] == [edit["id"]]
+        streamed = list(ask(stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == edited.message.content
+        assert ask(extra_body={"edits": "none"}).choices[0].message.content == own.message.content

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")  # SQLite file + neuron blobs: everything that makes edits persist
     cache_dir: Path = Path("~/.cache/editserve")  # converted models, shared by all data dirs
     model: str = DEFAULT_MODEL  # the packaged SmolLM2, a local transformers dir, or a hub id
+    served_model_name: str | None = None  # the model id on /v1; None: the model's name without "packaged:"
     host: str = "127.0.0.1"
     port: int = 8000
     device: str | None = None  # None: CUDA when available, else CPU

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 
 import torch
 
 from app.core.config import Settings
 from editors.backbone import Backbone, load_backbone
 from editors.edited import EditedModel, Query, Restore
-from editors.generation import Generation
+from editors.generation import GREEDY, Generation, Sampling
 from editors.registry import METHODS, Editor, Method
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
+from editors.text_stream import End, Piece
 from storage.models import ACTIVE, WITHDRAWN, EditRecord
 from storage.repository import Repository
 
@@ -58,6 +61,8 @@ class EditingService:
         self._writes = threading.Lock()  # one change at a time, across methods and the store
         self._packer: threading.Thread | None = None
         self._blobs_written = 0  # since start: blobs the pack does not hold
+        self.model_id = settings.served_model_name or settings.model.removeprefix("packaged:")
+        self.started_at = int(time.time())
 
     # -- start and stop ----------------------------------------------------------------------------
     @classmethod
@@ -281,8 +286,35 @@ class EditingService:
             )
 
     # -- generation --------------------------------------------------------------------------------
-    def generate(self, query: Query, max_new_tokens: int) -> Generation:
-        return self.model.generate(query, max_new_tokens)
+    def generate(
+        self,
+        query: Query,
+        max_new_tokens: int,
+        edits: bool = True,
+        sampling: Sampling = GREEDY,
+        stop: tuple[str, ...] = (),
+    ) -> Generation:
+        return self.model.generate(query, max_new_tokens, edits, sampling, stop)
+
+    def stream(
+        self,
+        query: Query,
+        max_new_tokens: int,
+        edits: bool = True,
+        sampling: Sampling = GREEDY,
+        stop: tuple[str, ...] = (),
+    ) -> Iterator[Piece | End]:
+        """The answer piece by piece; iterate it in one thread (app/api/streaming.py)."""
+        return self.model.stream(query, max_new_tokens, edits, sampling, stop)
+
+    def query(self, prompt: str | None, messages: list[dict] | None) -> Query:
+        """A request's prompt, or its chat rendered with the model's chat template."""
+        if prompt is not None:
+            return Query.prompt(prompt)
+        try:
+            return Query.chat(self.backbone.tokenizer, messages)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from exc
 
 
 def _open_editor(

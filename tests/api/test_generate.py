@@ -1,4 +1,7 @@
-"""POST /generate: greedy text with, for each token, the edit that produced it."""
+"""POST /generate: text with, for each token, the edit that produced it; sampling, stop strings,
+streaming and the unedited comparison."""
+
+import json
 
 import pytest
 
@@ -9,7 +12,8 @@ def test_unedited_model_names_no_edit(client):
     r = client.post("/generate", json={"prompt": UNRELATED})
     assert r.status_code == 200, r.text
     out = r.json()
-    assert set(out) == {"text", "tokens"}
+    assert set(out) == {"text", "tokens", "finish_reason"}
+    assert out["finish_reason"] in ("stop", "length")
     assert 1 <= len(out["tokens"]) <= 16  # the default max_new_tokens, less if the model stops
     assert "".join(t["text"] for t in out["tokens"]) == out["text"]
     assert all(t["edit_id"] is None for t in out["tokens"])
@@ -44,7 +48,12 @@ def test_max_new_tokens_bounds_the_output(client):
         ({"prompt": UNRELATED, "max_new_tokens": 0}, "max_new_tokens"),
         ({"prompt": UNRELATED, "max_new_tokens": 513}, "max_new_tokens"),
         ({"prompt": UNRELATED, "max_new_tokens": "lots"}, "max_new_tokens"),
-        ({"prompt": UNRELATED, "temperature": 0.7}, "temperature"),
+        ({"prompt": UNRELATED, "temperature": 2.5}, "temperature"),
+        ({"prompt": UNRELATED, "top_p": 0}, "top_p"),
+        ({"prompt": UNRELATED, "stop": ""}, "stop"),
+        ({"prompt": UNRELATED, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"prompt": UNRELATED, "edits": "some"}, "edits"),
+        ({"prompt": UNRELATED, "stream": "yes please"}, "stream"),
         ({"prompt": UNRELATED, "messages": [{"role": "user", "content": "Hi"}]}, "prompt or messages"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "Hi"}]}, "messages.0.role"),
@@ -95,3 +104,77 @@ def test_an_edit_reaches_a_chat_question_about_its_fact_and_names_itself(client)
     assert chat(client, "Photosynthesis turns sunlight into what?") == other
     client.delete(f"/edits/{edit['id']}")
     assert all(t["edit_id"] is None for t in chat(client, "What is the mother tongue of Danielle Darrieux?")["tokens"])
+
+
+def _post(client, **body) -> dict:
+    r = client.post("/generate", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_sampling_follows_its_seed_and_greedy_stays_the_default(client):
+    greedy = _post(client, prompt=UNRELATED, max_new_tokens=12)
+    assert _post(client, prompt=UNRELATED, max_new_tokens=12, temperature=0) == greedy
+    draws = [_post(client, prompt=UNRELATED, max_new_tokens=12, temperature=1.5, seed=s)["text"] for s in range(4)]
+    assert draws != [greedy["text"]] * 4  # a random tiny model at temperature 1.5 is not greedy
+    again = [_post(client, prompt=UNRELATED, max_new_tokens=12, temperature=1.5, seed=s)["text"] for s in range(4)]
+    assert again == draws
+    # top_p this small keeps only the most likely token: greedy again
+    assert _post(client, prompt=UNRELATED, max_new_tokens=12, temperature=1.5, top_p=1e-6, seed=3) == greedy
+
+
+def test_a_stop_string_ends_the_answer_before_it(client):
+    whole = _post(client, prompt=UNRELATED, max_new_tokens=16)
+    assert whole["finish_reason"] == "length" and len(whole["text"]) > 6
+    stop = whole["text"][4:7]
+    cut = _post(client, prompt=UNRELATED, max_new_tokens=16, stop=["never there", stop])
+    assert cut["finish_reason"] == "stop"
+    assert cut["text"] == whole["text"][: whole["text"].index(stop)]
+    assert "".join(t["text"] for t in cut["tokens"]) == cut["text"]
+
+
+def _events(response) -> list:
+    assert response.headers["content-type"].startswith("text/event-stream")
+    chunks = [c for c in response.text.split("\n\n") if c]
+    assert chunks[-1] == "data: [DONE]" and all(c.startswith("data: ") for c in chunks)
+    return [json.loads(c.removeprefix("data: ")) for c in chunks[:-1]]
+
+
+def test_a_stream_sends_each_token_with_its_edit_then_the_end(client):
+    edit = create(client)
+    for prompt in (PROMPT, UNRELATED):
+        whole = _post(client, prompt=prompt, max_new_tokens=6)
+        events = _events(client.post("/generate", json={"prompt": prompt, "max_new_tokens": 6, "stream": True}))
+        tokens, end = events[:-1], events[-1]
+        assert [{"text": t["text"], "edit_id": t["edit_id"]} for t in whole["tokens"]] == tokens
+        assert end == {"finish_reason": whole["finish_reason"], "text": whole["text"]}
+    assert (
+        tokens[0]["edit_id"] is None
+        and _events(client.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 2, "stream": True}))[0][
+            "edit_id"
+        ]
+        == edit["id"]
+    )
+
+
+def test_edits_none_answers_as_the_unedited_model(client):
+    before = _post(client, prompt=PROMPT, max_new_tokens=4)
+    create(client)
+    assert _post(client, prompt=PROMPT, max_new_tokens=4)["text"].startswith(" " + TARGET)
+    assert _post(client, prompt=PROMPT, max_new_tokens=4, edits="none") == before
+
+
+def test_a_failure_inside_a_stream_is_reported_in_it(client, monkeypatch):
+    service = client.app.state.service
+
+    def failing(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("the model fell over")
+
+    monkeypatch.setattr(service.model, "stream", failing)
+    events = _events(client.post("/generate", json={"prompt": UNRELATED, "stream": True}))
+    assert events == [
+        {"error": {"message": "generation failed: RuntimeError: the model fell over", "type": "server_error"}}
+    ]
+    monkeypatch.undo()
+    assert _post(client, prompt=UNRELATED)["text"]  # the server goes on answering

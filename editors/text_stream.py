@@ -1,0 +1,88 @@
+"""Tokens to text as they are generated: per-token pieces, stop strings, and why an answer ended.
+
+A piece is handed out only once no stop string can still begin inside it, so a streamed answer never
+shows text that a stop string later takes back; the pieces of an answer concatenate to its text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from editors.generation import Step
+
+
+@dataclass
+class Piece:
+    text: str  # may be "" for a token that ends inside a multi-byte character (a later one carries it)
+    token_id: int
+    edit_id: str | None
+    logprob: float | None = None
+    top: list[tuple[str, float]] | None = None
+
+
+@dataclass
+class End:
+    finish_reason: str  # "stop": the model ended, or a stop string came; "length": the token budget ran out
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def text_pieces(
+    tokenizer,
+    steps: Iterator[Step],
+    prompt_tokens: int,
+    max_new_tokens: int,
+    stop: tuple[str, ...] = (),
+    line_only: bool = False,
+) -> Iterator[Piece | End]:
+    """The answer's pieces, then its End. `stop`: strings that end the answer (not part of it);
+    `line_only`: the answer also ends at the first newline after some text (a method that answers in
+    one line). Closing this early closes `steps`."""
+    ids: list[int] = []
+    text, emitted, held = "", 0, []
+    hold = max((len(s) for s in stop), default=1) - 1  # a stop string may begin this far back
+    try:
+        for step in steps:
+            ids.append(step.token_id)
+            decoded = tokenizer.decode(ids)
+            piece = ""
+            if not decoded.endswith("\ufffd"):  # not inside a multi-byte character
+                piece, text = decoded[len(text) :], decoded
+            top = [(tokenizer.decode([t]), lp) for t, lp in step.top] if step.top is not None else None
+            held.append(Piece(piece, step.token_id, step.edit_id, step.logprob, top))
+            cut = _cut(text, stop, line_only, max(0, emitted - hold))
+            if cut is not None:
+                yield from _until(held, cut - emitted)
+                yield End("stop", prompt_tokens, len(ids))
+                return
+            while held and emitted + len(held[0].text) <= len(text) - hold:
+                emitted += len(held[0].text)
+                yield held.pop(0)
+        yield from held
+        yield End("length" if len(ids) >= max_new_tokens else "stop", prompt_tokens, len(ids))
+    finally:
+        steps.close()
+
+
+def _cut(text: str, stop: tuple[str, ...], line_only: bool, start: int) -> int | None:
+    """Where the answer ends inside `text`, if it does: the earliest stop string or line end."""
+    ends = [i for i in (text.find(s, start) for s in stop) if i >= 0]
+    if line_only:
+        first_text = len(text) - len(text.lstrip())
+        if first_text < len(text) and (i := text.find("\n", first_text)) >= 0:
+            ends.append(i)
+    return min(ends, default=None)
+
+
+def _until(held: list[Piece], chars: int) -> Iterator[Piece]:
+    """The held pieces that make up the first `chars` characters; a piece cut short is kept only if
+    what remains of it has some text."""
+    for p in held:
+        if chars <= 0:
+            return
+        if len(p.text) <= chars:
+            yield p
+        elif p.text[:chars].strip():
+            yield Piece(p.text[:chars], p.token_id, p.edit_id, p.logprob, p.top)
+        chars -= len(p.text)
