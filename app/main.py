@@ -1,8 +1,14 @@
-"""The FastAPI app: migrate the database, load the model and the stored edits, then serve."""
+"""The FastAPI app. It answers at once; the database migration, the model and the stored edits load
+in a thread meanwhile (GET /health/live is 200 from the start, /health/ready and every route that
+needs the model 503 until they are loaded). A load that fails is logged, reported by /health/ready
+and, under `editserve serve`, ends the process."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -12,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.main import api_router
 from app.core.config import Settings
+from app.core.observability import Metrics, RequestContext
 from app.services.editing import EditingService, ServiceError
 from storage import migrate
 from storage.repository import database_url
@@ -19,29 +26,48 @@ from storage.repository import database_url
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, exit_on_load_failure: bool = False) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics()
+
+    def load(app: FastAPI) -> None:
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            migrate.upgrade(database_url(settings.data_dir))
+            app.state.service = EditingService.start(settings, metrics)
+            metrics.ready.set(1)
+            log.info(
+                "serving %s with methods %s from %s", settings.model, list(app.state.service.editors), settings.data_dir
+            )
+        except BaseException as exc:
+            app.state.load_error = exc
+            log.exception("the server cannot start")
+            if exit_on_load_failure:
+                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down cleanly; the log says why
+        finally:
+            app.state.loaded.set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        migrate.upgrade(database_url(settings.data_dir))
-        app.state.service = EditingService.start(settings)
-        log.info(
-            "serving %s with methods %s from %s", settings.model, list(app.state.service.editors), settings.data_dir
-        )
+        app.state.service, app.state.load_error, app.state.loaded = None, None, threading.Event()
+        loader = threading.Thread(target=load, args=(app,), name="editserve-load", daemon=True)
+        loader.start()
         try:
             yield
         finally:
-            app.state.service.close()
+            loader.join()  # a stop during the load waits for it, then closes what it opened
+            if app.state.service is not None:
+                app.state.service.close()
 
     app = FastAPI(title="editserve", summary="An LM whose knowledge is edited over HTTP", lifespan=lifespan)
+    app.state.metrics = metrics
     app.include_router(api_router)
+    app.add_middleware(RequestContext, metrics=metrics)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
         status = 400 if exc.status_code == 422 and _openai(request) else exc.status_code
-        return _error(request, status, str(exc), code=getattr(exc, "code", None))
+        return _error(request, status, str(exc), code=getattr(exc, "code", None), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -139,6 +139,10 @@ class GenerateResponse(BaseModel):
     finish_reason: Literal["stop", "length"]  # stop: the model ended or a stop string came
 
 
+class Live(BaseModel):
+    status: Literal["ok"]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     model: str

@@ -24,7 +24,7 @@ from app.core.config import Settings
 from app.main import create_app
 from editors.scope.config import ScopeConfig
 from storage.repository import BLOB_DIR, DB_FILE
-from tests.api.helpers import stop
+from tests.api.helpers import stop, wait_ready
 from tests.tiny_models import packaged_tokenizer, tiny_backbone
 
 torch.set_num_threads(1)  # the test machine is shared
@@ -64,6 +64,7 @@ def start(settings):
         client = TestClient(create_app(settings.model_copy(update=overrides)))
         client.__enter__()
         clients.append(client)
+        wait_ready(client.app)
         return client
 
     yield _start
@@ -90,6 +91,7 @@ def live_url(settings):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
+    wait_ready(server.config.app)
     yield f"http://127.0.0.1:{port}", server.config.app
     server.should_exit = True
     thread.join(60)

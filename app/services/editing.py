@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import torch
 
 from app.core.config import Settings
+from app.core.observability import Metrics
 from editors.backbone import Backbone, load_backbone
-from editors.edited import EditedModel, Query, Restore
+from editors.edited import EditedModel, Query, Restore, collect
 from editors.generation import GREEDY, Generation, Sampling
 from editors.registry import METHODS, Editor, Method
 from editors.scope.index import ScopeIndex
@@ -54,8 +55,9 @@ class StorageFailed(ServiceError):
 
 
 class EditingService:
-    def __init__(self, settings: Settings, model: EditedModel, repo: Repository):
+    def __init__(self, settings: Settings, model: EditedModel, repo: Repository, metrics: Metrics | None = None):
         self.settings, self.model, self.repo = settings, model, repo
+        self.metrics = metrics or Metrics()
         self.backbone, self.editors = model.backbone, model.editors
         self.live: dict[str, set[str]] = {name: set() for name in model.editors}  # ids live in each editor
         self._writes = threading.Lock()  # one change at a time, across methods and the store
@@ -66,7 +68,7 @@ class EditingService:
 
     # -- start and stop ----------------------------------------------------------------------------
     @classmethod
-    def start(cls, settings: Settings) -> EditingService:
+    def start(cls, settings: Settings, metrics: Metrics | None = None) -> EditingService:
         """Load the model and the scope model, open every method's editor on this data dir, and load
         the stored edits."""
         if settings.torch_threads:
@@ -85,7 +87,7 @@ class EditingService:
                 editors[name], lost = _open_editor(name, METHODS[name], backbone, settings, repo)
                 if lost:
                     state_lost.add(name)
-            service = cls(settings, EditedModel(backbone, editors, scope), repo)
+            service = cls(settings, EditedModel(backbone, editors, scope), repo, metrics)
             service._restore(state_lost)
         except BaseException:
             repo.close()
@@ -199,7 +201,7 @@ class EditingService:
     def insert(self, method: str, prompt: str, target: str, retrofit: bool = False) -> EditRecord:
         editor = self._editor(method)
         _check_retrofit(editor, retrofit)
-        with self._writes:
+        with self._writes, self.metrics.insert_seconds.time():
             self._refuse_duplicate(prompt)
             edit_id = str(uuid.uuid4())
             tensors = _invalid_input(self.model.insert, method, edit_id, prompt, target, retrofit)
@@ -294,7 +296,7 @@ class EditingService:
         sampling: Sampling = GREEDY,
         stop: tuple[str, ...] = (),
     ) -> Generation:
-        return self.model.generate(query, max_new_tokens, edits, sampling, stop)
+        return collect(self.stream(query, max_new_tokens, edits, sampling, stop))
 
     def stream(
         self,
@@ -305,7 +307,24 @@ class EditingService:
         stop: tuple[str, ...] = (),
     ) -> Iterator[Piece | End]:
         """The answer piece by piece; iterate it in one thread (app/api/streaming.py)."""
-        return self.model.stream(query, max_new_tokens, edits, sampling, stop)
+        return self._counted(self.model.stream(query, max_new_tokens, edits, sampling, stop))
+
+    def _counted(self, items: Iterator[Piece | End]) -> Iterator[Piece | End]:
+        """`items`, counted in the metrics: waiting until the first token, then running; tokens made."""
+        state = self.metrics.waiting
+        state.inc()
+        try:
+            for item in items:
+                if state is self.metrics.waiting:
+                    state.dec()
+                    state = self.metrics.running
+                    state.inc()
+                if isinstance(item, End):
+                    self.metrics.tokens.inc(item.completion_tokens)
+                yield item
+        finally:
+            state.dec()
+            items.close()
 
     def query(self, prompt: str | None, messages: list[dict] | None) -> Query:
         """A request's prompt, or its chat rendered with the model's chat template."""

@@ -8,6 +8,13 @@ GOLD = "Gold has the chemical symbol"
 UNRELATED = "Photosynthesis turns sunlight into"
 
 
+def wait_ready(app, timeout: float = 600.0) -> None:
+    """Until the app's background load is done; raises what made it fail, as a start would."""
+    assert app.state.loaded.wait(timeout), "the app did not load in time"
+    if app.state.load_error is not None:
+        raise app.state.load_error
+
+
 def stop(client: TestClient) -> None:
     """Shut the app down (its lifespan's exit), as a server stop would; safe to call twice."""
     if not getattr(client, "_stopped", False):
