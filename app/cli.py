@@ -10,6 +10,7 @@ import logging
 import sys
 
 DELEGATED = {
+    "edits": ("app.edits_cli", "export a running server's edits as JSON lines, or import such a file"),
     "eval": ("evaluation.cli", "measure edit, paraphrase and locality success on a dataset"),
     "bench": ("evaluation.bench", "measure latency and throughput"),
     "scenario": ("evaluation.scenario", "edit, restart and withdraw over HTTP against a real server process"),
@@ -42,6 +43,7 @@ def serve(host: str | None, port: int | None) -> None:
         create_app(settings, exit_on_load_failure=True),
         host=settings.host,
         port=settings.port,
+        access_log=False,  # the app logs each request itself, with its X-Request-Id and latency
         log_level=settings.log_level,
     )
 

@@ -28,6 +28,7 @@ class EditCreate(BaseModel):
     target: str
     method: str = "ireva"
     retrofit: bool = False
+    subject: str | None = None  # the entity the prompt is about (kept, exported; optional)
 
     _check = field_validator("prompt", "target")(_not_blank)
 
@@ -54,6 +55,7 @@ class EditPublic(BaseModel):
     method: str
     prompt: str
     target: str
+    subject: str | None
     status: Status
     neurons: int
     retrofit: bool
@@ -61,6 +63,38 @@ class EditPublic(BaseModel):
     updated_at: datetime
     withdrawn_at: datetime | None
     error: str | None  # why a corrupt edit is corrupt
+
+
+MAX_PREVIEW_QUERIES = 16
+
+
+class PreviewRequest(EditCreate):
+    """An edit as POST /edits takes it, and what to ask of it besides its prompt."""
+
+    queries: list[str] = Field([], max_length=MAX_PREVIEW_QUERIES)  # prompts, continued as they are
+    questions: list[str] = Field([], max_length=MAX_PREVIEW_QUERIES)  # asked as chat turns
+    max_new_tokens: int = Field(16, ge=1, le=64)
+
+    @field_validator("queries", "questions")
+    @classmethod
+    def _none_blank(cls, values: list[str]) -> list[str]:
+        if any(not v.strip() for v in values):
+            raise ValueError("must not hold an empty string")
+        return values
+
+
+class PreviewAnswer(BaseModel):
+    kind: Literal["prompt", "query", "question", "active edit"]
+    text: str  # what was asked (for an active edit: its prompt)
+    edit_id: str | None = None  # the active edit this is, for kind "active edit"
+    now: str
+    with_edit: str
+    changed: bool
+
+
+class PreviewResponse(BaseModel):
+    answers: list[PreviewAnswer]  # the prompt, then the queries, then the questions
+    affected: list[PreviewAnswer]  # active edits near the prompt whose own answer the edit would change
 
 
 class EditsPublic(BaseModel):

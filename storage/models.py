@@ -44,6 +44,7 @@ class EditRecord(Base):
     method: Mapped[str] = mapped_column(String(32), index=True)
     prompt: Mapped[str] = mapped_column(Text)
     target: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text, default=None)  # the entity the prompt is about, if given
     retrofit: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), index=True, default=ACTIVE)
     neurons: Mapped[int] = mapped_column(Integer, default=0)

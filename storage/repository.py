@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, or_, select
 from sqlalchemy.orm import sessionmaker
 
 from storage.blobs import SUFFIX, BlobStore
@@ -61,10 +61,24 @@ class Repository:
             return s.get(EditRecord, edit_id)
 
     def list(
-        self, status: str | None = None, method: str | None = None, limit: int | None = None, offset: int = 0
+        self,
+        status: str | None = None,
+        method: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        search: str | None = None,
     ) -> tuple[list[EditRecord], int]:
-        """A page of edits, oldest first, and how many match in all."""
+        """A page of edits, oldest first, and how many match in all. `search`: a part of the prompt,
+        target or subject, in any case."""
         query = select(EditRecord)
+        if search:
+            query = query.where(
+                or_(
+                    EditRecord.prompt.icontains(search, autoescape=True),
+                    EditRecord.target.icontains(search, autoescape=True),
+                    EditRecord.subject.icontains(search, autoescape=True),
+                )
+            )
         if status is not None:
             query = query.where(EditRecord.status == status)
         if method is not None:
@@ -213,6 +227,7 @@ class Repository:
         retrofit: bool,
         neurons: int,
         tensors: dict[str, torch.Tensor],
+        subject: str | None = None,
     ) -> EditRecord:
         now = utcnow()
         record = EditRecord(
@@ -220,6 +235,7 @@ class Repository:
             method=method,
             prompt=prompt,
             target=target,
+            subject=subject,
             retrofit=retrofit,
             status=ACTIVE,
             neurons=neurons,

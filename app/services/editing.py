@@ -30,6 +30,7 @@ from storage.repository import Repository
 log = logging.getLogger(__name__)
 
 PACK_AFTER_MISSES = 64  # blobs read one by one at start before a fresh pack is worth writing
+PREVIEW_NEIGHBOURS = 16  # active edits nearest a previewed prompt whose answers are checked
 
 
 class ServiceError(Exception):
@@ -194,11 +195,15 @@ class EditingService:
             raise NotFound(f"edit {edit_id} not found")
         return record
 
-    def list(self, status: str | None = None, limit: int = 100, offset: int = 0) -> tuple[list[EditRecord], int]:
-        return self.repo.list(status=status, limit=limit, offset=offset)
+    def list(
+        self, status: str | None = None, limit: int = 100, offset: int = 0, search: str | None = None
+    ) -> tuple[list[EditRecord], int]:
+        return self.repo.list(status=status, limit=limit, offset=offset, search=search)
 
     # -- changes -----------------------------------------------------------------------------------
-    def insert(self, method: str, prompt: str, target: str, retrofit: bool = False) -> EditRecord:
+    def insert(
+        self, method: str, prompt: str, target: str, retrofit: bool = False, subject: str | None = None
+    ) -> EditRecord:
         editor = self._editor(method)
         _check_retrofit(editor, retrofit)
         with self._writes, self.metrics.insert_seconds.time():
@@ -214,6 +219,7 @@ class EditingService:
                     retrofit=retrofit,
                     neurons=editor.neurons(edit_id),
                     tensors=tensors,
+                    subject=subject,
                 )
             except Exception as exc:
                 self.model.restore(Restore(edit_id, method, prompt, target, None))
@@ -286,6 +292,37 @@ class EditingService:
                 f"prompt: active {existing.method} edit {existing.id} already has this prompt; "
                 f"change it with PUT /edits/{existing.id}"
             )
+
+    def preview(
+        self, method: str, prompt: str, target: str, retrofit: bool, asked: list[Query], max_new_tokens: int
+    ) -> tuple[list[tuple[Generation, Generation]], list[tuple[str, str, Generation, Generation]]]:
+        """What the model answers to `asked` (the first being the prompt) now and with the edit, storing
+        nothing; and the active edits near the prompt whose own prompts the edit would take over, as
+        (id, prompt, answer now, answer with the edit). The trial edit is seen by no other request:
+        changes and answers wait until the preview is done."""
+        editor = self._editor(method)
+        _check_retrofit(editor, retrofit)
+        with self._writes, self.model.lock:
+            self._refuse_duplicate(prompt)
+            near = self.model.scope.nearest(prompt, PREVIEW_NEIGHBOURS)
+            before = [self.model.generate(q, max_new_tokens) for q in asked]
+            trial_id = f"preview-{uuid.uuid4()}"
+            _invalid_input(self.model.insert, method, trial_id, prompt, target, retrofit)
+            try:
+                after = [self.model.generate(q, max_new_tokens) for q in asked]
+                # An answer changes only if the scope model now gives its query to the new edit.
+                decided = self.model.decide([Query.prompt(e.prompt) for e in near])
+                taken = [e for e, d in zip(near, decided) if d is not None and d.edit_id == trial_id]
+                taken_after = [self.model.generate(Query.prompt(e.prompt), max_new_tokens) for e in taken]
+            finally:
+                self.model.restore(Restore(trial_id, method, prompt, target, None))
+            taken_before = [self.model.generate(Query.prompt(e.prompt), max_new_tokens) for e in taken]
+        affected = [
+            (e.edit_id, e.prompt, b, a)
+            for e, b, a in zip(taken, taken_before, taken_after)
+            if b.token_ids != a.token_ids
+        ]
+        return list(zip(before, after)), affected
 
     # -- generation --------------------------------------------------------------------------------
     def generate(

@@ -102,3 +102,13 @@ class ScopeIndex:
             e = self.rows[hit[0]] if hit is not None else None
             out.append(Decision(e.edit_id, e.method, hit[1]) if e is not None and e.live else None)
         return out
+
+    def nearest(self, text: str, k: int) -> list[Entry]:
+        """The live entries whose prompts the scope model's embedding puts nearest to `text`: the edits a
+        new edit of `text` could take queries from (a preview looks at these)."""
+        live = [row for row, e in enumerate(self.rows) if e is not None and e.live]
+        if not live or k <= 0:
+            return []
+        sims = self.matrix[live] @ self.model.embed([text])[0]
+        top = sims.topk(min(k, len(live))).indices.tolist()
+        return [self.rows[live[i]] for i in top]

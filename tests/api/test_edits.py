@@ -438,3 +438,12 @@ def test_a_restart_reuses_the_saved_scope_vectors_of_the_same_scope_model(client
         and [generate(third, p) for p in (PROMPT, OTHER_PROMPT, UNRELATED)] == answers
     )
     assert {e["id"] for e in listing(third, status="active")["data"]} == {e["id"] for e in made}
+
+
+def test_listing_searches_prompt_target_and_subject_in_any_case(client):
+    create(client, subject="Danielle Darrieux")
+    create(client, OTHER_PROMPT, OTHER_TARGET)
+    assert [e["prompt"] for e in listing(client, q="DARRIEUX")["data"]] == [PROMPT]
+    assert [e["prompt"] for e in listing(client, q="canberra")["data"]] == [OTHER_PROMPT]
+    assert listing(client, q="100%_")["count"] == 0  # LIKE wildcards are plain characters here
+    assert listing(client, q="a")["count"] == 2

@@ -1,15 +1,31 @@
-from fastapi import APIRouter, Query
+import json
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import ServiceDep
-from app.schemas import EditCreate, EditPublic, EditsPublic, EditUpdate, Status
+from app.api.streaming import in_own_thread
+from app.schemas import (
+    EditCreate,
+    EditPublic,
+    EditsPublic,
+    EditUpdate,
+    PreviewAnswer,
+    PreviewRequest,
+    PreviewResponse,
+    Status,
+)
+from app.services import bundles
+from app.services.editing import Invalid
+from editors.edited import Query as Asked
 
 router = APIRouter(prefix="/edits", tags=["edits"])
 
 
 @router.post("", status_code=201, response_model=EditPublic)
 def create_edit(body: EditCreate, service: ServiceDep):
-    """Teach the model `prompt` -> `target`. 409 if an active edit of the method has this prompt."""
-    return service.insert(body.method, body.prompt, body.target, retrofit=body.retrofit)
+    """Teach the model `prompt` -> `target`. 409 if an active edit has this prompt."""
+    return service.insert(body.method, body.prompt, body.target, retrofit=body.retrofit, subject=body.subject)
 
 
 @router.get("", response_model=EditsPublic)
@@ -18,9 +34,62 @@ def list_edits(
     status: Status | None = None,
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
+    q: str | None = Query(None, max_length=1000, description="a part of the prompt, target or subject"),
 ):
-    records, count = service.list(status=status, limit=limit, offset=offset)
+    records, count = service.list(status=status, limit=limit, offset=offset, search=q)
     return EditsPublic(data=records, count=count)
+
+
+@router.get("/export", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})
+def export_edits(service: ServiceDep, status: Status | None = None):
+    """Every edit (or those of one status), oldest first, one JSON line each: `prompt`, `target_new`,
+    `subject`, `method`, `status`, `retrofit`, timestamps, `id`. POST /edits/import reads it back."""
+    return StreamingResponse(
+        bundles.export_lines(service, status),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": 'attachment; filename="edits.jsonl"'},
+    )
+
+
+@router.post("/import", responses={200: {"content": {"application/x-ndjson": {}}}})
+async def import_edits(request: Request, service: ServiceDep):
+    """Edits as JSON lines (an export) or a JSON list, inserted line by line. The answer streams one
+    JSON line per input line as it is done — `{"line", "result": "created"|"conflict"|"invalid"|"failed",
+    "id"|"detail"}` — then `{"summary": {…}}`. A line is applied whole or not at all."""
+    try:
+        lines = bundles.parse(await request.body())
+    except ValueError as exc:
+        raise Invalid(str(exc)) from exc
+
+    async def results():
+        async for result in in_own_thread(bundles.import_lines(service, lines)):
+            yield json.dumps(result, ensure_ascii=False) + "\n"
+
+    return StreamingResponse(results(), media_type="application/x-ndjson")
+
+
+@router.post("/preview", response_model=PreviewResponse)
+def preview_edit(body: PreviewRequest, service: ServiceDep):
+    """What the model says now and what it would say with this edit, storing nothing: for the prompt,
+    the `queries` and `questions` given, and the active edits whose answers it would change."""
+    asked = (
+        [("prompt", body.prompt, Asked.prompt(body.prompt))]
+        + [("query", q, Asked.prompt(q)) for q in body.queries]
+        + [("question", q, service.query(None, [{"role": "user", "content": q}])) for q in body.questions]
+    )
+    pairs, affected = service.preview(
+        body.method, body.prompt, body.target, body.retrofit, [a for _, _, a in asked], body.max_new_tokens
+    )
+    return PreviewResponse(
+        answers=[
+            PreviewAnswer(kind=k, text=t, now=b.text, with_edit=a.text, changed=b.token_ids != a.token_ids)
+            for (k, t, _), (b, a) in zip(asked, pairs)
+        ],
+        affected=[
+            PreviewAnswer(kind="active edit", text=p, edit_id=i, now=b.text, with_edit=a.text, changed=True)
+            for i, p, b, a in affected
+        ],
+    )
 
 
 @router.get("/{edit_id}", response_model=EditPublic)
