@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP server (settings: EDITSERVE_* variables)")
     serve.add_argument("--host", help="default EDITSERVE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default EDITSERVE_PORT or 8000")
+    keys = commands.add_parser("keys", help="make an API key: prints the secret and its EDITSERVE_API_KEYS entry")
+    keys.add_argument("name", help="the key's name, recorded as the actor of its edits")
+    keys.add_argument("--scope", choices=("read", "edit", "admin"), default="read")
     for name, (_module, text) in DELEGATED.items():
         commands.add_parser(name, help=f"{text} (see `editserve {name} --help`)", add_help=False)
     return parser
@@ -34,11 +37,23 @@ def serve(host: str | None, port: int | None) -> None:
     import uvicorn
 
     from app.core.config import Settings
+    from app.core.security import is_loopback
     from app.main import create_app
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = Settings().model_copy(update=overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.api_keys and not settings.api_keys_file:
+        if not is_loopback(settings.host):
+            sys.exit(
+                f"editserve serve: refusing to serve on {settings.host} without API keys: anyone who can reach it "
+                "could change what the model says. Set EDITSERVE_API_KEYS (or EDITSERVE_API_KEYS_FILE), "
+                "or serve on 127.0.0.1."
+            )
+        logging.getLogger("editserve").warning(
+            "no API keys configured (EDITSERVE_API_KEYS): open to anyone on this machine, serving on %s only",
+            settings.host,
+        )
     uvicorn.run(
         create_app(settings, exit_on_load_failure=True),
         host=settings.host,
@@ -55,6 +70,12 @@ def main(argv: list[str] | None = None) -> int | None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         serve(args.host, args.port)
+    elif args.command == "keys":
+        from app.core.security import new_key
+
+        secret, entry = new_key(args.name, args.scope)
+        print(f"key (give it to the client; it is not stored): {secret}")
+        print(f"entry (for EDITSERVE_API_KEYS or the keys file): {entry}")
     return 0
 
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api.main import api_router
 from app.core.config import Settings
 from app.core.observability import Metrics, RequestContext
+from app.core.security import KeyRing, load_keys
 from app.services.editing import EditingService, ServiceError
 from storage import migrate
 from storage.repository import database_url
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, exit_on_load_failure: bool = False) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
+    keys = load_keys(settings.api_keys, settings.api_keys_file)
 
     def load(app: FastAPI) -> None:
         try:
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None, exit_on_load_failure: bool = Fa
 
     app = FastAPI(title="editserve", summary="An LM whose knowledge is edited over HTTP", lifespan=lifespan)
     app.state.metrics = metrics
+    app.state.keys = KeyRing(keys) if keys else None
     app.include_router(api_router)
     app.add_middleware(RequestContext, metrics=metrics)
 

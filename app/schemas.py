@@ -63,6 +63,25 @@ class EditPublic(BaseModel):
     updated_at: datetime
     withdrawn_at: datetime | None
     error: str | None  # why a corrupt edit is corrupt
+    created_by: str | None  # the name of the API key that made it (None: the server had no keys)
+    updated_by: str | None
+    withdrawn_by: str | None
+
+
+class EditVersionPublic(BaseModel):
+    version: int  # 1 = as first made
+    prompt: str
+    target: str
+    made_by: str | None
+    made_at: datetime
+    replaced_by: str | None = None  # None for the current version
+    replaced_at: datetime | None = None
+
+
+class EditHistory(BaseModel):
+    edit_id: str
+    status: Status
+    versions: list[EditVersionPublic]  # oldest first; the last is the current one
 
 
 MAX_PREVIEW_QUERIES = 16

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ACTIVE, WITHDRAWN, CORRUPT = "active", "withdrawn", "corrupt"
@@ -55,6 +55,26 @@ class EditRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The names of the API keys that made, last changed and withdrew the edit (None: no keys configured).
+    created_by: Mapped[str | None] = mapped_column(String(128), index=True, default=None)
+    updated_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    withdrawn_by: Mapped[str | None] = mapped_column(String(128), default=None)
+
+
+class EditVersion(Base):
+    """An earlier prompt/target of an edit, kept when PUT replaced it: nothing an edit was is lost."""
+
+    __tablename__ = "edit_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    edit_id: Mapped[str] = mapped_column(String(36), ForeignKey("edits.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)  # 1 = as first made
+    prompt: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)
+    made_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    made_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    replaced_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    replaced_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class EditorState(Base):

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, func, or_, select
 from sqlalchemy.orm import sessionmaker
 
 from storage.blobs import SUFFIX, BlobStore
-from storage.models import ACTIVE, CORRUPT, WITHDRAWN, EditorState, EditRecord, utcnow
+from storage.models import ACTIVE, CORRUPT, WITHDRAWN, EditorState, EditRecord, EditVersion, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,13 @@ class Repository:
         limit: int | None = None,
         offset: int = 0,
         search: str | None = None,
+        created_by: str | None = None,
     ) -> tuple[list[EditRecord], int]:
         """A page of edits, oldest first, and how many match in all. `search`: a part of the prompt,
         target or subject, in any case."""
         query = select(EditRecord)
+        if created_by is not None:
+            query = query.where(EditRecord.created_by == created_by)
         if search:
             query = query.where(
                 or_(
@@ -228,9 +231,12 @@ class Repository:
         neurons: int,
         tensors: dict[str, torch.Tensor],
         subject: str | None = None,
+        actor: str | None = None,
     ) -> EditRecord:
         now = utcnow()
         record = EditRecord(
+            created_by=actor,
+            updated_by=actor,
             id=edit_id,
             method=method,
             prompt=prompt,
@@ -253,29 +259,56 @@ class Repository:
         return record
 
     def retrain(
-        self, edit_id: str, *, prompt: str, target: str, neurons: int, tensors: dict[str, torch.Tensor]
+        self,
+        edit_id: str,
+        *,
+        prompt: str,
+        target: str,
+        neurons: int,
+        tensors: dict[str, torch.Tensor],
+        actor: str | None = None,
     ) -> EditRecord:
-        """New prompt/target and neurons for an edit (it becomes active again if it was corrupt)."""
+        """New prompt/target and neurons for an edit (it becomes active again if it was corrupt); the
+        version it replaces goes to the edit's history in the same transaction."""
         blob = _blob_name(edit_id)
         self.blobs.write(blob, tensors)
         try:
             with self.sessions.begin() as s:
                 record = s.get(EditRecord, edit_id)
-                old_blob = record.blob
+                old_blob, now = record.blob, utcnow()
+                earlier = s.scalar(select(func.count()).where(EditVersion.edit_id == edit_id))
+                s.add(
+                    EditVersion(
+                        edit_id=edit_id,
+                        version=earlier + 1,
+                        prompt=record.prompt,
+                        target=record.target,
+                        made_by=record.updated_by,
+                        made_at=record.updated_at,
+                        replaced_by=actor,
+                        replaced_at=now,
+                    )
+                )
                 record.prompt, record.target, record.neurons, record.blob = prompt, target, neurons, blob
-                record.status, record.error, record.updated_at = ACTIVE, None, utcnow()
+                record.status, record.error, record.updated_at, record.updated_by = ACTIVE, None, now, actor
         except BaseException:
             self.blobs.delete(blob)
             raise
         self.blobs.delete(old_blob)  # if this fails the old blob is an orphan, removed at next start
         return record
 
-    def withdraw(self, edit_id: str) -> EditRecord:
+    def withdraw(self, edit_id: str, actor: str | None = None) -> EditRecord:
         # The blob stays with the record, for audit.
         with self.sessions.begin() as s:
             record = s.get(EditRecord, edit_id)
-            record.status, record.withdrawn_at = WITHDRAWN, utcnow()
+            record.status, record.withdrawn_at, record.withdrawn_by = WITHDRAWN, utcnow(), actor
         return record
+
+    def history(self, edit_id: str) -> list[EditVersion]:
+        """The edit's earlier versions, oldest first."""
+        with self.sessions() as s:
+            query = select(EditVersion).where(EditVersion.edit_id == edit_id).order_by(EditVersion.version)
+            return list(s.scalars(query))
 
     def note_error(self, edit_id: str, error: str) -> None:
         """Record why an edit's tensors are no longer usable, leaving its status as it is."""

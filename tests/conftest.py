@@ -78,23 +78,36 @@ def client(start) -> TestClient:
 
 
 @pytest.fixture
-def live_url(settings):
-    """The app on a real uvicorn on 127.0.0.1 (a thread of this process, so tests can still reach
-    into it), for clients that speak real HTTP; stopped at the end."""
+def live_url_factory(settings):
+    """live_url_factory(**setting overrides) -> (url, app): the app on a real uvicorn on 127.0.0.1 (a
+    thread of this process, so tests can still reach into it), loaded; all stopped at the end."""
     from evaluation.server import free_port
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    wait_ready(server.config.app)
-    yield f"http://127.0.0.1:{port}", server.config.app
-    server.should_exit = True
-    thread.join(60)
+    running = []
+
+    def _serve(**overrides):
+        port = free_port()
+        app = create_app(settings.model_copy(update=overrides))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.monotonic() + 120
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        wait_ready(app)
+        return f"http://127.0.0.1:{port}", app
+
+    yield _serve
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(60)
+
+
+@pytest.fixture
+def live_url(live_url_factory):
+    return live_url_factory()
 
 
 @pytest.fixture

@@ -10,6 +10,15 @@ class NotReady(ServiceError):
     headers = {"Retry-After": "5"}
 
 
+class Unauthorized(ServiceError):
+    status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
 def get_service(request: Request) -> EditingService:
     service = getattr(request.app.state, "service", None)
     if service is None:
@@ -20,4 +29,28 @@ def get_service(request: Request) -> EditingService:
     return service
 
 
+def require(scope: str):
+    """A dependency: the request's API key must grant `scope`; it gives the key's name (the actor), or
+    None when the server runs without keys."""
+
+    def check(request: Request) -> str | None:
+        ring = request.app.state.keys
+        if ring is None:
+            return None
+        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthorized("missing API key: send the header Authorization: Bearer <key>")
+        key = ring.find(secret.strip())
+        if key is None:
+            raise Unauthorized("unknown API key")
+        if not key.allows(scope):
+            raise Forbidden(f"the key {key.name!r} has scope {key.scope!r}; this needs {scope!r}")
+        request.state.actor = key.name
+        return key.name
+
+    return check
+
+
 ServiceDep = Annotated[EditingService, Depends(get_service)]
+Reader = Annotated[str | None, Depends(require("read"))]
+Editor = Annotated[str | None, Depends(require("edit"))]

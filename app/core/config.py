@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     cache_dir: Path = Path("~/.cache/editserve")  # converted models, shared by all data dirs
     model: str = DEFAULT_MODEL  # the packaged SmolLM2, a local transformers dir, or a hub id
     served_model_name: str | None = None  # the model id on /v1; None: the model's name without "packaged:"
+    # API keys (app/core/security.py): "name:scope:secret" or "name:scope:sha256=<hex>", comma-separated,
+    # and/or a file of such lines. None at all: the server is open, and serves on loopback only.
+    api_keys: str | None = None
+    api_keys_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     device: str | None = None  # None: CUDA when available, else CPU

@@ -36,6 +36,8 @@ def export_line(record: EditRecord) -> dict:
         "created_at": when(record.created_at),
         "updated_at": when(record.updated_at),
         "withdrawn_at": when(record.withdrawn_at),
+        "created_by": record.created_by,
+        "withdrawn_by": record.withdrawn_by,
     }
 
 
@@ -111,17 +113,17 @@ def parse(body: bytes) -> list[dict | str]:
     return lines
 
 
-def import_lines(service: EditingService, lines: list[dict | str]) -> Iterator[dict]:
+def import_lines(service: EditingService, lines: list[dict | str], actor: str | None = None) -> Iterator[dict]:
     """Per line (1-based), its result as it is done; then a summary."""
     counts = {"created": 0, "conflict": 0, "invalid": 0, "failed": 0}
     for number, item in enumerate(lines, start=1):
-        result = _one(service, item)
+        result = _one(service, item, actor)
         counts[result["result"]] += 1
         yield {"line": number, **result}
     yield {"summary": {**counts, "lines": len(lines)}}
 
 
-def _one(service: EditingService, item: dict | str) -> dict:
+def _one(service: EditingService, item: dict | str, actor: str | None) -> dict:
     if isinstance(item, str):
         return {"result": "invalid", "detail": item}
     try:
@@ -130,7 +132,7 @@ def _one(service: EditingService, item: dict | str) -> dict:
         problems = [f"{'.'.join(str(p) for p in e['loc']) or 'line'}: {e['msg']}" for e in exc.errors()]
         return {"result": "invalid", "detail": "; ".join(p.replace("Value error, ", "") for p in problems)}
     try:
-        record = service.insert(line.method, line.prompt, line.target_new, line.retrofit, line.subject)
+        record = service.insert(line.method, line.prompt, line.target_new, line.retrofit, line.subject, actor)
     except Conflict as exc:
         return {"result": "conflict", "detail": str(exc)}
     except StorageFailed as exc:
@@ -139,7 +141,7 @@ def _one(service: EditingService, item: dict | str) -> dict:
         return {"result": "invalid", "detail": str(exc)}
     if line.status == WITHDRAWN:
         try:
-            record = service.withdraw(record.id)
+            record = service.withdraw(record.id, actor)
         except ServiceError as exc:  # the edit exists, active: say so, so that it can be withdrawn by hand
             return {"result": "failed", "id": record.id, "status": ACTIVE, "detail": f"not withdrawn: {exc}"}
     return {"result": "created", "id": record.id, "status": record.status}

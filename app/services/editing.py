@@ -196,13 +196,28 @@ class EditingService:
         return record
 
     def list(
-        self, status: str | None = None, limit: int = 100, offset: int = 0, search: str | None = None
+        self,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        search: str | None = None,
+        created_by: str | None = None,
     ) -> tuple[list[EditRecord], int]:
-        return self.repo.list(status=status, limit=limit, offset=offset, search=search)
+        return self.repo.list(status=status, limit=limit, offset=offset, search=search, created_by=created_by)
+
+    def history(self, edit_id: str) -> tuple[EditRecord, list]:
+        record = self.get(edit_id)
+        return record, self.repo.history(edit_id)
 
     # -- changes -----------------------------------------------------------------------------------
     def insert(
-        self, method: str, prompt: str, target: str, retrofit: bool = False, subject: str | None = None
+        self,
+        method: str,
+        prompt: str,
+        target: str,
+        retrofit: bool = False,
+        subject: str | None = None,
+        actor: str | None = None,
     ) -> EditRecord:
         editor = self._editor(method)
         _check_retrofit(editor, retrofit)
@@ -220,6 +235,7 @@ class EditingService:
                     neurons=editor.neurons(edit_id),
                     tensors=tensors,
                     subject=subject,
+                    actor=actor,
                 )
             except Exception as exc:
                 self.model.restore(Restore(edit_id, method, prompt, target, None))
@@ -229,7 +245,9 @@ class EditingService:
             self.model.drop_shadows(prompt)
         return record
 
-    def update(self, edit_id: str, prompt: str | None = None, target: str | None = None) -> EditRecord:
+    def update(
+        self, edit_id: str, prompt: str | None = None, target: str | None = None, actor: str | None = None
+    ) -> EditRecord:
         """Retrain an edit on a new prompt and/or target. A corrupt edit is rebuilt from its record."""
         with self._writes:
             record = self.get(edit_id)
@@ -247,7 +265,12 @@ class EditingService:
             tensors = _invalid_input(self.model.update, before, prompt, target, record.retrofit)
             try:
                 record = self.repo.retrain(
-                    edit_id, prompt=prompt, target=target, neurons=editor.neurons(edit_id), tensors=tensors
+                    edit_id,
+                    prompt=prompt,
+                    target=target,
+                    neurons=editor.neurons(edit_id),
+                    tensors=tensors,
+                    actor=actor,
                 )
             except Exception as exc:
                 self.model.restore(before)
@@ -257,7 +280,7 @@ class EditingService:
             self.model.drop_shadows(prompt)
         return record
 
-    def withdraw(self, edit_id: str) -> EditRecord:
+    def withdraw(self, edit_id: str, actor: str | None = None) -> EditRecord:
         with self._writes:
             record = self.get(edit_id)
             if record.status == WITHDRAWN:
@@ -269,7 +292,7 @@ class EditingService:
                 )
                 self.model.withdraw(edit_id, record.method)
             try:
-                record = self.repo.withdraw(edit_id)
+                record = self.repo.withdraw(edit_id, actor)
             except Exception as exc:
                 if loaded:
                     self.model.restore(before)

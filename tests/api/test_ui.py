@@ -71,3 +71,22 @@ def test_add_preview_colour_withdraw_in_a_browser(live_url, page):
     expect(page.locator("#answer span")).not_to_have_count(0)
     expect(page.locator("#answer span.edited")).to_have_count(0)
     assert httpx.get(f"{url}/edits/{edit['id']}").json()["status"] == "withdrawn"
+
+
+def test_the_page_sends_the_key_it_is_given(live_url_factory, page):
+    from playwright.sync_api import expect
+
+    url, _ = live_url_factory(api_keys="ui:edit:" + "k" * 24)
+    page.goto(f"{url}/ui")
+    expect(page.locator("#model")).to_contain_text("missing API key")
+    page.fill("#key", "k" * 24)
+    page.locator("#key").dispatch_event("change")
+    expect(page.locator("#active")).to_have_text("0 active edits")
+    page.fill("#prompt", PROMPT)
+    page.fill("#target", TARGET)
+    page.click("#save")
+    expect(page.locator("#edits tbody tr")).to_have_count(1)
+    assert (
+        httpx.get(f"{url}/edits", headers={"Authorization": "Bearer " + "k" * 24}).json()["data"][0]["created_by"]
+        == "ui"
+    )

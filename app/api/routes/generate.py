@@ -1,12 +1,12 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ServiceDep
+from app.api.deps import ServiceDep, require
 from app.api.streaming import DONE, event, in_own_thread
 from app.schemas import GenerateRequest, GenerateResponse, TokenPublic
 from editors.text_stream import End
 
-router = APIRouter(tags=["generate"])
+router = APIRouter(tags=["generate"], dependencies=[Depends(require("read"))])
 
 
 @router.post(

@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ServiceDep
+from app.api.deps import ServiceDep, require
 from app.api.streaming import DONE, event, in_own_thread
 from app.openai_schemas import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from app.services.editing import EditingService, NotFound
@@ -24,7 +24,7 @@ from editors.edited import Query
 from editors.text_stream import End, Piece
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require("read"))])
 
 
 class ModelNotFound(NotFound):
