@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.main import api_router
 from app.core.config import Settings
+from app.core.errors import error_response, is_openai
+from app.core.limits import BodyLimit, RateLimiter
 from app.core.observability import Metrics, RequestContext
 from app.core.security import KeyRing, load_keys
 from app.services.editing import EditingService, ServiceError
@@ -25,6 +27,8 @@ from storage import migrate
 from storage.repository import database_url
 
 log = logging.getLogger(__name__)
+
+DEFAULT_RATE_PER_KEY = 600  # requests a minute, when keys are configured and no rate is set
 
 
 def create_app(settings: Settings | None = None, exit_on_load_failure: bool = False) -> FastAPI:
@@ -64,8 +68,11 @@ def create_app(settings: Settings | None = None, exit_on_load_failure: bool = Fa
     app = FastAPI(title="editserve", summary="An LM whose knowledge is edited over HTTP", lifespan=lifespan)
     app.state.metrics = metrics
     app.state.keys = KeyRing(keys) if keys else None
+    rate = settings.rate_limit_per_minute
+    app.state.limiter = RateLimiter(rate if rate is not None else (DEFAULT_RATE_PER_KEY if keys else 0))
     app.include_router(api_router)
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, import_limit=settings.max_import_bytes)
+    app.add_middleware(RequestContext, metrics=metrics)  # outermost: it also sees the 413s
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
@@ -97,16 +104,8 @@ def create_app(settings: Settings | None = None, exit_on_load_failure: bool = Fa
 
 
 def _openai(request: Request) -> bool:
-    return request.url.path == "/v1" or request.url.path.startswith("/v1/")
-
-
-ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 409: "conflict_error"}
+    return is_openai(request.url.path)
 
 
 def _error(request: Request, status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
-    """The native routes answer {"detail": message}; the /v1 routes the OpenAI error object."""
-    if not _openai(request):
-        return JSONResponse(status_code=status, content={"detail": message}, headers=headers)
-    kind = "server_error" if status >= 500 else ERROR_TYPES.get(status, "invalid_request_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(status_code=status, content=body, headers=headers)
+    return error_response(request.url.path, status, message, param, code, headers)

@@ -19,6 +19,14 @@ class Forbidden(ServiceError):
     status_code = 403
 
 
+class TooManyRequests(ServiceError):
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 def get_service(request: Request) -> EditingService:
     service = getattr(request.app.state, "service", None)
     if service is None:
@@ -34,21 +42,31 @@ def require(scope: str):
     None when the server runs without keys."""
 
     def check(request: Request) -> str | None:
-        ring = request.app.state.keys
-        if ring is None:
-            return None
-        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise Unauthorized("missing API key: send the header Authorization: Bearer <key>")
-        key = ring.find(secret.strip())
-        if key is None:
-            raise Unauthorized("unknown API key")
-        if not key.allows(scope):
-            raise Forbidden(f"the key {key.name!r} has scope {key.scope!r}; this needs {scope!r}")
-        request.state.actor = key.name
-        return key.name
+        actor = _authenticate(request, scope)
+        client = actor if actor is not None else (request.client.host if request.client else "unknown")
+        wait = request.app.state.limiter.take(client)
+        if wait:
+            limit = request.app.state.limiter.per_minute
+            raise TooManyRequests(f"rate limit: more than {limit} requests a minute; retry in {wait} s", wait)
+        return actor
 
     return check
+
+
+def _authenticate(request: Request, scope: str) -> str | None:
+    ring = request.app.state.keys
+    if ring is None:
+        return None
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("missing API key: send the header Authorization: Bearer <key>")
+    key = ring.find(secret.strip())
+    if key is None:
+        raise Unauthorized("unknown API key")
+    if not key.allows(scope):
+        raise Forbidden(f"the key {key.name!r} has scope {key.scope!r}; this needs {scope!r}")
+    request.state.actor = key.name
+    return key.name
 
 
 ServiceDep = Annotated[EditingService, Depends(get_service)]

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     # and/or a file of such lines. None at all: the server is open, and serves on loopback only.
     api_keys: str | None = None
     api_keys_file: Path | None = None
+    # Limits (README "Limits"): a bigger body is a 413, a longer prompt a 422, more requests per minute
+    # from one key (or address) a 429, more generations waiting for the model a 503.
+    max_body_bytes: int = 1_048_576
+    max_import_bytes: int = 64 * 1_048_576
+    max_import_lines: int = 100_000
+    max_prompt_tokens: int = 1024
+    # None: 600 per key when keys are configured, no limit when open on loopback (one local user); 0: none
+    rate_limit_per_minute: int | None = None
+    max_queue: int = 32
     host: str = "127.0.0.1"
     port: int = 8000
     device: str | None = None  # None: CUDA when available, else CPU

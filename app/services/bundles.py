@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from app.services.editing import Conflict, EditingService, ServiceError, StorageFailed
 from storage.models import ACTIVE, WITHDRAWN, EditRecord
 
-MAX_IMPORT_LINES = 100_000
 PAGE = 500
 
 
@@ -84,7 +83,7 @@ class BundleLine(BaseModel):
         return self
 
 
-def parse(body: bytes) -> list[dict | str]:
+def parse(body: bytes, max_lines: int) -> list[dict | str]:
     """A JSON list, or JSON lines (blank lines skipped): per line the object, or why it is not one."""
     try:
         text = body.decode("utf-8")
@@ -108,8 +107,8 @@ def parse(body: bytes) -> list[dict | str]:
                 lines.append(f"invalid JSON ({exc.msg})")
     if not lines:
         raise ValueError("body: no edits in it")
-    if len(lines) > MAX_IMPORT_LINES:
-        raise ValueError(f"body: {len(lines)} edits, more than the limit of {MAX_IMPORT_LINES} per import")
+    if len(lines) > max_lines:
+        raise ValueError(f"body: {len(lines)} edits, more than the limit of {max_lines} per import")
     return lines
 
 

@@ -17,7 +17,8 @@ import torch
 
 from app.core.config import Settings
 from app.core.observability import Metrics
-from editors.backbone import Backbone, load_backbone
+from app.services.queue import Busy, GenerationQueue
+from editors.backbone import Backbone, encode_prompt, load_backbone
 from editors.edited import EditedModel, Query, Restore, collect
 from editors.generation import GREEDY, Generation, Sampling
 from editors.registry import METHODS, Editor, Method
@@ -30,7 +31,6 @@ from storage.repository import Repository
 log = logging.getLogger(__name__)
 
 PACK_AFTER_MISSES = 64  # blobs read one by one at start before a fresh pack is worth writing
-PREVIEW_NEIGHBOURS = 16  # active edits nearest a previewed prompt whose answers are checked
 
 
 class ServiceError(Exception):
@@ -55,13 +55,19 @@ class StorageFailed(ServiceError):
     status_code = 500
 
 
+class Unavailable(ServiceError):
+    status_code = 503
+    headers = {"Retry-After": "1"}
+
+
 class EditingService:
     def __init__(self, settings: Settings, model: EditedModel, repo: Repository, metrics: Metrics | None = None):
         self.settings, self.model, self.repo = settings, model, repo
         self.metrics = metrics or Metrics()
+        self.queue = GenerationQueue(settings.max_queue, self.metrics)
         self.backbone, self.editors = model.backbone, model.editors
         self.live: dict[str, set[str]] = {name: set() for name in model.editors}  # ids live in each editor
-        self._writes = threading.Lock()  # one change at a time, across methods and the store
+        self.writes = threading.Lock()  # one change at a time, across methods and the store
         self._packer: threading.Thread | None = None
         self._blobs_written = 0  # since start: blobs the pack does not hold
         self.model_id = settings.served_model_name or settings.model.removeprefix("packaged:")
@@ -219,12 +225,13 @@ class EditingService:
         subject: str | None = None,
         actor: str | None = None,
     ) -> EditRecord:
-        editor = self._editor(method)
-        _check_retrofit(editor, retrofit)
-        with self._writes, self.metrics.insert_seconds.time():
-            self._refuse_duplicate(prompt)
+        editor = self.method_editor(method)
+        check_retrofit(editor, retrofit)
+        self.check_length("prompt", prompt)
+        with self.writes, self.metrics.insert_seconds.time():
+            self.refuse_duplicate(prompt)
             edit_id = str(uuid.uuid4())
-            tensors = _invalid_input(self.model.insert, method, edit_id, prompt, target, retrofit)
+            tensors = invalid_input(self.model.insert, method, edit_id, prompt, target, retrofit)
             try:
                 record = self.repo.create(
                     edit_id=edit_id,
@@ -249,20 +256,21 @@ class EditingService:
         self, edit_id: str, prompt: str | None = None, target: str | None = None, actor: str | None = None
     ) -> EditRecord:
         """Retrain an edit on a new prompt and/or target. A corrupt edit is rebuilt from its record."""
-        with self._writes:
+        with self.writes:
             record = self.get(edit_id)
             if record.status == WITHDRAWN:
                 raise Conflict(f"edit {edit_id} is withdrawn and cannot change; create a new edit instead")
-            editor = self._editor(record.method)
+            editor = self.method_editor(record.method)
             prompt = record.prompt if prompt is None else prompt
             target = record.target if target is None else target
+            self.check_length("prompt", prompt)
             if prompt != record.prompt or record.status != ACTIVE:
-                self._refuse_duplicate(prompt)
+                self.refuse_duplicate(prompt)
             loaded = edit_id in self.live[record.method]
             before = Restore(
                 edit_id, record.method, record.prompt, record.target, editor.tensors(edit_id) if loaded else None
             )
-            tensors = _invalid_input(self.model.update, before, prompt, target, record.retrofit)
+            tensors = invalid_input(self.model.update, before, prompt, target, record.retrofit)
             try:
                 record = self.repo.retrain(
                     edit_id,
@@ -281,7 +289,7 @@ class EditingService:
         return record
 
     def withdraw(self, edit_id: str, actor: str | None = None) -> EditRecord:
-        with self._writes:
+        with self.writes:
             record = self.get(edit_id)
             if record.status == WITHDRAWN:
                 raise Conflict(f"edit {edit_id} is already withdrawn")
@@ -301,13 +309,13 @@ class EditingService:
                 self.live[record.method].discard(edit_id)
         return record
 
-    def _editor(self, method: str) -> Editor:
+    def method_editor(self, method: str) -> Editor:
         editor = self.editors.get(method)
         if editor is None:
             raise Invalid(f"method: unknown method {method!r}; this server has {', '.join(self.editors)}")
         return editor
 
-    def _refuse_duplicate(self, prompt: str) -> None:
+    def refuse_duplicate(self, prompt: str) -> None:
         # Two live edits on one prompt would claim the same queries; the user changes an edit with PUT.
         existing = next(iter(self.repo.with_prompt(None, prompt, ACTIVE)), None)
         if existing is not None:
@@ -315,37 +323,6 @@ class EditingService:
                 f"prompt: active {existing.method} edit {existing.id} already has this prompt; "
                 f"change it with PUT /edits/{existing.id}"
             )
-
-    def preview(
-        self, method: str, prompt: str, target: str, retrofit: bool, asked: list[Query], max_new_tokens: int
-    ) -> tuple[list[tuple[Generation, Generation]], list[tuple[str, str, Generation, Generation]]]:
-        """What the model answers to `asked` (the first being the prompt) now and with the edit, storing
-        nothing; and the active edits near the prompt whose own prompts the edit would take over, as
-        (id, prompt, answer now, answer with the edit). The trial edit is seen by no other request:
-        changes and answers wait until the preview is done."""
-        editor = self._editor(method)
-        _check_retrofit(editor, retrofit)
-        with self._writes, self.model.lock:
-            self._refuse_duplicate(prompt)
-            near = self.model.scope.nearest(prompt, PREVIEW_NEIGHBOURS)
-            before = [self.model.generate(q, max_new_tokens) for q in asked]
-            trial_id = f"preview-{uuid.uuid4()}"
-            _invalid_input(self.model.insert, method, trial_id, prompt, target, retrofit)
-            try:
-                after = [self.model.generate(q, max_new_tokens) for q in asked]
-                # An answer changes only if the scope model now gives its query to the new edit.
-                decided = self.model.decide([Query.prompt(e.prompt) for e in near])
-                taken = [e for e, d in zip(near, decided) if d is not None and d.edit_id == trial_id]
-                taken_after = [self.model.generate(Query.prompt(e.prompt), max_new_tokens) for e in taken]
-            finally:
-                self.model.restore(Restore(trial_id, method, prompt, target, None))
-            taken_before = [self.model.generate(Query.prompt(e.prompt), max_new_tokens) for e in taken]
-        affected = [
-            (e.edit_id, e.prompt, b, a)
-            for e, b, a in zip(taken, taken_before, taken_after)
-            if b.token_ids != a.token_ids
-        ]
-        return list(zip(before, after)), affected
 
     # -- generation --------------------------------------------------------------------------------
     def generate(
@@ -366,34 +343,30 @@ class EditingService:
         sampling: Sampling = GREEDY,
         stop: tuple[str, ...] = (),
     ) -> Iterator[Piece | End]:
-        """The answer piece by piece; iterate it in one thread (app/api/streaming.py)."""
-        return self._counted(self.model.stream(query, max_new_tokens, edits, sampling, stop))
-
-    def _counted(self, items: Iterator[Piece | End]) -> Iterator[Piece | End]:
-        """`items`, counted in the metrics: waiting until the first token, then running; tokens made."""
-        state = self.metrics.waiting
-        state.inc()
+        """The answer piece by piece; iterate it in one thread (app/api/streaming.py). 503 when the
+        queue of generations waiting for the model is full."""
         try:
-            for item in items:
-                if state is self.metrics.waiting:
-                    state.dec()
-                    state = self.metrics.running
-                    state.inc()
-                if isinstance(item, End):
-                    self.metrics.tokens.inc(item.completion_tokens)
-                yield item
-        finally:
-            state.dec()
-            items.close()
+            return self.queue.admit(self.model.stream(query, max_new_tokens, edits, sampling, stop))
+        except Busy as exc:
+            raise Unavailable(str(exc)) from exc
 
     def query(self, prompt: str | None, messages: list[dict] | None) -> Query:
-        """A request's prompt, or its chat rendered with the model's chat template."""
+        """A request's prompt, or its chat rendered with the model's chat template; 422 beyond the
+        prompt token limit."""
         if prompt is not None:
-            return Query.prompt(prompt)
-        try:
-            return Query.chat(self.backbone.tokenizer, messages)
-        except ValueError as exc:
-            raise Invalid(str(exc)) from exc
+            query = Query.prompt(prompt)
+        else:
+            try:
+                query = Query.chat(self.backbone.tokenizer, messages)
+            except ValueError as exc:
+                raise Invalid(str(exc)) from exc
+        self.check_length("prompt" if prompt is not None else "messages", query.text)
+        return query
+
+    def check_length(self, field: str, text: str) -> None:
+        n, limit = len(encode_prompt(self.backbone.tokenizer, text)), self.settings.max_prompt_tokens
+        if n > limit:
+            raise Invalid(f"{field}: {n} tokens, more than the limit of {limit} (EDITSERVE_MAX_PROMPT_TOKENS)")
 
 
 def _open_editor(
@@ -420,12 +393,12 @@ def _open_editor(
     return editor, saved is not None
 
 
-def _check_retrofit(editor: Editor, retrofit: bool) -> None:
+def check_retrofit(editor: Editor, retrofit: bool) -> None:
     if retrofit and not editor.supports_retrofit:
         raise Invalid(f"retrofit: method {editor.name!r} does not support retrofit")
 
 
-def _invalid_input(change, *args):
+def invalid_input(change, *args):
     try:
         return change(*args)
     except ValueError as exc:  # the editor's verdict on the user's input; it names the field

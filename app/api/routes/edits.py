@@ -19,6 +19,7 @@ from app.schemas import (
 )
 from app.services import bundles
 from app.services.editing import Invalid
+from app.services.preview import preview
 from editors.edited import Query as Asked
 
 router = APIRouter(prefix="/edits", tags=["edits"])
@@ -63,7 +64,7 @@ async def import_edits(request: Request, service: ServiceDep, actor: Editor):
     JSON line per input line as it is done — `{"line", "result": "created"|"conflict"|"invalid"|"failed",
     "id"|"detail"}` — then `{"summary": {…}}`. A line is applied whole or not at all."""
     try:
-        lines = bundles.parse(await request.body())
+        lines = bundles.parse(await request.body(), service.settings.max_import_lines)
     except ValueError as exc:
         raise Invalid(str(exc)) from exc
 
@@ -83,8 +84,8 @@ def preview_edit(body: PreviewRequest, service: ServiceDep, _: Editor):
         + [("query", q, Asked.prompt(q)) for q in body.queries]
         + [("question", q, service.query(None, [{"role": "user", "content": q}])) for q in body.questions]
     )
-    pairs, affected = service.preview(
-        body.method, body.prompt, body.target, body.retrofit, [a for _, _, a in asked], body.max_new_tokens
+    pairs, affected = preview(
+        service, body.method, body.prompt, body.target, body.retrofit, [a for _, _, a in asked], body.max_new_tokens
     )
     return PreviewResponse(
         answers=[

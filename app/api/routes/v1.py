@@ -45,7 +45,7 @@ def model(model_id: str, service: ServiceDep):
 @router.post("/completions", responses={200: {"content": {"text/event-stream": {}}}})
 def completions(body: CompletionRequest, service: ServiceDep):
     _check_model(service, body.model)
-    jobs = _jobs(body, [Query.prompt(p) for p in body.prompts()], body.logprobs)
+    jobs = _jobs(body, [service.query(p, None) for p in body.prompts()], body.logprobs)
     head = _head("cmpl", "text_completion", service)
     if body.stream:
         return _streaming(_completion_chunks(body, service, jobs, head, body.max_tokens))
