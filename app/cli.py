@@ -13,6 +13,8 @@ DELEGATED = {
     "edits": ("app.edits_cli", "export a running server's edits as JSON lines, or import such a file"),
     "eval": ("evaluation.cli", "measure edit, paraphrase and locality success on a dataset"),
     "bench": ("evaluation.bench", "measure latency and throughput"),
+    "fault": ("evaluation.faults", "kill -9 during inserts and a full disk: nothing acknowledged is lost"),
+    "soak": ("evaluation.soak", "generations and changes at once for a while: no 5xx, no mixed answers"),
     "scenario": ("evaluation.scenario", "edit, restart and withdraw over HTTP against a real server process"),
     "train-serac": ("evaluation.train_serac", "train SERAC's counterfactual model (a LoRA adapter)"),
     "train-scope": ("evaluation.scope_train", "train the scope classifier (Embed retriever + Cross re-ranker)"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi.responses import JSONResponse
 
 ERROR_TYPES = {
@@ -14,13 +16,21 @@ ERROR_TYPES = {
 }
 
 
+class ErrorResponse(JSONResponse):
+    """ASCII JSON: a message that quotes the client's input stays encodable whatever that input held
+    (a lone surrogate, say)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True).encode("ascii")
+
+
 def is_openai(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
 def error_response(path: str, status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
     if not is_openai(path):
-        return JSONResponse(status_code=status, content={"detail": message}, headers=headers)
+        return ErrorResponse(status_code=status, content={"detail": message}, headers=headers)
     kind = "server_error" if status >= 500 else ERROR_TYPES.get(status, "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(status_code=status, content=body, headers=headers)
+    return ErrorResponse(status_code=status, content=body, headers=headers)

@@ -7,6 +7,7 @@ generation sees is always what is stored. How edits act and who answers is the m
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -53,6 +54,10 @@ class Invalid(ServiceError):
 
 class StorageFailed(ServiceError):
     status_code = 500
+
+
+class DiskFull(StorageFailed):
+    status_code = 507
 
 
 class Unavailable(ServiceError):
@@ -227,6 +232,8 @@ class EditingService:
     ) -> EditRecord:
         editor = self.method_editor(method)
         check_retrofit(editor, retrofit)
+        for field, text in (("prompt", prompt), ("target", target), ("subject", subject)):
+            check_text(field, text, stored=True)
         self.check_length("prompt", prompt)
         with self.writes, self.metrics.insert_seconds.time():
             self.refuse_duplicate(prompt)
@@ -263,6 +270,8 @@ class EditingService:
             editor = self.method_editor(record.method)
             prompt = record.prompt if prompt is None else prompt
             target = record.target if target is None else target
+            check_text("prompt", prompt, stored=True)
+            check_text("target", target, stored=True)
             self.check_length("prompt", prompt)
             if prompt != record.prompt or record.status != ACTIVE:
                 self.refuse_duplicate(prompt)
@@ -364,9 +373,22 @@ class EditingService:
         return query
 
     def check_length(self, field: str, text: str) -> None:
+        check_text(field, text)
         n, limit = len(encode_prompt(self.backbone.tokenizer, text)), self.settings.max_prompt_tokens
         if n > limit:
             raise Invalid(f"{field}: {n} tokens, more than the limit of {limit} (EDITSERVE_MAX_PROMPT_TOKENS)")
+
+
+def check_text(field: str, text: str | None, stored: bool = False) -> None:
+    """Text that can be tokenised and stored: valid Unicode, and no NUL in what is kept."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Invalid(f"{field}: not valid Unicode (a lone surrogate at {exc.start})") from exc
+    if stored and "\x00" in text:
+        raise Invalid(f"{field}: must not contain NUL characters")
 
 
 def _open_editor(
@@ -407,4 +429,16 @@ def invalid_input(change, *args):
 
 def _storage_failed(action: str, exc: Exception) -> StorageFailed:
     log.exception("storing the %s failed; it was undone in memory", action)
+    if _disk_full(exc):
+        return DiskFull(f"the disk is full: the {action} was not applied ({exc}); free space and retry")
     return StorageFailed(f"storage failed, the {action} was not applied: {type(exc).__name__}: {exc}")
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:  # SQLAlchemy wraps the OSError (or reports SQLite's "database or disk is full")
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "disk is full" in str(exc) or "No space left" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

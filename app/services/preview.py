@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from app.services.editing import EditingService, check_retrofit, invalid_input
+from app.services.editing import EditingService, check_retrofit, check_text, invalid_input
 from editors.edited import Query, Restore
 from editors.generation import Generation
 
@@ -26,6 +26,7 @@ def preview(
     changes and answers wait until the preview is done."""
     editor = service.method_editor(method)
     check_retrofit(editor, retrofit)
+    check_text("target", target)
     service.check_length("prompt", prompt)
     with service.writes, service.model.lock:
         service.refuse_duplicate(prompt)

@@ -39,7 +39,7 @@ def list_edits(
     _: Reader,
     status: Status | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=1_000_000_000),
     q: str | None = Query(None, max_length=1000, description="a part of the prompt, target or subject"),
     created_by: str | None = Query(None, max_length=128, description="the name of the key that made it"),
 ):
