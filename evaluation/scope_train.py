@@ -328,7 +328,7 @@ def print_table(name: str, tab: dict) -> None:
 
 
 # -- the command ---------------------------------------------------------------------------------------
-def main(argv=None) -> int:
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="editserve train-scope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -356,7 +356,80 @@ def main(argv=None) -> int:
     ap.add_argument("--recall", type=float, default=0.99, help="dev in-scope recall the Embed floor keeps")
     ap.add_argument("--top-k", type=int, default=8)
     ap.add_argument("--limit", type=int, default=None, help="a few records of each source only (tests)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _meta(args, fitted: dict, embed_log: dict, pairs: list, mined: list, counts: dict) -> dict:
+    """scope.json: the thresholds a server reads, and how the model was trained and on what."""
+    return {
+        "base": args.package,
+        "slug": SLUG,
+        "seed": args.seed,
+        "embed_floor": fitted["embed_floor"],
+        "cross_threshold": fitted["cross_threshold"],
+        "top_k": args.top_k,
+        "train": {
+            "embed": {
+                "steps": args.embed_steps,
+                "batch": args.batch,
+                "lr": args.lr,
+                "temperature": args.temperature,
+                "max_length": args.max_length,
+                "triples": embed_log["triples"],
+            },
+            "cross": {
+                "steps": args.cross_steps,
+                "batch": args.cross_batch,
+                "lr": args.cross_lr,
+                "max_length": args.cross_max_length,
+                "pairs": len(pairs),
+                "in_scope": sum(p[2] > 0 for p in pairs),
+                "mined": len(mined),
+                "used": min(len(pairs), args.cross_steps * args.cross_batch),
+            },
+            "limit": args.limit,
+        },
+        "data": counts,
+        "dev": fitted["dev"],
+    }
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Put the trained directory in place whole (a reader never sees half a model)."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tmp, out)
+
+
+def _report(out: Path, fingerprint: str, meta: dict, timing: dict, all_seconds: float) -> None:
+    """What was made, from scope.json and timing.json as written."""
+    embed, cross, held = timing["embed"], timing["cross"], meta["heldout"]
+    print(
+        f"scope model saved to {out} ({fingerprint}); trained in {timing['train_seconds']:.0f}s "
+        f"(embed {embed['seconds']}s, {embed['s_per_step']}s/step; cross {cross['seconds']}s, "
+        f"{cross['s_per_step']}s/step), {all_seconds:.0f}s in all"
+    )
+    print(
+        f"thresholds: embed_floor {meta['embed_floor']}, cross_threshold {meta['cross_threshold']}, "
+        f"top_k {meta['top_k']}; dev Embed candidate recall {meta['dev']['embed_candidate_recall']}"
+    )
+    print(f"held-out ({held['memory']} edits in memory, {sum(held['trained']['n'].values())} queries):")
+    print_table("untrained", held["untrained"])
+    print_table("trained", held["trained"])
+    d = timing["decide_trained"]
+    print(
+        f"decide over {d['rows']} rows: trained {d['ms_median']} ms/query median (embed {d['embed_ms_median']} ms), "
+        f"untrained {timing['decide_untrained']['ms_median']} ms, {timing['threads']} thread(s)"
+    )
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     if args.steps is not None:
         args.embed_steps = args.cross_steps = args.steps
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -411,37 +484,7 @@ def main(argv=None) -> int:
         tok.save_pretrained(tmp / part)
     scope = ScopeModel(config, embed, embed_tok, cross, cross_tok)
     fitted = fit_thresholds(scope, dev, args.recall)
-    meta = {
-        "base": args.package,
-        "slug": SLUG,
-        "seed": args.seed,
-        "embed_floor": fitted["embed_floor"],
-        "cross_threshold": fitted["cross_threshold"],
-        "top_k": args.top_k,
-        "train": {
-            "embed": {
-                "steps": args.embed_steps,
-                "batch": args.batch,
-                "lr": args.lr,
-                "temperature": args.temperature,
-                "max_length": args.max_length,
-                "triples": embed_log["triples"],
-            },
-            "cross": {
-                "steps": args.cross_steps,
-                "batch": args.cross_batch,
-                "lr": args.cross_lr,
-                "max_length": args.cross_max_length,
-                "pairs": len(pairs),
-                "in_scope": sum(p[2] > 0 for p in pairs),
-                "mined": len(mined),
-                "used": min(len(pairs), args.cross_steps * args.cross_batch),
-            },
-            "limit": args.limit,
-        },
-        "data": counts,
-        "dev": fitted["dev"],
-    }
+    meta = _meta(args, fitted, embed_log, pairs, mined, counts)
     (tmp / META).write_text(json.dumps(meta, indent=1))
 
     # The table is measured through the saved model, as a server would load it.
@@ -467,31 +510,8 @@ def main(argv=None) -> int:
     }
     (tmp / "timing.json").write_text(json.dumps(timing, indent=1))
 
-    if out.exists():
-        old = out.with_name(f".{out.name}.old{os.getpid()}")
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tmp, out)
-    print(
-        f"scope model saved to {out} ({trained.fingerprint}); trained in {train_seconds:.0f}s "
-        f"(embed {embed_log['seconds']}s, {embed_log['s_per_step']}s/step; cross {cross_log['seconds']}s, "
-        f"{cross_log['s_per_step']}s/step), {time.time() - t_start:.0f}s in all"
-    )
-    print(
-        f"thresholds: embed_floor {meta['embed_floor']}, cross_threshold {meta['cross_threshold']}, "
-        f"top_k {args.top_k}; dev Embed candidate recall {fitted['dev']['embed_candidate_recall']}"
-    )
-    print(f"held-out ({len(test.memory)} edits in memory, {len(test.queries)} queries):")
-    print_table("untrained", meta["heldout"]["untrained"])
-    print_table("trained", meta["heldout"]["trained"])
-    d = timing["decide_trained"]
-    print(
-        f"decide over {d['rows']} rows: trained {d['ms_median']} ms/query median (embed {d['embed_ms_median']} ms), "
-        f"untrained {timing['decide_untrained']['ms_median']} ms, {args.threads} thread(s)"
-    )
+    _install(tmp, out)
+    _report(out, trained.fingerprint, meta, timing, time.time() - t_start)
     return 0
 
 
