@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,18 +42,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def settings(tiny_model_dir, tmp_path) -> Settings:
-    # The scope model is the packaged MiniLM, untrained: these tests do not depend on set-up products.
+def tiny_settings(model_dir: Path, root: Path) -> Settings:
+    """The tiny model, a data dir and cache under `root`. The scope model is the packaged MiniLM,
+    untrained: these tests do not depend on set-up products."""
     return Settings(
         _env_file=None,
-        data_dir=tmp_path / "data",
-        cache_dir=tmp_path / "cache",
-        model=str(tiny_model_dir),
+        data_dir=root / "data",
+        cache_dir=root / "cache",
+        model=str(model_dir),
         device="cpu",
         torch_threads=1,
         scope=ScopeConfig(use_trained=False),
     )
+
+
+@pytest.fixture
+def settings(tiny_model_dir, tmp_path) -> Settings:
+    return tiny_settings(tiny_model_dir, tmp_path)
 
 
 @pytest.fixture
@@ -77,32 +83,38 @@ def client(start) -> TestClient:
     return start()
 
 
-@pytest.fixture
-def live_url_factory(settings):
-    """live_url_factory(**setting overrides) -> (url, app): the app on a real uvicorn on 127.0.0.1 (a
-    thread of this process, so tests can still reach into it), loaded; all stopped at the end."""
+@contextmanager
+def served(app):
+    """`app` on a real uvicorn on 127.0.0.1, in a thread of this process (so tests can still reach into
+    it), once loaded: yields its URL, stops it after."""
     from evaluation.server import free_port
 
-    running = []
-
-    def _serve(**overrides):
-        port = free_port()
-        app = create_app(settings.model_copy(update=overrides))
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        running.append((server, thread))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
         deadline = time.monotonic() + 120
         while not server.started:
             assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
         wait_ready(app)
-        return f"http://127.0.0.1:{port}", app
-
-    yield _serve
-    for server, thread in running:
+        yield f"http://127.0.0.1:{port}"
+    finally:
         server.should_exit = True
         thread.join(60)
+
+
+@pytest.fixture
+def live_url_factory(settings):
+    """live_url_factory(**setting overrides) -> (url, app), served as by `served`; all stopped at the end."""
+    with ExitStack() as stack:
+
+        def _serve(**overrides):
+            app = create_app(settings.model_copy(update=overrides))
+            return stack.enter_context(served(app)), app
+
+        yield _serve
 
 
 @pytest.fixture

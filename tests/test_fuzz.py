@@ -1,19 +1,12 @@
 """schemathesis over the OpenAPI schema, every operation, against a real server on 127.0.0.1 (the tiny
 model): no 5xx, and every 4xx readable. Generation lengths are capped per case so the run stays short."""
 
-import threading
-import time
-
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 
-from app.core.config import Settings
 from app.main import create_app
-from editors.scope.config import ScopeConfig
-from evaluation.server import free_port
-from tests.api.helpers import wait_ready
+from tests.conftest import served, tiny_settings
 
 EXAMPLES = 50
 LENGTHS = ("max_tokens", "max_new_tokens", "max_completion_tokens")
@@ -21,30 +14,8 @@ LENGTHS = ("max_tokens", "max_new_tokens", "max_completion_tokens")
 
 @pytest.fixture(scope="module")
 def fuzz_url(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz")
-    app = create_app(
-        Settings(
-            _env_file=None,
-            data_dir=root / "data",
-            cache_dir=root / "cache",
-            model=str(tiny_model_dir),
-            device="cpu",
-            torch_threads=1,
-            scope=ScopeConfig(use_trained=False),
-        )
-    )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.05)
-    wait_ready(app)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(60)
+    with served(create_app(tiny_settings(tiny_model_dir, tmp_path_factory.mktemp("fuzz")))) as url:
+        yield url
 
 
 def check(case) -> int:
