@@ -73,3 +73,9 @@ def test_tiny_training_loads_decides_and_is_reproducible(tmp_path):
     queries = ["The Louvre is located in", "Where is the Prado?"]
     found = model.decide(model.embed(queries), queries, memory(model, PROMPTS), PROMPTS)
     assert len(found) == 2 and all(f is None or (f[0] in (0, 1, 3) and 0 <= f[1] <= 1) for f in found)
+    # An edit's own prompt is always that edit's (the later row when two hold it), whatever Cross scores;
+    # a withdrawn row (None) is never matched.
+    twins = ["What is the twin city of Jeddah? It is", "What is the twin city of Athens? It is", None, PROMPTS[0]]
+    asked = ["What is the twin city of Athens? It is", "What is the twin city of Jeddah? It is", PROMPTS[0]]
+    found = model.decide(model.embed(asked), asked, memory(model, twins), twins)
+    assert found == [(1, 1.0), (0, 1.0), (3, 1.0)]

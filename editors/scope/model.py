@@ -222,8 +222,13 @@ class ScopeModel:
             return [None] * len(queries)
         sims = self.similarities(query_vecs, memory, memory_prompts)
         if not self.trained:
-            return [self._best_cosine(row) for row in sims]
-        return self._decide_trained(sims, queries, memory_prompts)
+            found = [self._best_cosine(row) for row in sims]
+        else:
+            found = self._decide_trained(sims, queries, memory_prompts)
+        # A query that is an edit's own prompt is that edit's, whatever the models score: among many
+        # prompts of one template ("What is the twin city of X? It is") Cross can prefer a neighbour.
+        exact = {p: row for row, p in enumerate(memory_prompts) if p is not None}  # the later row wins
+        return [(exact[q], 1.0) if q in exact else hit for q, hit in zip(queries, found)]
 
     def _best_cosine(self, sims: torch.Tensor) -> tuple[int, float] | None:
         best = float(sims.max())
