@@ -6,28 +6,17 @@ import json
 import sys
 from pathlib import Path
 
-from evaluation.metrics import fmt
+from evaluation.metrics import METRIC_KEYS, fmt
 
-COLUMNS = (
-    "es",
-    "ps",
-    "locality",
-    "es_gen",
-    "ps_gen",
-    "ns",
-    "rs",
-    "con",
-    "n_edits",
-    "insert_seconds_per_edit",
-    "seconds",
-)
+# Every metric the harness reports, with the run's size and time (metrics.METRIC_KEYS).
+COLUMNS = METRIC_KEYS
 
 
 def table(dirs: list[Path]) -> str:
     lines = ["| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for d in dirs:
         m = json.loads((d / "metrics.json").read_text())
-        lines.append(f"| {d.name} | " + " | ".join(fmt(m[c], 3) for c in COLUMNS) + " |")
+        lines.append(f"| {d.name} | " + " | ".join(fmt(m.get(c), 3) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
