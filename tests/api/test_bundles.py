@@ -119,15 +119,16 @@ def test_a_preview_shows_before_and_after_and_stores_nothing(client):
     assert generate(client, OTHER_PROMPT, 2)["tokens"][0]["edit_id"] == existing["id"]
 
 
-def test_a_preview_names_an_active_edit_it_would_take_over(client):
+def test_a_near_duplicate_edit_does_not_take_over_an_active_edit(client):
     existing = create(client)
-    # The same words with a trailing space: the scope model cannot tell them apart, and the newer
-    # edit would answer the existing edit's prompt.
+    before = generate(client, PROMPT, 4)
+    # The same words with a trailing space: the scope model's embedding cannot tell them apart, but an
+    # edit's own prompt stays its own, so the preview finds no active edit whose answer would change.
     r = client.post("/edits/preview", json={"prompt": PROMPT + " ", "target": "German"})
     assert r.status_code == 200, r.text
-    (affected,) = r.json()["affected"]
-    assert affected["edit_id"] == existing["id"] and affected["text"] == PROMPT
-    assert affected["now"].startswith(" " + TARGET) and affected["with_edit"] != affected["now"]
+    out = r.json()
+    assert out["affected"] == [] and out["answers"][0]["with_edit"].startswith("German")
+    assert generate(client, PROMPT, 4) == before and before["tokens"][0]["edit_id"] == existing["id"]
 
 
 def test_preview_refuses_what_an_insert_would(client):
