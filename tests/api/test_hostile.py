@@ -24,6 +24,8 @@ def test_nul_bytes_are_refused_in_what_is_stored_and_harmless_in_a_prompt(client
         ("/generate", '{"prompt": "Say \\ud83d"}'),
         ("/generate", '{"messages": [{"role": "user", "content": "\\udc00?"}]}'),
         ("/edits/preview", '{"prompt": "The cat is", "target": "\\ud800"}'),
+        ("/edits/preview", '{"prompt": "The cat is", "target": "x", "queries": ["\\ud800"]}'),
+        ("/v1/chat/completions", '{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}'),
         ("/v1/completions", '{"model": "\\ud800", "prompt": "x"}'),
     ],
 )

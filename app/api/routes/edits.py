@@ -81,7 +81,7 @@ def preview_edit(body: PreviewRequest, service: ServiceDep, _: Editor):
     the `queries` and `questions` given, and the active edits whose answers it would change."""
     asked = (
         [("prompt", body.prompt, Asked.prompt(body.prompt))]
-        + [("query", q, Asked.prompt(q)) for q in body.queries]
+        + [("query", q, service.query(q, None)) for q in body.queries]
         + [("question", q, service.query(None, [{"role": "user", "content": q}])) for q in body.questions]
     )
     pairs, affected = preview(
