@@ -86,16 +86,18 @@ class Chooser:
     def __call__(self, logits: torch.Tensor, edit_id: str | None) -> Step:
         s = self.sampling
         logits = logits.float().cpu()
-        if self.rng is None:
-            token = int(logits.argmax())
-        else:
-            probs = torch.softmax(logits / s.temperature, -1)
+        token = int(logits.argmax())
+        if self.rng is not None:
+            # In float64, and greedy where the temperature is so small that the softmax overflows: the
+            # limit of sampling as the temperature goes to 0.
+            probs = torch.softmax(logits.double() / s.temperature, -1)
             if s.top_p < 1.0:
                 sorted_p, order = probs.sort(descending=True)
                 # every token before the mass reaches top_p, and the one that reaches it
                 keep = sorted_p.cumsum(-1) - sorted_p < s.top_p
                 probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-            token = int(torch.multinomial(probs, 1, generator=self.rng))
+            if bool(torch.isfinite(probs).all()) and float(probs.sum()) > 0:
+                token = int(torch.multinomial(probs, 1, generator=self.rng))
         if s.logprobs is None:
             return Step(token, edit_id)
         logp = torch.log_softmax(logits, -1)

@@ -61,7 +61,7 @@ def test_the_trained_scope_carries_an_edit_to_paraphrases_and_chat_but_not_to_ne
     chat = {"messages": [{"role": "user", "content": "In which city is the Statue of Liberty?"}], "max_new_tokens": 8}
     server = Server(tmp_path / "data", env, tmp_path / "server.log")
     with server:
-        assert "scope model: trained" in server.log_tail(20000)
+        assert "scope model: trained" in server.log.read_text()  # the start-up lines, before any request
         before = {p: answer(server, p) for p in neighbours}
         edit = server.call("POST", "/edits", {"prompt": prompt, "target": target})
         for query in (prompt, "The Statue of Liberty can be visited in the city of"):

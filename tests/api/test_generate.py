@@ -119,6 +119,8 @@ def test_sampling_follows_its_seed_and_greedy_stays_the_default(client):
     assert draws != [greedy["text"]] * 4  # a random tiny model at temperature 1.5 is not greedy
     again = [_post(client, prompt=UNRELATED, max_new_tokens=12, temperature=1.5, seed=s)["text"] for s in range(4)]
     assert again == draws
+    # a temperature this small overflows the softmax: its limit, greedy (the fuzz found a 500 here)
+    assert _post(client, prompt=UNRELATED, max_new_tokens=12, temperature=1e-300, seed=1) == greedy
     # top_p this small keeps only the most likely token: greedy again
     assert _post(client, prompt=UNRELATED, max_new_tokens=12, temperature=1.5, top_p=1e-6, seed=3) == greedy
 
