@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 NEG_WEIGHTS = {"srel": 2.0, "ssubj": 2.0, "nq": 1.0}  # hard negatives count double in the threshold fit
 
 
+def _update(model, opt, sched, loss) -> None:
+    """One optimiser step, gradients clipped to norm 1, and the schedule's step."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    sched.step()
+
+
 def schedule(opt, steps: int):
     warm = max(1, steps // 10)
     return torch.optim.lr_scheduler.LambdaLR(
@@ -149,11 +158,7 @@ def train_embed(args, units, nq, rng, base: Path):
         e2q = (a @ torch.cat([p, n]).T / args.temperature).masked_fill(clash, float("-inf"))
         q2e = (p @ torch.cat([a, n]).T / args.temperature).masked_fill(clash, float("-inf"))
         loss = (torch.nn.functional.cross_entropy(e2q, target) + torch.nn.functional.cross_entropy(q2e, target)) / 2
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        sched.step()
+        _update(model, opt, sched, loss)
         clock.tick(step, loss.item(), time.time() - t)
     return model.eval(), tok, clock.summary() | {"triples": len(triples)}
 
@@ -219,11 +224,7 @@ def train_cross(args, pairs, base: Path):
             parts.append(model(**b).logits[:, 0])
         logits = torch.cat(parts)[torch.argsort(torch.tensor(order))]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([c[2] for c in chunk]))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        sched.step()
+        _update(model, opt, sched, loss)
         clock.tick(step, loss.item(), time.time() - t)
     return model.eval(), tok, clock.summary()
 
