@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from editors.generation import Sampling
 from storage.models import STATUSES
+
+if TYPE_CHECKING:  # the typed client imports these bodies; it should not have to load torch
+    from editors.generation import Sampling
 
 Status = Literal[STATUSES]
 MAX_NEW_TOKENS = 512
@@ -155,6 +157,8 @@ class SamplingFields(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
     def sampling(self, logprobs: int | None = None, seed_offset: int = 0) -> Sampling:
+        from editors.generation import Sampling
+
         seed = self.seed + seed_offset if self.seed is not None else None
         return Sampling(self.temperature, self.top_p, seed, logprobs)
 
@@ -184,6 +188,13 @@ class GenerateRequest(SamplingFields):
 class TokenPublic(BaseModel):
     text: str
     edit_id: str | None  # the edit that produced this token, if any
+
+
+class GenerateStreamEnd(BaseModel):
+    """The last event of a streamed /generate before [DONE]."""
+
+    finish_reason: Literal["stop", "length"]
+    text: str  # the whole answer
 
 
 class GenerateResponse(BaseModel):

@@ -1,5 +1,7 @@
 from fastapi.testclient import TestClient
 
+from editserve.client import Client
+
 PROMPT = "The mother tongue of Danielle Darrieux is"
 TARGET = "English"
 OTHER_PROMPT = "Australia's capital city is called"
@@ -22,22 +24,18 @@ def stop(client: TestClient) -> None:
         client._stopped = True
 
 
+# The typed client (editserve.client) on the test's own client: the tests drive the API the way users'
+# Python code does, and a mismatch between the client and the routes fails here.
 def create(client: TestClient, prompt: str = PROMPT, target: str = TARGET, **extra) -> dict:
-    r = client.post("/edits", json={"prompt": prompt, "target": target, **extra})
-    assert r.status_code == 201, r.text
-    return r.json()
+    return Client(http=client).create_edit(prompt, target, **extra).model_dump(mode="json")
 
 
 def generate(client: TestClient, prompt: str, max_new_tokens: int = 6) -> dict:
-    r = client.post("/generate", json={"prompt": prompt, "max_new_tokens": max_new_tokens})
-    assert r.status_code == 200, r.text
-    return r.json()
+    return Client(http=client).generate(prompt, max_new_tokens=max_new_tokens).model_dump(mode="json")
 
 
 def listing(client: TestClient, **params) -> dict:
-    r = client.get("/edits", params=params)
-    assert r.status_code == 200, r.text
-    return r.json()
+    return Client(http=client).list_edits(**params).model_dump(mode="json")
 
 
 def assert_error(response, status: int, *words: str) -> str:

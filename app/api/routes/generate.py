@@ -3,7 +3,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import ServiceDep, require
 from app.api.streaming import DONE, event, in_own_thread
-from app.schemas import GenerateRequest, GenerateResponse, TokenPublic
+from app.schemas import GenerateRequest, GenerateResponse, GenerateStreamEnd, TokenPublic
 from editors.text_stream import End
 
 router = APIRouter(tags=["generate"], dependencies=[Depends(require("read"))])
@@ -35,10 +35,10 @@ async def _events(stream):
     try:
         async for item in in_own_thread(stream):
             if isinstance(item, End):
-                yield event({"finish_reason": item.finish_reason, "text": text})
+                yield event(GenerateStreamEnd(finish_reason=item.finish_reason, text=text).model_dump())
             else:
                 text += item.text
-                yield event({"text": item.text, "edit_id": item.edit_id})
+                yield event(TokenPublic(text=item.text, edit_id=item.edit_id).model_dump())
     except Exception as exc:  # the status line has gone out: the failure is reported in the stream
         yield event({"error": {"message": f"generation failed: {type(exc).__name__}: {exc}", "type": "server_error"}})
     yield DONE

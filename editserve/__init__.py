@@ -1,0 +1,1 @@
+"""editserve: a language-model server whose knowledge is edited over HTTP. `editserve.client` talks to it."""
