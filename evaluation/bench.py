@@ -27,6 +27,9 @@ All answers go through editors/edited.py's EditedModel, as in the server. With N
 as a start loads them: real dev prompts and targets (so the scope index holds real prompts and each edit
 has its target's neuron count), random unit keys, values in the real values' directions and norms.
 bench.json says how many were synthetic. Timings move with machine load; they are printed, never asserted.
+
+`editserve bench serving ...` measures a real server process from its clients instead (streaming's first
+token; evaluation/serving_bench.py).
 """
 
 from __future__ import annotations
@@ -340,6 +343,10 @@ def scope_cost(model: EditedModel, queries: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv and argv[0] == "serving":  # what a client of a running server sees: its own module
+        from evaluation import serving_bench
+
+        return serving_bench.main(argv[1:])
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,0 +1,82 @@
+"""`editserve bench serving`: what a client of a real server process on 127.0.0.1 sees.
+
+    editserve bench serving --out runs/serving [--parts first_token] [--requests 20]
+
+first_token: for the same prompts, the time to the first streamed token of a `stream: true` /generate
+against the time of a whole one-token non-streamed /generate, alternating the two so that the machine's
+noise falls on both alike. The bar: ratio of medians <= 1.2.
+
+Writes <out>/serving.json and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from editserve.client import Client
+from evaluation import datasets
+from evaluation.server import Server
+
+PARTS = ("first_token",)
+
+
+def first_token(url: str, prompts: list[str], stream_tokens: int) -> dict:
+    one_token, first_streamed = [], []
+    with Client(url) as client:
+        client.generate(prompts[0], max_new_tokens=1)  # warm-up: first-call allocations, caches
+        for prompt in prompts:
+            t0 = time.perf_counter()
+            client.generate(prompt, max_new_tokens=1)
+            one_token.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for _ in client.stream_generate(prompt, max_new_tokens=stream_tokens):
+                first_streamed.append(time.perf_counter() - t0)
+                break  # the stream is closed here; the server stops generating when it notices
+    return {
+        "one_token_request_ms": 1000 * statistics.median(one_token),
+        "first_streamed_token_ms": 1000 * statistics.median(first_streamed),
+        "ratio": statistics.median(first_streamed) / statistics.median(one_token),
+        "requests_each": len(prompts),
+        "stream_max_new_tokens": stream_tokens,
+    }
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="editserve bench serving", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
+    ap.add_argument("--requests", type=int, default=20, help="first_token: requests of each kind")
+    ap.add_argument("--stream-tokens", type=int, default=16, help="first_token: max_new_tokens of the stream")
+    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads")
+    ap.add_argument("--data-dir", default=None, help="prompts from here (default $EDITSERVE_EVAL_DATA)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise SystemExit(f"editserve bench serving: unknown part(s) {sorted(unknown)}; choose from {PARTS}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = [q.prompt for q in datasets.nq("dev", datasets.data_root(args.data_dir))][: args.requests]
+    result = {"machine_cpus": os.cpu_count(), "server_torch_threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"EDITSERVE_TORCH_THREADS": str(args.threads)}
+        with Server(Path(tmp) / "data", env=env, log=out / "server.log") as server:
+            if "first_token" in parts:
+                result["first_token"] = first_token(server.url, prompts, args.stream_tokens)
+    (out / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
