@@ -1,12 +1,16 @@
 """`editserve bench serving`: what a client of a real server process on 127.0.0.1 sees.
 
-    editserve bench serving --out runs/serving [--parts first_token] [--requests 20]
+    editserve bench serving --out runs/serving [--parts first_token,load] [--requests 20]
 
 first_token: for the same prompts, the time to the first streamed token of a `stream: true` /generate
 against the time of a whole one-token non-streamed /generate, alternating the two so that the machine's
-noise falls on both alike. The bar: ratio of medians <= 1.2.
+noise falls on both alike. The bar: ratio of medians <= 1.2. Its server runs on --threads (default 1).
 
-Writes <out>/serving.json and prints it.
+load: tokens/s and latency under 1, 4, 8, 16 closed-loop clients (--clients), beside plain transformers
+batched on the same weights; on a server of its own, on --threads (default: the machine's core count),
+after --edits real inserts (evaluation/load_bench.py). Also writes <out>/load.png.
+
+Writes <out>/serving.json (the parts that ran) and prints it as the last line.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from editors.backbone import DEFAULT_MODEL
 from editserve.client import Client
-from evaluation import datasets
+from evaluation import datasets, load_bench
 from evaluation.server import Server
 
-PARTS = ("first_token",)
+PARTS = ("first_token", "load")
 
 
 def first_token(url: str, prompts: list[str], stream_tokens: int) -> dict:
@@ -53,8 +58,24 @@ def parse(argv):
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
     ap.add_argument("--requests", type=int, default=20, help="first_token: requests of each kind")
     ap.add_argument("--stream-tokens", type=int, default=16, help="first_token: max_new_tokens of the stream")
-    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads")
+    ap.add_argument("--clients", default="1,4,8,16", help="load: levels of concurrent clients")
+    ap.add_argument("--seconds", type=float, default=20.0, help="load: seconds per level (and per batch size)")
+    ap.add_argument("--tokens", type=int, default=16, help="load: max_new_tokens of each request")
+    ap.add_argument("--edits", type=int, default=0, help="load: real iReVa inserts made before measuring")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="the server's torch threads (first_token: 1; load: all cores)"
+    )
     ap.add_argument("--data-dir", default=None, help="prompts from here (default $EDITSERVE_EVAL_DATA)")
+    ap.add_argument(
+        "--model",
+        default=os.environ.get("EDITSERVE_MODEL") or DEFAULT_MODEL,
+        help="the server's model, and load's reference (default $EDITSERVE_MODEL or the packaged one)",
+    )
+    ap.add_argument(
+        "--cache-dir",
+        default=os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve",
+        help="default $EDITSERVE_CACHE_DIR or ~/.cache/editserve, as the server",
+    )
     return ap.parse_args(argv)
 
 
@@ -66,13 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"editserve bench serving: unknown part(s) {sorted(unknown)}; choose from {PARTS}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prompts = [q.prompt for q in datasets.nq("dev", datasets.data_root(args.data_dir))][: args.requests]
-    result = {"machine_cpus": os.cpu_count(), "server_torch_threads": args.threads}
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {"EDITSERVE_TORCH_THREADS": str(args.threads)}
-        with Server(Path(tmp) / "data", env=env, log=out / "server.log") as server:
-            if "first_token" in parts:
+    root = datasets.data_root(args.data_dir)
+    result = {"machine_cpus": os.cpu_count()}
+    if "first_token" in parts:
+        prompts = [q.prompt for q in datasets.nq("dev", root)][: args.requests]
+        threads = args.threads or 1
+        result["server_torch_threads"] = threads
+        env = {
+            "EDITSERVE_TORCH_THREADS": str(threads),
+            "EDITSERVE_MODEL": args.model,
+            "EDITSERVE_CACHE_DIR": args.cache_dir,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            with Server(Path(tmp) / "data", env=env, log=out / "server.log") as server:
                 result["first_token"] = first_token(server.url, prompts, args.stream_tokens)
+    if "load" in parts:
+        result["load"] = load_bench.run(args, out, root)
     (out / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0

@@ -1,0 +1,265 @@
+"""The `load` part of `editserve bench serving`: a real server process under concurrent clients, beside
+plain transformers on the same weights.
+
+    editserve bench serving --parts load --out runs/load [--clients 1,4,8,16] [--seconds 20] [--tokens 16]
+                            [--threads N] [--edits N]
+
+Server: `editserve serve` on 127.0.0.1 with EDITSERVE_TORCH_THREADS = --threads (default: the machine's
+core count), after --edits real iReVa inserts through POST /edits (zsRE dev prompts, then CounterFact dev;
+no synthesised edits, however many: their time is recorded). For each level of clients, that many threads
+of this process, each with its own editserve.client.Client, send POST /generate (an NQ dev question,
+max_new_tokens --tokens) in a closed loop for --seconds: send, wait for the answer, send the next.
+requests/s and tokens/s count the answers completed inside the window (tokens: those in the answers);
+the requests still in flight when it closes are waited for, and their latencies count in p50/p95 (of
+the 200 answers). Any other answer (a 503 when the server's queue is full, a timeout) is an error,
+counted by status.
+
+Reference, once the server is stopped: editors.generation.generate_batch (greedy, left-padded) on the
+model load_backbone loads from the same cache dir, in this process with the same thread count, at batch
+sizes equal to the client levels, the same token budget, for --seconds each.
+
+Writes result["load"] (serving.json) and <out>/load.png. Timings move with machine load; never asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from editserve.client import Client, EditServeError
+from evaluation import datasets
+from evaluation.server import Server
+
+FEW_HUNDRED = 300  # above this many edits the inserts alone take many minutes: said before they start
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def _edit_pairs(root: Path, n: int) -> list[tuple[str, str]]:
+    pairs = [(r.prompt, r.target) for r in datasets.load("zsre", "dev", None, root)]
+    if len(pairs) < n:
+        pairs += [(r.prompt, r.target) for r in datasets.load("counterfact", "dev", None, root)]
+    return pairs
+
+
+def make_edits(url: str, n: int, root: Path) -> dict:
+    """n real iReVa inserts through POST /edits; a refused pair (422) is skipped and counted."""
+    pairs = _edit_pairs(root, n)
+    if n > len(pairs):
+        raise SystemExit(f"--edits {n}: only {len(pairs)} zsRE/CounterFact dev pairs to insert (real inserts only)")
+    if n > FEW_HUNDRED:
+        print(f"load: {n} edits: this bench makes real inserts only (one POST /edits each); this takes a while")
+    made, refused, t0 = 0, 0, time.perf_counter()
+    with Client(url) as client:
+        for prompt, target in pairs:
+            if made == n:
+                break
+            try:
+                client.create_edit(prompt, target, method="ireva")
+                made += 1
+            except EditServeError as err:
+                if err.status != 422:
+                    raise
+                refused += 1
+    seconds = time.perf_counter() - t0
+    if made < n:
+        raise SystemExit(f"--edits {n}: only {made} inserts succeeded ({refused} refused)")
+    return {
+        "n_edits": made,
+        "how": "real iReVa inserts through POST /edits (zsRE dev, then CounterFact dev); none synthesised",
+        "insert_seconds_total": seconds,
+        "insert_seconds_each": seconds / max(made, 1),
+        "refused": refused,
+    }
+
+
+def level(url: str, prompts: list[str], clients: int, seconds: float, tokens: int) -> dict:
+    """`clients` closed-loop clients for `seconds`; each request is (start, end, status, tokens)."""
+    done: list[tuple[float, float, int | str, int]] = []
+    lock = threading.Lock()
+    ready = threading.Barrier(clients + 1)
+    window: dict[str, float] = {}
+
+    def client_loop(i: int) -> None:
+        with Client(url) as client:
+            ready.wait()
+            k = 0
+            while time.perf_counter() < window["end"]:
+                prompt = prompts[(i + k * clients) % len(prompts)]
+                k += 1
+                t0 = time.perf_counter()
+                status: int | str = 200
+                n = 0
+                try:
+                    n = len(client.generate(prompt, max_new_tokens=tokens).tokens)
+                except EditServeError as err:
+                    status = err.status
+                except Exception as err:  # a timeout, a dropped connection: an error too, by its kind
+                    status = type(err).__name__
+                with lock:
+                    done.append((t0, time.perf_counter(), status, n))
+                if status != 200:
+                    time.sleep(0.05)  # a refusing server is not hammered in a tight loop
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    window["start"] = time.perf_counter()
+    window["end"] = window["start"] + seconds
+    ready.wait()
+    for t in threads:
+        t.join()
+    start, end = window["start"], window["end"]
+    ok = [r for r in done if r[2] == 200]
+    inside = [r for r in ok if r[1] <= end]
+    latencies = [r[1] - r[0] for r in ok]
+    errors: dict[str, int] = {}
+    for r in done:
+        if r[2] != 200:
+            errors[str(r[2])] = errors.get(str(r[2]), 0) + 1
+    return {
+        "clients": clients,
+        "seconds": end - start,
+        "requests_per_s": len(inside) / (end - start),
+        "tokens_per_s": sum(r[3] for r in inside) / (end - start),
+        "p50_ms": None if not latencies else 1000 * _pct(latencies, 50),
+        "p95_ms": None if not latencies else 1000 * _pct(latencies, 95),
+        "errors": sum(errors.values()),
+        "errors_by_status": errors,
+        "requests_ok_in_window": len(inside),
+        "requests_ok_total": len(ok),
+        "tokens_per_request": statistics.mean(r[3] for r in ok) if ok else None,
+        "drain_s": max((r[1] for r in done), default=end) - end,
+    }
+
+
+def reference(model: str, cache_dir: str, prompts: list[str], sizes: list[int], seconds: float, tokens: int) -> dict:
+    """Plain transformers: generate_batch on the same weights, batches of each size for `seconds`."""
+    from editors.backbone import encode_prompt, load_backbone
+    from editors.generation import generate_batch
+
+    backbone = load_backbone(model, cache_dir)  # the device the server picks (no --device: CPU here)
+    ids = [encode_prompt(backbone.tokenizer, p) for p in prompts]
+    rows, k = [], 0
+    for size in sizes:
+        generate_batch(backbone, ids[:size], [tokens] * size)  # warm-up at this batch size, not counted
+        made, batches, t0 = 0, 0, time.perf_counter()
+        while batches == 0 or time.perf_counter() - t0 < seconds:
+            chosen = [ids[(k + j) % len(ids)] for j in range(size)]  # the prompts in turn, as the clients
+            k += size
+            made += sum(len(row) for row in generate_batch(backbone, chosen, [tokens] * size))
+            batches += 1
+        dt = time.perf_counter() - t0
+        rows.append({"batch": size, "tokens_per_s": made / dt, "batches": batches, "seconds_per_batch": dt / batches})
+    return {"how": "editors.generation.generate_batch, greedy, left-padded, in the bench process", "rows": rows}
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def ratios(levels: list[dict], ref: list[dict]) -> dict:
+    at = {r["clients"]: r for r in levels}
+    batch = {r["batch"]: r for r in ref}
+    one, eight = at.get(1), at.get(8)
+    return {
+        "tokens_per_s_8_clients_over_1": _ratio(eight and eight["tokens_per_s"], one and one["tokens_per_s"]),
+        "tokens_per_s_8_clients_over_plain_batch_8": _ratio(
+            eight and eight["tokens_per_s"], 8 in batch and batch[8]["tokens_per_s"]
+        ),
+        "p95_8_clients_over_p50_1_client": _ratio(eight and eight["p95_ms"], one and one["p50_ms"]),
+    }
+
+
+def plot(path: Path, result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels, ref = result["levels"], result["reference"]["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["clients"] for r in levels], [r["tokens_per_s"] for r in levels], "o-", label="editserve serve")
+    ax.plot([r["batch"] for r in ref], [r["tokens_per_s"] for r in ref], "s--", label="plain transformers (batch)")
+    ax.set_xlabel("concurrent clients / batch size")
+    ax.set_ylabel("generated tokens/s")
+    ax.set_xticks([r["clients"] for r in levels])
+    ax.set_ylim(bottom=0)
+    ax.set_title(
+        f"{result['max_new_tokens']} tokens, {result['torch_threads']} torch threads, {result['n_edits']} edits",
+        fontsize=10,
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(result: dict) -> str:
+    ref = {r["batch"]: r["tokens_per_s"] for r in result["reference"]["rows"]}
+    lines = ["clients  req/s  tokens/s  p50 ms  p95 ms  errors | plain transformers batch: tokens/s"]
+    for r in result["levels"]:
+        p50 = f"{r['p50_ms']:6.0f}" if r["p50_ms"] is not None else "     -"
+        p95 = f"{r['p95_ms']:6.0f}" if r["p95_ms"] is not None else "     -"
+        plain = f"{ref[r['clients']]:.1f}" if r["clients"] in ref else "-"
+        lines.append(
+            f"{r['clients']:7d}  {r['requests_per_s']:5.2f}  {r['tokens_per_s']:8.1f}  {p50}  {p95}  "
+            f"{r['errors']:6d} | {plain}"
+        )
+    return "\n".join(lines)
+
+
+def run(args, out: Path, root: Path) -> dict:
+    """The load part: the server at each level, then the reference. args: serving_bench's."""
+    sizes = sorted({int(c) for c in args.clients.split(",") if c.strip()})
+    if not sizes or sizes[0] < 1:
+        raise SystemExit("--clients: positive integers, comma-separated")
+    threads = args.threads or os.cpu_count() or 1
+    prompts = [q.prompt for q in datasets.nq("dev", root)]
+    result = {
+        "torch_threads": threads,
+        "torch_threads_from": "--threads" if args.threads else "default: the machine's core count",
+        "max_new_tokens": args.tokens,
+        "seconds_per_level": args.seconds,
+        "model": args.model,
+        "n_edits": 0,
+        "note": "the client threads run in the bench process, on the same machine as the server",
+        "loadavg_at_start": os.getloadavg(),  # other work on a shared machine moves every number
+    }
+    env = {
+        "EDITSERVE_TORCH_THREADS": str(threads),
+        "EDITSERVE_MODEL": args.model,
+        "EDITSERVE_CACHE_DIR": args.cache_dir,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        with Server(Path(tmp) / "data", env=env, log=out / "server-load.log") as server:
+            result["server_ready_s"] = server.ready_seconds
+            if args.edits:
+                result["edits"] = make_edits(server.url, args.edits, root)
+                result["n_edits"] = result["edits"]["n_edits"]
+            with Client(server.url) as client:
+                client.generate(prompts[0], max_new_tokens=args.tokens)  # warm-up
+            levels = []
+            for clients in sizes:
+                levels.append(level(server.url, prompts, clients, args.seconds, args.tokens))
+                print(f"load: {clients} clients: {levels[-1]['tokens_per_s']:.1f} tokens/s", flush=True)
+            result["levels"] = levels
+    # The server is stopped: the reference has the machine to itself, on the same thread count.
+    import torch
+
+    torch.set_num_threads(threads)
+    result["reference"] = reference(args.model, args.cache_dir, prompts, sizes, args.seconds, args.tokens)
+    result["ratios"] = ratios(result["levels"], result["reference"]["rows"])
+    result["loadavg_at_end"] = os.getloadavg()
+    plot(out / "load.png", result)
+    result["plot"] = str(out / "load.png")
+    print(table(result))
+    return result
