@@ -8,13 +8,13 @@ fires); edit E -> E's own method answers, reading what it reads (`reads`), in it
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from editors.backbone import Backbone, encode_prompt, encode_target, padded
+from editors.batching import Batcher, ContendedLock, NotBatched
 from editors.generation import GREEDY, Generation, Sampling, generate_batch, steps, token_texts
 from editors.registry import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
@@ -56,10 +56,15 @@ class Restore:
 
 
 class EditedModel:
-    def __init__(self, backbone: Backbone, editors: dict[str, Editor], scope: ScopeIndex):
+    def __init__(self, backbone: Backbone, editors: dict[str, Editor], scope: ScopeIndex, max_batch: int = 16):
         self.backbone, self.editors, self.scope = backbone, editors, scope
-        # Held by every change and every answer: an answer sees one edit set from start to end.
-        self.lock = threading.RLock()
+        # Held by every change and every answer (the batch's engine holds it while any row runs): an
+        # answer sees one edit set from start to end.
+        self.lock = ContendedLock()
+        self.batcher = Batcher(backbone, editors, scope.decide, self.lock, max_batch)
+
+    def close(self) -> None:
+        self.batcher.close()
 
     # -- changes -----------------------------------------------------------------------------------
     def editor(self, method: str) -> Editor:
@@ -144,10 +149,24 @@ class EditedModel:
         stop: tuple[str, ...] = (),
     ) -> Iterator[Piece | End]:
         """The answer to one query, piece by piece, then its End; `edits=False` answers as the
-        unedited model. The model's lock is held from the first piece to the End (or until the
-        iterator is closed), so the whole answer sees one edit set: iterate it in one thread."""
+        unedited model. Answered in the running batch (editors/batching.py) with whatever else is being
+        answered, unless its edit's method answers alone or this thread holds the model's lock (a
+        preview): then alone, holding the lock from the first piece to the End."""
         tok = self.backbone.tokenizer
         ids = encode_prompt(tok, query.text)
+        if not self.lock.held_here():
+            run = self.batcher.steps(ids, query.about, max_new_tokens, sampling, edits)
+            try:
+                first = next(run, None)
+            except NotBatched:
+                pass
+            else:
+                yield from text_pieces(tok, _prepend(first, run), len(ids), max_new_tokens, stop)
+                return
+        yield from self._alone(query, ids, max_new_tokens, edits, sampling, stop)
+
+    def _alone(self, query, ids, max_new_tokens, edits, sampling, stop) -> Iterator[Piece | End]:
+        tok = self.backbone.tokenizer
         with self.lock:
             decision = self.scope.decide([query.about])[0] if edits else None
             if decision is None:
@@ -247,6 +266,15 @@ class _Recording:
 
     def without_edit(self):
         return self.inner.without_edit()
+
+
+def _prepend(first, run: Iterator) -> Iterator:
+    try:
+        if first is not None:
+            yield first
+        yield from run
+    finally:
+        run.close()
 
 
 def _retrofit(retrofit: bool) -> dict:

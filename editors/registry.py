@@ -26,6 +26,9 @@ class Editor(Protocol):
     lock: Any  # an RLock held while the editor changes, and by the server around generation
     supports_retrofit: bool  # insert/update take retrofit=True
     answer_line_only: bool  # an answer from this method ends with its first line
+    # Its steering acts per row on the plain backbone, reading the query itself (no context(), reads()
+    # is the identity): its answers join the running batch (editors/batching.py); otherwise they run alone.
+    shares_backbone: bool
 
     # Changes. Errors in the user's input (empty target, too many tokens) raise ValueError naming it.
     def insert(self, edit_id: str, prompt: str, target: str) -> Tensors: ...

@@ -257,6 +257,7 @@ class IrevaEditor:
     name = "ireva"
     supports_retrofit = True
     answer_line_only = False
+    shares_backbone = True
 
     def insert(self, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> dict[str, torch.Tensor]:
         keys, values = self.build_neurons(prompt, target, retrofit)

@@ -33,6 +33,7 @@ class SeracEditor:
     name = "serac"
     supports_retrofit = False
     answer_line_only = True  # the counterfactual prompt is a question; its answer is one line
+    shares_backbone = False  # it reads the edit and the query, with its adapter on
 
     def __init__(self, backbone: Backbone, config: SeracConfig | None = None):
         self.backbone, self.config = backbone, config or SeracConfig()

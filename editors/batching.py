@@ -1,0 +1,377 @@
+"""Continuous batching: concurrent answers share each decoding step of the backbone.
+
+One engine thread runs the batch. A request joins at the next step: its prompt is run alone (its own
+prefill, with its edit's steering), then its cached keys and values are merged into the batch's, left
+padded to a common length, each row keeping its own positions. Each step then decodes one token for
+every row in one forward pass, the edits steering per row as in generate_batch(); a row leaves when it
+ends (EOS, its budget, or its reader closed it), and padding no row needs any more is trimmed.
+
+Which edit set an answer sees: the engine holds the model's lock while any row runs, and takes no new
+row while someone else waits for the lock (a change of the edits, or an answer that cannot join the
+batch). So the running rows finish on the edit set they started with, the change is applied with no
+answer in flight, and new rows join after it: every answer sees one edit set from first token to last,
+and a change waits at most for the longest running answer, not for the queue.
+
+Only editors that steer the plain backbone per row (`Editor.shares_backbone`) join; the others (SERAC
+reads another text, in another model set-up) answer alone, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from editors.generation import Chooser, Sampling, Step
+
+
+class ContendedLock:
+    """A reentrant lock that tells its holder whether another thread is waiting for it."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._waiting = 0
+        self._count = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> ContendedLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            with self._count:
+                self._waiting += 1
+            try:
+                self._lock.acquire()
+            finally:
+                with self._count:
+                    self._waiting -= 1
+        self._owner, self._depth = threading.get_ident(), self._depth + 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._owner = None
+        self._lock.release()
+
+    @property
+    def contended(self) -> bool:
+        return self._waiting > 0
+
+    def held_here(self) -> bool:
+        """This thread holds the lock (so an engine thread waiting for it would wait for this one)."""
+        return self._owner == threading.get_ident()
+
+
+class NotBatched(Exception):
+    """The request's edit is one whose method answers alone: the caller answers it on its own path."""
+
+
+_END = object()
+IDLE_EXIT_S = 30.0  # the engine thread ends when idle this long (a server that stops leaves none behind)
+
+
+@dataclass
+class Row:
+    ids: list[int]
+    about: str
+    budget: int
+    sampling: Sampling
+    use_edits: bool
+    out: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: bool = False
+    # set by the engine
+    editor: object | None = None
+    edit_id: str | None = None
+    generated: list[int] = field(default_factory=list)
+    length: int = 0  # real (unpadded) tokens in the cache
+    chooser: Chooser | None = None
+
+
+class Batcher:
+    """`decide(abouts)` -> per query a Decision or None, called under `lock`; `editors` by method name."""
+
+    def __init__(self, backbone, editors: dict, decide: Callable, lock: ContendedLock, max_batch: int = 16):
+        self.backbone, self.editors, self.decide, self.lock = backbone, editors, decide, lock
+        self.max_batch = max(1, max_batch)
+        self.pending: queue.Queue[Row] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.start_lock = threading.Lock()
+        self.stopping = False
+        self.peak_rows = 0  # the most rows one step has decoded (the metrics and the tests read it)
+        self.submitted = 0  # rows ever asked for (the tests wait on it)
+
+    # -- the caller's side -------------------------------------------------------------------------
+    def steps(self, ids, about, budget, sampling, use_edits) -> Iterator[Step]:
+        """The answer's steps as the batch makes them; raises NotBatched before the first step when the
+        edit that answers must answer alone. Closing the iterator takes the row out of the batch."""
+        row = Row(ids, about, budget, sampling, use_edits)
+        self.submitted += 1
+        self.pending.put(row)
+        self._ensure_running()  # after the put: an engine going idle now sees the row, or is gone
+        try:
+            while True:
+                item = row.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            row.cancelled = True
+
+    def close(self) -> None:
+        self.stopping = True
+        self.pending.put(None)
+
+    def _ensure_running(self) -> None:
+        with self.start_lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="editserve-batch", daemon=True)
+                self.thread.start()
+
+    # -- the engine --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        backlog: list[Row] = []
+        while not self.stopping:
+            if not backlog:
+                try:
+                    row = self.pending.get(timeout=IDLE_EXIT_S)
+                except queue.Empty:
+                    with self.start_lock:  # a request put now finds no thread and starts one
+                        if self.pending.empty():
+                            self.thread = None
+                            return
+                    continue
+                if row is None:
+                    return
+                backlog.append(row)
+            while self.lock.contended:  # let whoever waits have the lock first
+                time.sleep(0.001)
+            with self.lock:
+                backlog = self._session(backlog)
+
+    @torch.no_grad()
+    def _session(self, backlog: list[Row]) -> list[Row]:
+        """Rows join and leave until none is left or someone else waits for the lock; returns the
+        requests that arrived but were not admitted."""
+        rows: list[Row] = []
+        cache = mask = None
+        while True:
+            backlog += self._drain()
+            if backlog and len(rows) < self.max_batch and not self.lock.contended and self._mergeable(rows):
+                room = self.max_batch - len(rows)
+                joining, backlog = backlog[:room], backlog[room:]
+                for row in self._assign(joining):
+                    try:
+                        row_cache = self._prefill(row)
+                    except Exception as exc:
+                        row.out.put(exc)
+                        continue
+                    if row_cache is not None:
+                        cache, mask = _merge(cache, mask, rows, row_cache, row)
+                        rows.append(row)
+            if not rows:
+                return backlog
+            self.peak_rows = max(self.peak_rows, len(rows))
+            try:
+                self._decode(rows, cache, mask)
+                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+            except Exception as exc:
+                for row in rows:
+                    row.out.put(exc)
+                rows, cache, mask = [], None, None
+                continue
+            keep = [i for i, r in enumerate(rows) if not self._finished(r)]
+            if len(keep) < len(rows):
+                rows = [rows[i] for i in keep]
+                if rows:
+                    index = torch.tensor(keep, device=mask.device)
+                    cache.batch_select_indices(index)
+                    mask = _trim(cache, mask[index])
+                else:
+                    cache = mask = None  # the next row to join starts a new batch
+
+    def _drain(self) -> list[Row]:
+        out = []
+        while True:
+            try:
+                row = self.pending.get_nowait()
+            except queue.Empty:
+                return out
+            if row is None:
+                self.stopping = True
+                return out
+            out.append(row)
+
+    def _assign(self, joining: list[Row]) -> list[Row]:
+        """Decide each joining row's edit (under the lock, with the edit set the row will see); rows whose
+        method answers alone are handed back to their callers."""
+        asking = [r for r in joining if r.use_edits and not r.cancelled]
+        decisions = dict(zip(map(id, asking), self.decide([r.about for r in asking]))) if asking else {}
+        out = []
+        for row in joining:
+            if row.cancelled:
+                continue
+            decision = decisions.get(id(row))
+            if decision is not None:
+                editor = self.editors[decision.method]
+                if not editor.shares_backbone:
+                    row.out.put(NotBatched(decision.method))
+                    continue
+                row.editor, row.edit_id = editor, decision.edit_id
+            out.append(row)
+        return out
+
+    def _mergeable(self, rows: list[Row]) -> bool:
+        # A cache of another kind (sliding windows, say) is not merged: such a model answers one at a time.
+        return not rows or self._plain_cache
+
+    @property
+    def _plain_cache(self) -> bool:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        if not hasattr(self, "_plain"):
+            probe = DynamicCache(config=self.backbone.model.config)
+            self._plain = all(type(layer) is DynamicLayer for layer in probe.layers)
+        return self._plain
+
+    def _steer(self, rows: list[Row]):
+        """One steering per editor present in the batch, each over every row (None for the others)."""
+        out = []
+        for editor in {id(r.editor): r.editor for r in rows if r.editor is not None}.values():
+            out.append(editor.steer([r.edit_id if r.editor is editor else None for r in rows]))
+        return out
+
+    def _forward(self, rows, ids, cache, mask, positions):
+        with contextlib.ExitStack() as held:
+            for editor in {id(r.editor): r.editor for r in rows if r.editor is not None}.values():
+                held.enter_context(editor.lock)  # as a change takes it, after the model's lock
+            return self._steered_forward(rows, ids, cache, mask, positions)
+
+    def _steered_forward(self, rows, ids, cache, mask, positions):
+        steerings = self._steer(rows)
+        try:
+            writers = [None] * len(rows)
+            for steering in steerings:
+                for i, w in enumerate(steering.step([r.generated for r in rows])):
+                    writers[i] = writers[i] or w
+            logits = self.backbone.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+            relays = [s.without_edit() for s in steerings if s.without_edit() is not None]
+            if relays and any(w is not None for w in writers):
+                cache.crop(-1)  # store the last position again, computed without the edits (see generation.py)
+                for relay in relays:
+                    relay.__enter__()
+                try:
+                    self.backbone.model(
+                        input_ids=ids[:, -1:],
+                        attention_mask=mask,
+                        position_ids=positions[:, -1:],
+                        past_key_values=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
+                finally:
+                    for relay in reversed(relays):
+                        relay.__exit__(None, None, None)
+            return logits, writers
+        finally:
+            for steering in steerings:
+                steering.close()
+
+    def _prefill(self, row: Row):
+        """The row's prompt alone; its first token goes out. Returns its cache, or None if it has ended."""
+        from transformers import DynamicCache
+
+        dev = self.backbone.device
+        cache = DynamicCache(config=self.backbone.model.config)
+        ids = torch.tensor([row.ids], device=dev)
+        n = len(row.ids)
+        logits, writers = self._forward(
+            [row], ids, cache, torch.ones(1, n, dtype=torch.long, device=dev), torch.arange(n, device=dev)[None]
+        )
+        row.chooser, row.length = Chooser(row.sampling), n
+        self._emit(row, logits[0], writers[0])
+        return None if self._finished(row) else cache
+
+    def _decode(self, rows: list[Row], cache, mask) -> None:
+        dev = self.backbone.device
+        ids = torch.tensor([[r.generated[-1]] for r in rows], device=dev)
+        positions = torch.tensor([[r.length] for r in rows], device=dev)
+        step_mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+        logits, writers = self._forward(rows, ids, cache, step_mask, positions)
+        for i, row in enumerate(rows):
+            row.length += 1
+            self._emit(row, logits[i], writers[i])
+
+    def _emit(self, row: Row, logits: torch.Tensor, writer: str | None) -> None:
+        if row.cancelled:
+            return
+        step = row.chooser(logits, writer)
+        if step.token_id == self.backbone.tokenizer.eos_token_id:
+            row.budget = len(row.generated)  # ended
+            return
+        row.generated.append(step.token_id)
+        row.out.put(step)
+
+    def _finished(self, row: Row) -> bool:
+        done = row.cancelled or len(row.generated) >= row.budget
+        if done and not row.cancelled:
+            row.out.put(_END)
+        if done:
+            row.cancelled = True  # so that it is ended once only
+        return done
+
+
+def _merge(cache, mask, rows, row_cache, row):
+    """The batch's cache and mask with `row` added, left padded to a common length."""
+    new_len = row_cache.get_seq_length()
+    new_mask = torch.ones(1, new_len, dtype=torch.long, device=row_cache.layers[0].keys.device)
+    if cache is None:
+        return row_cache, new_mask
+    old_len = cache.get_seq_length()
+    width = max(old_len, new_len)
+    for layer, new in zip(cache.layers, row_cache.layers):
+        layer.keys = torch.cat([_pad_left(layer.keys, width), _pad_left(new.keys, width)], 0)
+        layer.values = torch.cat([_pad_left(layer.values, width), _pad_left(new.values, width)], 0)
+    mask = torch.cat([_pad_left(mask, width), _pad_left(new_mask, width)], 0)
+    return cache, mask
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros before the sequence axis (the last but one for cached states, the last for a mask)."""
+    axis = -2 if t.dim() == 4 else -1
+    missing = width - t.shape[axis]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[axis] = missing
+    return torch.cat([t.new_zeros(shape), t], axis)
+
+
+def _trim(cache, mask):
+    """Drop the leading columns that are padding in every row."""
+    first_real = int(mask.argmax(-1).min()) if mask.numel() else 0
+    if first_real > 0:
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[..., first_real:, :], layer.values[..., first_real:, :]
+        mask = mask[:, first_real:]
+    return mask
