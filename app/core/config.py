@@ -15,14 +15,19 @@ from editors.backbone import DEFAULT_MODEL
 from editors.ireva.config import IrevaConfig
 from editors.scope.config import ScopeConfig
 from editors.serac.config import SeracConfig
+from storage.repository import normalise_database_url
 
 
 class Settings(BaseSettings):
+    # hide_input_in_errors: a refused setting may be a database URL or API keys, with their secrets
     model_config = SettingsConfigDict(
-        env_prefix="EDITSERVE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+        env_prefix="EDITSERVE_", env_nested_delimiter="__", env_file=".env", extra="ignore", hide_input_in_errors=True
     )
 
     data_dir: Path = Path("data")  # SQLite file + neuron blobs: everything that makes edits persist
+    # The edit rows in PostgreSQL instead of the data dir's SQLite file: postgresql://user:pw@host:port/db
+    # (psycopg 3). The blobs stay in <data_dir>/blobs: replicas sharing the database share that dir too.
+    database_url: str | None = None
     cache_dir: Path = Path("~/.cache/editserve")  # converted models, shared by all data dirs
     model: str = DEFAULT_MODEL  # the packaged SmolLM2, a local transformers dir, or a hub id
     served_model_name: str | None = None  # the model id on /v1; None: the model's name without "packaged:"
@@ -54,6 +59,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, path: Path) -> Path:
         return path.expanduser()
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _database_url(cls, url: str | None) -> str | None:
+        return normalise_database_url(url) if url else None  # empty: the default, as unset
 
     @field_validator("methods", mode="before")
     @classmethod

@@ -92,7 +92,7 @@ class EditingService:
         device = torch.device(settings.device) if settings.device else None
         backbone = load_backbone(settings.model, settings.cache_dir, device)
         scope = ScopeIndex(ScopeModel.load(settings.scope, settings.cache_dir, device))
-        repo = Repository(settings.data_dir)
+        repo = Repository(settings.data_dir, settings.database_url)
         try:
             editors, state_lost = {}, set()
             for name in names:

@@ -1,7 +1,7 @@
 """Alembic environment on the storage models' metadata.
 
 The server runs `upgrade head` itself (storage.migrate). From a shell, `alembic upgrade head` in the
-repo root migrates the database under EDITSERVE_DATA_DIR.
+repo root migrates EDITSERVE_DATABASE_URL's database, or without it the SQLite file under EDITSERVE_DATA_DIR.
 """
 
 from logging.config import fileConfig
@@ -20,7 +20,8 @@ if not config.get_main_option("sqlalchemy.url"):
     from app.core.config import Settings
     from storage.repository import database_url
 
-    config.set_main_option("sqlalchemy.url", database_url(Settings().data_dir).replace("%", "%%"))
+    settings = Settings()
+    config.set_main_option("sqlalchemy.url", database_url(settings.data_dir, settings.database_url).replace("%", "%%"))
 
 target_metadata = Base.metadata
 
@@ -41,7 +42,8 @@ def run_migrations_online() -> None:
         config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
     )
     with engine.connect() as connection:
-        # SQLite cannot ALTER most things: batch mode rebuilds the table instead.
+        # SQLite cannot ALTER most things: batch mode rebuilds the table instead. On PostgreSQL the same
+        # batch operations are plain ALTER TABLE statements (nothing is rebuilt).
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()
