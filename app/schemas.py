@@ -30,7 +30,8 @@ class EditCreate(BaseModel):
     target: str
     method: str = "ireva"
     retrofit: bool = False
-    subject: str | None = None  # the entity the prompt is about (kept, exported; optional)
+    # The entity the prompt is about: the edit only takes queries naming it (read off the prompt if absent)
+    subject: str | None = None
 
     _check = field_validator("prompt", "target")(_not_blank)
 

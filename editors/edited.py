@@ -53,6 +53,7 @@ class Restore:
     prompt: str
     target: str
     tensors: Tensors | None  # None: the edit was not live
+    subject: str | None = None
 
 
 class EditedModel:
@@ -70,11 +71,14 @@ class EditedModel:
     def editor(self, method: str) -> Editor:
         return self.editors[method]
 
-    def insert(self, method: str, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> Tensors:
+    def insert(
+        self, method: str, edit_id: str, prompt: str, target: str, retrofit: bool = False, subject: str | None = None
+    ) -> Tensors:
+        """`subject`: what the prompt is about, if the user said (it anchors the edit's scope)."""
         editor = self.editors[method]
         with self.lock, editor.lock:
             tensors = editor.insert(edit_id, prompt, target, **_retrofit(retrofit))
-            self.scope.put(edit_id, method, prompt)
+            self.scope.put(edit_id, method, prompt, subject=subject)
         return tensors
 
     def update(self, before: Restore, prompt: str, target: str, retrofit: bool = False) -> Tensors:
@@ -84,7 +88,7 @@ class EditedModel:
                 tensors = editor.insert(before.edit_id, prompt, target, **_retrofit(retrofit))
             else:
                 tensors = editor.update(before.edit_id, prompt, target, **_retrofit(retrofit))
-            self.scope.put(before.edit_id, before.method, prompt)
+            self.scope.put(before.edit_id, before.method, prompt, subject=before.subject)
         return tensors
 
     def withdraw(self, edit_id: str, method: str) -> None:
@@ -93,17 +97,36 @@ class EditedModel:
             if edit_id in self.scope:
                 self.scope.retire(edit_id)
 
-    def restore(self, before: Restore) -> None:
-        """Undo a change the store refused: the edit is as in `before` again (or gone, if it was new)."""
+    def restore(self, before: Restore) -> dict[str, Exception]:
+        """Undo a change the store refused: the edit is as in `before` again (or gone, if it was new).
+        Also how an edit another server changed is taken over. Returns load_many's errors: the edit
+        whose tensors do not fit is gone instead."""
         editor = self.editors[before.method]
         with self.lock, editor.lock:
             editor.withdraw(before.edit_id)
-            if before.tensors is None:
+            errors = {}
+            if before.tensors is not None:
+                errors = editor.load_many([(before.edit_id, before.prompt, before.target, before.tensors)])
+            if before.tensors is None or errors:
                 if before.edit_id in self.scope:
                     self.scope.remove(before.edit_id)
-                return
-            editor.load_many([(before.edit_id, before.prompt, before.target, before.tensors)])
-            self.scope.put(before.edit_id, before.method, before.prompt)
+                return errors
+            self.scope.put(before.edit_id, before.method, before.prompt, subject=before.subject)
+            return errors
+
+    def forget(self, edit_id: str) -> None:
+        """The edit's scope row goes (its editor has let it go already): its prompt is no edit's."""
+        with self.lock:
+            if edit_id in self.scope:
+                self.scope.remove(edit_id)
+
+    def remember_withdrawn(self, edit_id: str, method: str, prompt: str, subject: str | None = None) -> None:
+        """A withdrawn edit this model never held (another server made and withdrew it): its prompt keeps
+        the unedited answer, as load() keeps withdrawn prompts, unless a live edit has that prompt."""
+        with self.lock:
+            owned = any(e is not None and e.live and e.prompt == prompt for e in self.scope.rows)
+            if not owned:
+                self.scope.put(edit_id, method, prompt, live=False, subject=subject)
 
     def drop_shadows(self, prompt: str) -> None:
         """A live edit now owns this prompt: withdrawn edits' rows for it would only shadow it."""
@@ -116,11 +139,13 @@ class EditedModel:
         live: list[tuple[str, str, str, str, Tensors]],
         withdrawn: list[tuple[str, str, str]],
         known: dict[str, torch.Tensor] | None = None,
+        subjects: dict[str, str] | None = None,
     ) -> tuple[dict[str, Exception], int]:
         """A start: live edits (id, method, prompt, target, tensors) act again; withdrawn ones
         (id, method, prompt), oldest first, keep their prompts on the unedited answer where no live
         edit has the prompt (the newest of each prompt only, as the running server held them).
-        `known`: prompts' scope vectors saved by an earlier start. Returns the edits that failed to
+        `known`: prompts' scope vectors saved by an earlier start; `subjects`: the edits' given subjects.
+        Returns the edits that failed to
         load, with why, and how many prompts had to be embedded."""
         errors: dict[str, Exception] = {}
         with self.lock:
@@ -128,9 +153,10 @@ class EditedModel:
                 errors.update(editor.load_many([(i, p, t, x) for i, m, p, t, x in live if m == name]))
             owned = {p for i, _, p, _, _ in live if i not in errors}
             newest = {p: (i, m) for i, m, p in withdrawn if p not in owned}
+            subject = (subjects or {}).get
             embedded = self.scope.put_many(
-                [Entry(i, m, p, True) for i, m, p, _, _ in live if i not in errors]
-                + [Entry(i, m, p, False) for p, (i, m) in newest.items()],
+                [Entry(i, m, p, True, subject(i)) for i, m, p, _, _ in live if i not in errors]
+                + [Entry(i, m, p, False, subject(i)) for p, (i, m) in newest.items()],
                 known,
             )
         return errors, embedded

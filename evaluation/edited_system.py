@@ -87,7 +87,7 @@ class EditedSystem(System):
         for i, r in enumerate(tqdm(records, desc=f"insert ({self.name})", leave=False)):
             t = time.perf_counter()
             try:
-                self.model.insert(self.name, self.ids[i], r.prompt, r.target, self.retrofit)
+                self.model.insert(self.name, self.ids[i], r.prompt, r.target, self.retrofit, r.subject)
                 self.model.drop_shadows(r.prompt)  # as the server does once the edit is stored
             except ValueError as exc:
                 self.rejected[i] = str(exc)
@@ -141,7 +141,7 @@ class EditedSystem(System):
             return None
         edit_id = self.ids[k]
         prompt, target = self.prompts[edit_id]
-        before = Restore(edit_id, self.name, prompt, target, self.editor.tensors(edit_id))
+        before = Restore(edit_id, self.name, prompt, target, self.editor.tensors(edit_id), self.subjects[edit_id])
         self.model.withdraw(edit_id, self.name)
         try:
             return self.predict(cs.subset([k]), None)

@@ -16,299 +16,56 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from editors.scope.subject import AnchorIndex, anchor_for
 from evaluation.datasets import data_root
 
-# relation -> (questions, indirect forms for "Do you know ..."); [X] is the subject. The last question
-# of each relation is for dev/test only.
-QUESTIONS = {
-    "P19": (
-        [
-            "Where was [X] born?",
-            "What is the birthplace of [X]?",
-            "Where is [X] originally from?",
-            "What is the place of birth of [X]?",
-            "In which city was [X] born?",
-        ],
-        ["where [X] was born", "the birthplace of [X]"],
-    ),
-    "P20": (
-        [
-            "Where did [X] die?",
-            "What is the place of death of [X]?",
-            "Where did [X] pass away?",
-            "In which place did [X] die?",
-            "In which city did [X] pass away?",
-        ],
-        ["where [X] died", "the place where [X] passed away"],
-    ),
-    "P27": (
-        [
-            "What is the nationality of [X]?",
-            "Which country is [X] a citizen of?",
-            "What country does [X] hold citizenship in?",
-            "Of which country is [X] a citizen?",
-            "What citizenship does [X] hold?",
-        ],
-        ["the nationality of [X]", "which country [X] is a citizen of"],
-    ),
-    "P101": (
-        [
-            "What field does [X] work in?",
-            "What is the area of expertise of [X]?",
-            "What does [X] specialize in?",
-            "What is [X]'s field of work?",
-            "In which domain does [X] work?",
-        ],
-        ["what field [X] works in", "the area of expertise of [X]"],
-    ),
-    "P103": (
-        [
-            "What is the native language of [X]?",
-            "What is [X]'s mother tongue?",
-            "What was the first language of [X]?",
-            "Which language is [X]'s native tongue?",
-            "Which language did [X] grow up speaking?",
-        ],
-        ["the native language of [X]", "what [X]'s mother tongue is"],
-    ),
-    "P106": (
-        [
-            "What is the profession of [X]?",
-            "What does [X] do for a living?",
-            "What is [X]'s job?",
-            "What does [X] work as?",
-            "What is [X]'s occupation?",
-        ],
-        ["what [X] does for a living", "the profession of [X]"],
-    ),
-    "P108": (
-        [
-            "Who does [X] work for?",
-            "Who is the employer of [X]?",
-            "Which company is [X] employed by?",
-            "Who employs [X]?",
-            "Which organisation employs [X]?",
-        ],
-        ["who [X] works for", "the employer of [X]"],
-    ),
-    "P127": (
-        [
-            "Who owns [X]?",
-            "Who is the owner of [X]?",
-            "Who is [X] owned by?",
-            "Which company is the owner of [X]?",
-            "Which company owns [X]?",
-        ],
-        ["who owns [X]", "the owner of [X]"],
-    ),
-    "P131": (
-        [
-            "Where is [X] located?",
-            "In which region is [X]?",
-            "Where can [X] be found?",
-            "What administrative area is [X] in?",
-            "In what area can [X] be found?",
-        ],
-        ["where [X] is located", "the region [X] is in"],
-    ),
-    "P136": (
-        [
-            "What kind of music does [X] play?",
-            "What genre of music is [X] known for?",
-            "What style of music does [X] perform?",
-            "What is the musical genre of [X]?",
-            "Which musical genre does [X] play?",
-        ],
-        ["what kind of music [X] plays", "the musical genre of [X]"],
-    ),
-    "P138": (
-        [
-            "Who is [X] named after?",
-            "What was [X] named after?",
-            "Who was [X] named for?",
-            "After whom is [X] named?",
-            "Where does the name of [X] come from?",
-        ],
-        ["who [X] is named after", "what [X] was named for"],
-    ),
-    "P140": (
-        [
-            "What religion does [X] follow?",
-            "What is the religion of [X]?",
-            "What faith does [X] practise?",
-            "Which religion is [X] affiliated with?",
-            "Which faith is [X] affiliated with?",
-        ],
-        ["what religion [X] follows", "the religion of [X]"],
-    ),
-    "P159": (
-        [
-            "Where is [X] headquartered?",
-            "Where are the headquarters of [X]?",
-            "Where is [X] based?",
-            "Where is the head office of [X]?",
-            "In which city is [X] based?",
-        ],
-        ["where [X] is headquartered", "the city where [X] has its headquarters"],
-    ),
-    "P17": (
-        [
-            "In which country is [X]?",
-            "What country is [X] located in?",
-            "Which country is [X] in?",
-            "In what country can [X] be found?",
-            "Which country does [X] belong to?",
-        ],
-        ["which country [X] is in", "the country of [X]"],
-    ),
-    "P176": (
-        [
-            "Who produces [X]?",
-            "Which company manufactures [X]?",
-            "Who makes [X]?",
-            "Who is the manufacturer of [X]?",
-            "Who is the maker of [X]?",
-        ],
-        ["who produces [X]", "the manufacturer of [X]"],
-    ),
-    "P178": (
-        [
-            "Who developed [X]?",
-            "Which company created [X]?",
-            "Who made [X]?",
-            "Who created [X]?",
-            "Who is the developer of [X]?",
-        ],
-        ["who developed [X]", "the developer of [X]"],
-    ),
-    "P190": (
-        [
-            "What is the twin city of [X]?",
-            "Which city is twinned with [X]?",
-            "What is the sister city of [X]?",
-            "Which city is [X] twinned with?",
-            "Which town is paired with [X] as a twin city?",
-        ],
-        ["the twin city of [X]", "which city is twinned with [X]"],
-    ),
-    "P30": (
-        [
-            "On which continent is [X]?",
-            "What continent is [X] located on?",
-            "Which continent is [X] part of?",
-            "In what continent is [X]?",
-            "Which continent does [X] belong to?",
-        ],
-        ["which continent [X] is on", "the continent of [X]"],
-    ),
-    "P36": (
-        [
-            "What is the capital of [X]?",
-            "Which city is the capital of [X]?",
-            "What city serves as the capital of [X]?",
-            "Where is the seat of government of [X]?",
-            "What is [X]'s capital city?",
-        ],
-        ["the capital of [X]", "which city is the capital of [X]"],
-    ),
-    "P37": (
-        [
-            "What is the official language of [X]?",
-            "Which language is official in [X]?",
-            "What language is used officially in [X]?",
-            "What is [X]'s official language?",
-            "What language is official in [X]?",
-        ],
-        ["the official language of [X]", "which language is official in [X]"],
-    ),
-    "P39": (
-        [
-            "What position does [X] hold?",
-            "Which office does [X] hold?",
-            "What title does [X] hold?",
-            "What is the position of [X]?",
-            "What is the position held by [X]?",
-        ],
-        ["what position [X] holds", "the office held by [X]"],
-    ),
-    "P47": (
-        [
-            "Which place shares a border with [X]?",
-            "What borders [X]?",
-            "What does [X] border?",
-            "Which territory is adjacent to [X]?",
-            "What is a neighbour of [X]?",
-        ],
-        ["what borders [X]", "which place shares a border with [X]"],
-    ),
-}
+TEMPLATES = json.loads((Path(__file__).with_name("scope_templates.json")).read_text())
+# relation -> (questions, indirect forms for "Do you know ..."); [X] is the subject.
+QUESTIONS = {r: (v["questions"], v["indirect"]) for r, v in TEMPLATES["questions"].items()}
 # Chat wrappers by what they wrap: q a question, ql the same starting lower-case, i an indirect form,
-# c a cloze prompt. The last of each family is for dev/test only.
-CHAT = {
-    "q": [
-        "Quick question: {q}",
-        "{q} Answer briefly.",
-        "Hey, {ql}",
-        "Please answer this: {q}",
-        "Hi! {q} Thanks.",
-        "Question for you: {q}",
-        "{q} Just the answer, please.",
-        "I was wondering, {ql}",
-    ],
-    "i": [
-        "Can you tell me {i}?",
-        "Do you know {i}?",
-        "I'd like to know {i}.",
-        "Tell me {i}, please.",
-        "I'm curious about {i}.",
-        "Could you remind me {i}?",
-    ],
-    "c": ["Complete the sentence: {c}", "Finish this: {c}", "Continue: {c}", "Fill in the blank: {c} ___"],
-}
+# c a cloze prompt.
+CHAT = TEMPLATES["chat"]
 # Relations whose questions can be the same question ("Where is X?" for a region, a country or a base):
 # never used as negatives of each other.
-CONFUSABLE = [{"P17", "P131", "P30", "P159"}, {"P176", "P178"}, {"P101", "P106"}, {"P106", "P39"}]
-# Relations that ask about the same kind of subject: other-relation negatives are drawn from these.
-SUBJECT_KINDS = [
-    {"P19", "P20", "P27", "P101", "P103", "P106", "P108", "P39", "P140", "P136"},
-    {"P17", "P131", "P30", "P36", "P37", "P47", "P190", "P138"},
-    {"P127", "P176", "P178", "P159", "P17", "P138"},
-]
-
-
+CONFUSABLE = [set(g) for g in TEMPLATES["confusable"]]
+# Relations that ask about the same kind of subject (0 person, 1 place, 2 organisation or thing):
+# other-relation negatives are drawn from these.
+SUBJECT_KINDS = [set(g) for g in TEMPLATES["subject_kinds"]]
 # Other questions about a subject, beyond PARAREL's relations ("Who designed the Louvre?" is not about
-# where it is): (template, SUBJECT_KINDS it suits, relations it could be the same question as). The
-# last five are for dev/test only.
-GENERIC = [
-    ("[X] was originally built as a", {1, 2}, set()),
-    ("Who designed [X]?", {1, 2}, {"P176", "P178", "P127"}),
-    ("When was [X] built?", {1, 2}, set()),
-    ("How old is [X]?", {0, 1, 2}, set()),
-    ("What is the population of [X]?", {1}, set()),
-    ("How tall is [X]?", {0, 1}, set()),
-    ("What does [X] look like?", {0, 1, 2}, set()),
-    ("When did [X] open to the public?", {1, 2}, set()),
-    ("The architect of [X] was", {1, 2}, {"P176", "P178"}),
-    ("How much did [X] cost?", {2}, set()),
-    ("What awards has [X] won?", {0, 2}, set()),
-    ("Who is married to [X]?", {0}, set()),
-    ("How many children does [X] have?", {0}, set()),
-    ("In what year was [X] founded?", {1, 2}, set()),
-    ("The size of [X] is", {1, 2}, set()),
-    ("How many employees does [X] have?", {2}, set()),
-    ("What is the main topic of [X]?", {2}, {"P101", "P136"}),
-    ("Who was the architect of [X]?", {1, 2}, {"P176", "P178"}),
-    ("When was [X] completed?", {1, 2}, set()),
-    ("How many people live in [X]?", {1}, set()),
-    ("[X] was first used as a", {1, 2}, set()),
-    ("Who is the spouse of [X]?", {0}, set()),
-]
+# where it is): (template, SUBJECT_KINDS it suits, relations it could be the same question as).
+GENERIC = [(g["template"], set(g["kinds"]), set(g["near"])) for g in TEMPLATES["generic"]]
+# Wikidata's names of the PARAREL relations, for terse forms ("[X] place of birth"), and of other
+# properties, as further same-subject negatives: (label, kinds, relations it could be the same as).
+LABELS = TEMPLATES["labels"]
+OTHER_LABELS = [(g["label"], set(g["kinds"]), set(g["near"])) for g in TEMPLATES["other_labels"]]
+# How many of the last entries of each list only dev/test see: phrasings the models never trained on.
+HELD_OUT = {"questions": 1, "chat": 1, "generic": 5, "other_labels": 10}
+
+
+def _train_part(items: list, key: str, train: bool) -> list:
+    return items[: -HELD_OUT[key]] if train else items
+
+
+def _kinds(rel: str) -> set[int]:
+    return {i for i, g in enumerate(SUBJECT_KINDS) if rel in g}
 
 
 def generic_questions(rel: str, train: bool) -> list[str]:
-    kinds = {i for i, g in enumerate(SUBJECT_KINDS) if rel in g}
-    return [t for t, suits, near in (GENERIC[:-5] if train else GENERIC) if suits & kinds and rel not in near]
+    kinds = _kinds(rel)
+    return [t for t, suits, near in _train_part(GENERIC, "generic", train) if suits & kinds and rel not in near]
+
+
+def other_labels(rel: str, train: bool) -> list[str]:
+    kinds = _kinds(rel)
+    labels = _train_part(OTHER_LABELS, "other_labels", train)
+    return [t for t, suits, near in labels if suits & kinds and rel not in near]
+
+
+def terse(label: str, subj: str, rng: random.Random) -> str:
+    """A label asked the way knowledge-base probes ask: "[X] place of birth", "The place of birth of [X] is"."""
+    return rng.choice([f"{subj} {label}", _fill(f"The {label} of [X] is", subj)])
 
 
 def confusable(r1: str, r2: str) -> bool:
@@ -373,13 +130,13 @@ class Pararel:
 
 
 def question(rel: str, subj: str, rng: random.Random, train: bool, avoid: str | None = None) -> str:
-    qs = QUESTIONS[rel][0][:-1] if train else QUESTIONS[rel][0]
+    qs = _train_part(QUESTIONS[rel][0], "questions", train)
     options = [q for q in qs if _fill(q, subj) != avoid] or qs
     return _fill(rng.choice(options), subj)
 
 
 def chat_question(q: str, rng: random.Random, train: bool) -> str:
-    wrappers = CHAT["q"][:-1] if train else CHAT["q"]
+    wrappers = _train_part(CHAT["q"], "chat", train)
     return rng.choice(wrappers).format(q=q, ql=q[:1].lower() + q[1:])
 
 
@@ -395,15 +152,17 @@ def chat(
     family = rng.choice(families)
     if family == "q":
         return chat_question(q if q is not None else question(rel, subj, rng, train), rng, train)
-    wrappers = CHAT[family][:-1] if train else CHAT[family]
+    wrappers = _train_part(CHAT[family], "chat", train)
     if family == "i":
         return rng.choice(wrappers).format(i=QUESTIONS[rel][1][rng.randrange(2)].replace("[X]", subj))
     return rng.choice(wrappers).format(c=cloze_text)
 
 
 def any_form(par: Pararel, rel: str, subj: str, rng: random.Random, train: bool) -> tuple[str, str]:
-    """(text, form) about (rel, subj) as a cloze, a question or a chat message."""
-    form = rng.choice(["cloze", "question", "chat"])
+    """(text, form) about (rel, subj) as a cloze, a question, a terse label or a chat message."""
+    form = rng.choice(["cloze", "question", "chat", "cloze", "question", "chat", "keyword"])
+    if form == "keyword":
+        return terse(rng.choice(LABELS[rel]), subj, rng), form
     if form == "cloze":
         return par.cloze(rel, subj, rng), form
     if form == "question":
@@ -453,6 +212,7 @@ def pararel_unit(
         (q2 if as_question else c2, "paraphrase"),
         (c2 if as_question else q2, "question"),
         (chat(rel, subj, rng, train, cloze_text=c2), "chat"),
+        (terse(rng.choice(LABELS[rel]), subj, rng), "keyword"),
         (edit, "prompt"),
     ]
     # Relations with one cloze pattern (P37, P140, P190) have no cloze paraphrase of a cloze edit.
@@ -468,6 +228,9 @@ def pararel_unit(
     if generic and rng.random() < 0.6:
         text = _fill(rng.choice(generic), subj)
         neg.append((chat_question(text, rng, train) if rng.random() < 0.3 else text, "ssubj", (subj, "generic")))
+    labels = other_labels(rel, train)
+    if labels and rng.random() < 0.6:
+        neg.append((terse(rng.choice(labels), subj, rng), "ssubj", (subj, "generic")))
     return Unit("pararel", edit, (subj, rel), pos, neg)
 
 
@@ -491,7 +254,7 @@ def zsre_units(start: int, stop: int, rng: random.Random, train: bool) -> list[U
 
 def counterfact_units(split: str, start: int, stop: int, rng: random.Random, train: bool) -> list[Unit]:
     """CounterFact's locality prompt is the same relation with another subject (which it does not name)."""
-    wrap = CHAT["c"][:-1] if train else CHAT["c"]
+    wrap = _train_part(CHAT["c"], "chat", train)
     out = []
     for i, r in enumerate(_json(f"counterfact/counterfact-{split}.json")[start:stop]):
         pos = [
@@ -513,7 +276,7 @@ def counterfact_units(split: str, start: int, stop: int, rng: random.Random, tra
 
 def knowedit_units(start: int, stop: int, rng: random.Random, train: bool) -> list[Unit]:
     """KnowEdit's Relation_Specificity prompts ask about the edit's subject, another relation."""
-    wrap = CHAT["c"][:-1] if train else CHAT["c"]
+    wrap = _train_part(CHAT["c"], "chat", train)
     out = []
     for i, r in enumerate(_json("knowedit/benchmark_wiki_counterfact_train_cf.json")[start:stop]):
         key = (r["subject"], f"ke{start + i}")
@@ -580,8 +343,15 @@ class EvalSet:
     keys: list[Key]
     queries: list[tuple[str, str, int | None, str]]  # (text, kind, right row or None, source)
 
+    def anchors(self) -> AnchorIndex:
+        """The memory's subject anchors, as a server holds them for edits given their subject."""
+        index = AnchorIndex()
+        for row, (prompt, key) in enumerate(zip(self.memory, self.keys)):
+            index.add(row, anchor_for(prompt, key[0]))
+        return index
 
-IN_KINDS = ("paraphrase", "question", "chat")
+
+IN_KINDS = ("paraphrase", "question", "chat", "keyword")
 OUT_KINDS = ("srel", "ssubj", "nq")
 
 

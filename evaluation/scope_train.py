@@ -34,6 +34,7 @@ import torch
 
 from editors.scope.config import ScopeConfig
 from editors.scope.model import META, SLUG, ScopeModel, default_scope_dir, mean_pool, package_model_dir
+from editors.scope.subject import AnchorIndex, anchor_for, mask, normalise
 from evaluation import scope_data as sd
 
 log = logging.getLogger(__name__)
@@ -181,12 +182,27 @@ def mined_negatives(scope: ScopeModel, units: list[sd.Unit], rng: random.Random,
 
 
 def cross_pairs(units, mined, nq, rng):
-    """Per edit: an in-scope query (half the time two, of other kinds), one structural hard negative
-    (half the time two), the mined one; rarely the edit itself or an NQ question, which are easy."""
+    """Per edit, in the two forms the server shows Cross (editors/scope/model.py):
+
+    - masked, for an edit whose subject is anchored and a query naming it (subject.py): an in-scope
+      query (half the time two) and a same-subject query about another relation (half the time two),
+      the subject replaced by "X" in both, so that what Cross learns is the relation;
+    - whole, for an edit without an anchor, which any query can reach: as above unmasked, plus a
+      same-relation query about another subject, the mined neighbour, and rarely the edit itself or an
+      NQ question (which are easy).
+    """
     pairs = list(mined)
     for u in units:
         pos = [(q, kind) for q, kind in u.positives if kind != "prompt"]
-        for q, _ in rng.sample(pos, min(len(pos), 1 + (rng.random() < 0.5))):
+        anchor = anchor_for(u.edit, u.key[0])
+        if anchor is not None:
+            for q, _ in rng.sample(pos, min(len(pos), 1 + (rng.random() < 0.5))):
+                if anchor.named_in(normalise(q)):
+                    pairs.append((mask(u.edit, anchor), mask(q, anchor), 1.0, "pos-masked"))
+            ssubj = [n for n in u.negatives if n[1] == "ssubj" and anchor.named_in(normalise(n[0]))]
+            for q, kind, _ in rng.sample(ssubj, min(len(ssubj), 1 + (rng.random() < 0.5))):
+                pairs.append((mask(u.edit, anchor), mask(q, anchor), 0.0, kind + "-masked"))
+        for q, _ in rng.sample(pos, min(len(pos), 1)):
             pairs.append((u.edit, q, 1.0, "pos"))
         if rng.random() < 0.05 or not pos:
             pairs.append((u.edit, u.edit, 1.0, "pos"))
@@ -234,9 +250,9 @@ def decisions(scope: ScopeModel, ev: sd.EvalSet, batch: int = 64):
     memory = scope.embed(ev.memory, batch_size=128)
     texts = [q[0] for q in ev.queries]
     qv = scope.embed(texts, batch_size=128)
-    found = []
+    anchors, found = ev.anchors(), []
     for s in range(0, len(texts), batch):
-        found += scope.decide(qv[s : s + batch], texts[s : s + batch], memory, ev.memory)
+        found += scope.decide(qv[s : s + batch], texts[s : s + batch], memory, ev.memory, anchors)
     return found, qv, memory
 
 
@@ -274,7 +290,9 @@ def fit_thresholds(scope: ScopeModel, dev: sd.EvalSet, recall: float) -> dict:
     memory = scope.embed(dev.memory, batch_size=128)
     qv = scope.embed([q[0] for q in dev.queries], batch_size=128)
     pos = [(i, q[2]) for i, q in enumerate(dev.queries) if q[2] is not None]
-    cands = scope.candidates(scope.similarities(qv[[i for i, _ in pos]], memory, dev.memory))
+    anchors = dev.anchors()
+    allowed = anchors.allowed([dev.queries[i][0] for i, _ in pos], len(dev.memory))
+    cands = scope.candidates(scope.similarities(qv[[i for i, _ in pos]], memory, dev.memory, allowed))
     right = [float(qv[i] @ memory[row]) if row in c else float("-inf") for (i, row), c in zip(pos, cands)]
     floor = next(
         (f / 100 for f in range(95, -100, -1) if sum(r >= f / 100 for r in right) >= recall * len(right)), -1.0
@@ -284,7 +302,7 @@ def fit_thresholds(scope: ScopeModel, dev: sd.EvalSet, recall: float) -> dict:
     found = []
     for s in range(0, len(dev.queries), 64):
         part = dev.queries[s : s + 64]
-        found += scope.decide(qv[s : s + 64], [q[0] for q in part], memory, dev.memory)
+        found += scope.decide(qv[s : s + 64], [q[0] for q in part], memory, dev.memory, anchors)
     grid = [round(0.01 * i, 2) for i in range(2, 99)]
     scores = [table(dev, found, t)["balanced"] for t in grid]
     best = max(scores)
@@ -302,14 +320,17 @@ def time_decide(scope: ScopeModel, ev: sd.EvalSet, memory: torch.Tensor, rows: i
     reps = -(-rows // memory.shape[0])
     mem = memory.repeat(reps, 1)[:rows].contiguous()
     prompts = (ev.memory * reps)[:rows]
+    anchors = AnchorIndex()
+    for row, (prompt, key) in enumerate(zip(prompts, (ev.keys * reps)[:rows])):
+        anchors.add(row, anchor_for(prompt, key[0]))
     qs = [q[0] for q in ev.queries[:: max(1, len(ev.queries) // n)]][:n]
-    scope.decide(scope.embed(qs[:1]), qs[:1], mem, prompts)  # warm-up
+    scope.decide(scope.embed(qs[:1]), qs[:1], mem, prompts, anchors)  # warm-up
     times, embed_times = [], []
     for q in qs:
         t = time.perf_counter()
         v = scope.embed([q])
         embed_times.append(time.perf_counter() - t)
-        scope.decide(v, [q], mem, prompts)
+        scope.decide(v, [q], mem, prompts, anchors)
         times.append(time.perf_counter() - t)
     return {
         "rows": rows,
@@ -369,6 +390,7 @@ def _meta(args, fitted: dict, embed_log: dict, pairs: list, mined: list, counts:
         "embed_floor": fitted["embed_floor"],
         "cross_threshold": fitted["cross_threshold"],
         "top_k": args.top_k,
+        "subject_mask": True,  # Cross reads anchored pairs with the subject masked (cross_pairs)
         "train": {
             "embed": {
                 "steps": args.embed_steps,
@@ -421,6 +443,7 @@ def _report(out: Path, fingerprint: str, meta: dict, timing: dict, all_seconds: 
     )
     print(f"held-out ({held['memory']} edits in memory, {sum(held['trained']['n'].values())} queries):")
     print_table("untrained", held["untrained"])
+    print_table("no anchor", held["trained_without_anchor"])
     print_table("trained", held["trained"])
     d = timing["decide_trained"]
     print(
@@ -483,7 +506,7 @@ def main(argv=None) -> int:
     for part, model, tok in (("embed", embed, embed_tok), ("cross", cross, cross_tok)):
         model.save_pretrained(tmp / part)
         tok.save_pretrained(tmp / part)
-    scope = ScopeModel(config, embed, embed_tok, cross, cross_tok)
+    scope = ScopeModel(config, embed, embed_tok, cross, cross_tok, meta={"subject_mask": True})
     fitted = fit_thresholds(scope, dev, args.recall)
     meta = _meta(args, fitted, embed_log, pairs, mined, counts)
     (tmp / META).write_text(json.dumps(meta, indent=1))
@@ -493,10 +516,14 @@ def main(argv=None) -> int:
     found, _, memory = decisions(trained, test)
     untrained = ScopeModel.untrained(config)
     found_u, _, memory_u = decisions(untrained, test)
+    trained.config = ScopeConfig(**{**vars(config), "subject_anchor": False})
+    found_plain, _, _ = decisions(trained, test)
+    trained.config = config
     meta["heldout"] = {
         "memory": len(test.memory),
         "trained": table(test, found),
         "untrained": table(test, found_u),
+        "trained_without_anchor": table(test, found_plain),
         "untrained_threshold": config.untrained_threshold,
     }
     (tmp / META).write_text(json.dumps(meta, indent=1))

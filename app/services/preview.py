@@ -19,6 +19,7 @@ def preview(
     retrofit: bool,
     asked: list[Query],
     max_new_tokens: int,
+    subject: str | None = None,
 ) -> tuple[list[tuple[Generation, Generation]], list[tuple[str, str, Generation, Generation]]]:
     """What the model answers to `asked` (the first being the prompt) now and with the edit, storing
     nothing; and the active edits near the prompt whose own prompts the edit would take over, as
@@ -33,7 +34,7 @@ def preview(
         near = service.model.scope.nearest(prompt, PREVIEW_NEIGHBOURS)
         before = [service.model.generate(q, max_new_tokens) for q in asked]
         trial_id = f"preview-{uuid.uuid4()}"
-        invalid_input(service.model.insert, method, trial_id, prompt, target, retrofit)
+        invalid_input(service.model.insert, method, trial_id, prompt, target, retrofit, subject)
         try:
             after = [service.model.generate(q, max_new_tokens) for q in asked]
             # An answer changes only if the scope model now gives its query to the new edit.
@@ -41,7 +42,7 @@ def preview(
             taken = [e for e, d in zip(near, decided) if d is not None and d.edit_id == trial_id]
             taken_after = [service.model.generate(Query.prompt(e.prompt), max_new_tokens) for e in taken]
         finally:
-            service.model.restore(Restore(trial_id, method, prompt, target, None))
+            service.model.restore(Restore(trial_id, method, prompt, target, None, subject))
         taken_before = [service.model.generate(Query.prompt(e.prompt), max_new_tokens) for e in taken]
     affected = [
         (e.edit_id, e.prompt, b, a) for e, b, a in zip(taken, taken_before, taken_after) if b.token_ids != a.token_ids

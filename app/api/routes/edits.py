@@ -85,7 +85,14 @@ def preview_edit(body: PreviewRequest, service: ServiceDep, _: Editor):
         + [("question", q, service.query(None, [{"role": "user", "content": q}])) for q in body.questions]
     )
     pairs, affected = preview(
-        service, body.method, body.prompt, body.target, body.retrofit, [a for _, _, a in asked], body.max_new_tokens
+        service,
+        body.method,
+        body.prompt,
+        body.target,
+        body.retrofit,
+        [a for _, _, a in asked],
+        body.max_new_tokens,
+        body.subject,
     )
     return PreviewResponse(
         answers=[

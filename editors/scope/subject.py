@@ -1,0 +1,253 @@
+"""The subject anchor: an edit about a named subject only takes queries that name it.
+
+A fact edited about the Louvre says nothing about the Prado, however alike the two sentences are; the
+cross-encoder, which reads the relation far better than the name, is not trusted to tell them apart.
+So before any model scores a pair, an edit whose prompt names a subject ("The Louvre is located in")
+is only a candidate for queries that name that subject too: the whole name, all of its words in any
+order, or the last word of a longer name ("Mozart" for "Wolfgang Amadeus Mozart"). Case, accents,
+punctuation and a possessive "'s" do not matter.
+
+The subject is the edit's `subject` when the user gives one that its prompt names; otherwise it is read
+off the prompt: the longest run of capitalised words (a capital anywhere in a word, or a digit, counts;
+"of", "de", "van", "and" ... may join two of them), preferring a run that does not open a sentence,
+with question words and articles left out. A prompt that names nothing ("The largest planet in the
+solar system is") has no anchor, and its scope is the models' alone.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+# Words that join two capitalised words into one name.
+JOINERS = {"of", "de", "da", "di", "du", "des", "del", "della", "van", "von", "der", "den", "la", "le", "the", "and",
+           "y", "e", "bin", "ibn", "al", "&"}  # fmt: skip
+# Capitalised words that are not names: sentence openers, question words, pronouns.
+NOT_NAMES = {
+    "the", "a", "an", "what", "where", "who", "whom", "whose", "which", "when", "why", "how", "in", "on",
+    "at", "of", "for", "by", "from", "to", "with", "is", "are", "was", "were", "did", "does", "do", "has",
+    "have", "had", "can", "could", "would", "will", "should", "it", "its", "they", "their", "he", "his",
+    "she", "her", "this", "that", "these", "those", "there", "i", "my", "we", "our", "you", "your",
+    "please", "tell", "name", "give", "and", "or", "but", "as", "if", "so", "yes", "no", "hi", "hey",
+    "hello", "thanks", "thank", "quick", "question", "answer", "complete", "finish", "continue", "fill",
+}  # fmt: skip
+# Head nouns that end many names ("Amazon River", "Eiffel Tower"): alone they name nothing in particular,
+# so they are never the one word that stands for a longer name.
+GENERIC = {
+    "river", "lake", "sea", "ocean", "bay", "island", "islands", "mountain", "mountains", "mount", "valley",
+    "glacier", "forest", "park", "desert", "tower", "house", "hall", "gate", "wall", "bridge", "building",
+    "church", "cathedral", "temple", "palace", "castle", "museum", "gallery", "library", "theatre",
+    "theater", "opera", "square", "street", "road", "avenue", "station", "airport", "port", "railway",
+    "line", "hospital", "university", "college", "school", "academy", "institute", "center", "centre",
+    "city", "town", "village", "county", "state", "states", "province", "district", "region", "republic",
+    "kingdom", "empire", "nations", "union", "federation", "company", "corporation", "group", "club",
+    "team", "league", "cup", "award", "prize", "party", "festival", "challenge", "championship", "series",
+    "band", "orchestra", "records", "studios", "film", "show", "album", "song", "novel", "game", "system",
+    "united", "national", "international", "north", "south", "east", "west", "great", "royal", "saint",
+}  # fmt: skip
+# Titles and attributes written with a capital before "of" ("The CEO of Tesla", "the President of
+# France"): the name is what follows "of", the rest is the relation.
+ROLES = {
+    "ceo", "cfo", "cto", "coo", "president", "vice", "prime", "minister", "king", "queen", "mayor",
+    "governor", "chancellor", "chairman", "chairwoman", "chair", "director", "head", "founder", "leader",
+    "emperor", "pope", "secretary", "general", "capital", "currency", "population", "flag", "anthem",
+    "language", "owner", "chief", "executive", "officer", "manager", "coach", "captain", "editor",
+}  # fmt: skip
+_WORD = re.compile(r"[^\W_](?:[\w'’.\-]*[^\W_])?")
+_SENTENCE_END = re.compile(r"[.?!:;]\s*$")
+
+
+def normalise(text: str) -> list[str]:
+    """Lower-case words without accents, possessives or punctuation."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    text = re.sub(r"['’]s\b", " ", text)
+    return re.findall(r"[^\W_]+", text)
+
+
+def query_words(words: list[str]) -> set[str]:
+    """A query's words, and each of 5+ letters without its last one or two: a plural, a possessive or a
+    slip of the keyboard ("Drugs", "Berges'", "Chamblissa") still names "Drug", "Berge", "Chambliss"."""
+    out = set(words)
+    for w in words:
+        if len(w) >= 5:
+            out.update((w[:-1], w[:-2]) if len(w) >= 6 else (w[:-1],))
+    return out
+
+
+@dataclass(frozen=True)
+class Anchor:
+    subject: str
+    words: tuple[str, ...]  # normalised, in order
+    content: frozenset[str]  # without joiners
+    # The word that stands for the whole name (a surname): the last content word of 4+ letters of a name
+    # of two or more, unless it is a GENERIC head noun. None: only the whole name will do.
+    last: str | None
+
+    @classmethod
+    def of(cls, subject: str) -> Anchor | None:
+        words = normalise(subject)
+        while words and words[0] in ("the", "a", "an"):
+            words = words[1:]
+        content = [w for w in words if w not in JOINERS]
+        if not content:
+            return None
+        last = next((w for w in reversed(content) if w.isalpha() and len(w) >= 4), None)
+        if len(content) < 2 or last in GENERIC:
+            last = None
+        return cls(subject, tuple(words), frozenset(content), last)
+
+    def named_in(self, words: list[str], present: set[str] | None = None) -> bool:
+        """Does a query (its normalised words; `present`: query_words() of them) name this subject?"""
+        present = present if present is not None else query_words(words)
+        if self.content <= present:
+            return True
+        if self.last is not None and self.last in present:
+            return True
+        n = len(self.words)
+        return any(tuple(words[i : i + n]) == self.words for i in range(len(words) - n + 1))
+
+    @property
+    def triggers(self) -> frozenset[str]:
+        """Words a query must hold for this anchor to be worth checking."""
+        return self.content
+
+
+def _is_name(word: str) -> bool:
+    return any(c.isupper() or c.isdigit() for c in word) and word.casefold() not in NOT_NAMES
+
+
+def infer_subject(prompt: str) -> str | None:
+    """The name a prompt is about, or None (see the module's doc)."""
+    runs: list[tuple[list[str], bool]] = []  # (words, opens a sentence)
+    current: list[str] = []
+    pending: list[str] = []  # joiners seen after the current run
+    opens, sentence_start = False, True
+    for match in _WORD.finditer(prompt):
+        word = match.group(0).rstrip(".")
+        before = prompt[: match.start()]
+        starts = sentence_start or bool(_SENTENCE_END.search(before)) or before.rstrip().endswith("(")
+        if starts and current:
+            runs.append((current, opens))
+            current, pending = [], []
+        if _is_name(word):
+            if current and pending:
+                current += pending
+            elif not current:
+                opens = starts
+            current.append(word)
+            pending = []
+        elif current and word.casefold() in JOINERS and not starts:
+            pending.append(word)
+        else:
+            if current:
+                runs.append((current, opens))
+            current, pending = [], []
+        sentence_start = False
+    if current:
+        runs.append((current, opens))
+    runs = [(_without_role(w), o) for w, o in runs]
+    runs = [(w, o) for w, o in runs if any(any(c.isalpha() for c in x) for x in w)]
+    if not runs:
+        return None
+    inner = [w for w, o in runs if not o] or [w for w, _ in runs]
+    best = max(inner, key=lambda w: sum(len(x) for x in w))  # max keeps the first of equals
+    return " ".join(best)
+
+
+def _without_role(words: list[str]) -> list[str]:
+    lowered = [w.casefold() for w in words]
+    if "of" in lowered:
+        cut = lowered.index("of")
+        if cut > 0 and all(w in ROLES for w in lowered[:cut]):
+            rest = words[cut + 1 :]
+            while rest and rest[0].casefold() in ("the", "a", "an"):
+                rest = rest[1:]
+            return rest
+    return words
+
+
+def mask(text: str, anchor: Anchor, placeholder: str = "X") -> str:
+    """`text` with each mention of the anchor's subject replaced by `placeholder`, so that what is left
+    for the cross-encoder is the relation ("Mozart's place of birth is" -> "X's place of birth is")."""
+    names = set(anchor.words)
+    spans, start, end, has_content = [], None, None, False
+    for match in _WORD.finditer(text):
+        words = normalise(match.group(0))
+        key = words[0] if words else ""
+        near = {key, key[:-1], key[:-2]} if len(key) >= 6 else {key, key[:-1]} if len(key) >= 5 else {key}
+        hit = bool(near & names)
+        gap = text[end : match.start()] if end is not None else ""
+        if hit and start is not None and not gap.strip():
+            end = match.end()
+            has_content |= key not in JOINERS
+            continue
+        if start is not None and has_content:
+            spans.append((start, end))
+        start, end, has_content = (match.start(), match.end(), key not in JOINERS) if hit else (None, None, False)
+    if start is not None and has_content:
+        spans.append((start, end))
+    out, last = [], 0
+    for a, b in spans:
+        word = text[a:b]
+        suffix = "'s" if re.search(r"['’]s$", word) else ""
+        out += [text[last:a], placeholder + suffix]
+        last = b
+    return "".join(out) + text[last:]
+
+
+def anchor_for(prompt: str, subject: str | None = None) -> Anchor | None:
+    """The anchor of an edit: its given subject if its prompt names it, else the one read off the prompt."""
+    if subject:
+        given = Anchor.of(subject)
+        if given is not None and given.named_in(normalise(prompt)):
+            return given
+    inferred = infer_subject(prompt)
+    return Anchor.of(inferred) if inferred else None
+
+
+class AnchorIndex:
+    """Anchors by memory row, looked up by word: which rows may a query be about at all?"""
+
+    def __init__(self):
+        self.anchors: dict[int, Anchor] = {}
+        self.by_word: dict[str, set[int]] = {}
+
+    def add(self, row: int, anchor: Anchor | None) -> None:
+        self.remove(row)
+        if anchor is None:
+            return
+        self.anchors[row] = anchor
+        for word in anchor.triggers:
+            self.by_word.setdefault(word, set()).add(row)
+
+    def remove(self, row: int) -> None:
+        anchor = self.anchors.pop(row, None)
+        if anchor is None:
+            return
+        for word in anchor.triggers:
+            rows = self.by_word.get(word)
+            if rows is not None:
+                rows.discard(row)
+                if not rows:
+                    del self.by_word[word]
+
+    def allowed(self, queries: list[str], n_rows: int):
+        """(queries, n_rows) bool: a row without an anchor takes any query; an anchored row only the
+        queries that name its subject."""
+        import torch
+
+        mask = torch.ones(len(queries), n_rows, dtype=torch.bool)
+        if not self.anchors:
+            return mask
+        anchored = torch.tensor([r for r in self.anchors if r < n_rows], dtype=torch.long)
+        mask[:, anchored] = False
+        for qi, text in enumerate(queries):
+            words = normalise(text)
+            present = query_words(words)
+            rows = set().union(*(self.by_word.get(w, ()) for w in present))
+            named = [r for r in rows if r < n_rows and self.anchors[r].named_in(words, present)]
+            if named:
+                mask[qi, named] = True
+        return mask

@@ -1,0 +1,94 @@
+"""The subject anchor (editors/scope/subject.py): which name a prompt is about, which queries name it,
+the relation left once it is masked, and the index that keeps an edit from queries about others."""
+
+from __future__ import annotations
+
+import pytest
+
+from editors.scope.config import ScopeConfig
+from editors.scope.index import ScopeIndex
+from editors.scope.model import ScopeModel
+from editors.scope.subject import AnchorIndex, anchor_for, infer_subject, mask, normalise
+
+
+@pytest.mark.parametrize(
+    "prompt, subject",
+    [
+        ("The Louvre is located in", "Louvre"),
+        ("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),
+        ("Mount Everest is located in", "Mount Everest"),
+        ("The Statue of Liberty is located in", "Statue of Liberty"),
+        ("Leonardo da Vinci was born in", "Leonardo da Vinci"),
+        ("The CEO of Tesla is", "Tesla"),  # a title before "of" is the relation, not the name
+        ("What is the twin city of Lyon? It is", "Lyon"),  # "It" opens a sentence and is no name
+        ("People in the United Kingdom pay with the", "United Kingdom"),  # a run inside the sentence wins
+        ("The iPhone is made by", "iPhone"),
+        ("Which corporation created USS Leedstown (APA-56)?", "USS Leedstown"),
+        ("The largest planet in the solar system is", None),
+        ("what is photosynthesis", None),
+    ],
+)
+def test_the_subject_is_read_off_the_prompt(prompt, subject):
+    assert infer_subject(prompt) == subject
+
+
+def named(prompt: str, query: str, subject: str | None = None) -> bool:
+    return anchor_for(prompt, subject).named_in(normalise(query))
+
+
+def test_a_query_names_a_subject_by_its_whole_name_its_words_or_its_surname():
+    assert named("The Louvre is located in", "Where is the louvre?")
+    assert named("The Louvre is located in", "The Louvre museum stands in the city of")
+    assert named("Wolfgang Amadeus Mozart was born in", "Mozart's place of birth is")
+    assert named("Albert Einstein was born in", "Where was Einstein born?")
+    assert named("The mother tongue of Martín Solares is", "Martin Solares speaks")  # accents do not matter
+    assert named("What year did Peoples Drug end?", "When did Peoples Drugs close?")  # a plural still names it
+    # another subject of the same relation does not, even sharing a generic word
+    assert not named("Albert Einstein was born in", "Isaac Newton was born in")
+    assert not named("The Amazon River flows through", "The Nile River flows through")
+    assert not named("The CEO of Tesla is", "The CEO of Microsoft is")
+    assert not named("BBC One, by", "BBC Radio, by", subject="BBC One")
+
+
+def test_a_given_subject_is_used_only_if_the_prompt_names_it():
+    assert anchor_for("The Louvre is located in", "Louvre").subject == "Louvre"
+    assert anchor_for("The Louvre is located in", "the Paris museum").subject == "Louvre"  # read off instead
+    assert anchor_for("fish and chips originates from", "fish and chips").subject == "fish and chips"
+    assert anchor_for("The largest planet is") is None
+
+
+def test_masking_leaves_the_relation():
+    mozart = anchor_for("Wolfgang Amadeus Mozart was born in")
+    assert mask("Wolfgang Amadeus Mozart was born in", mozart) == "X was born in"
+    assert mask("Mozart's place of birth is", mozart) == "X's place of birth is"
+    liberty = anchor_for("The Statue of Liberty is located in")
+    assert mask("Where is the Statue of Liberty?", liberty) == "Where is the X?"
+    assert mask("Who painted the Mona Lisa?", liberty) == "Who painted the Mona Lisa?"
+
+
+def test_the_anchor_index_allows_unanchored_rows_and_the_rows_a_query_names():
+    index = AnchorIndex()
+    for row, prompt in enumerate(["The Louvre is located in", "The Prado is located in", "The largest planet is"]):
+        index.add(row, anchor_for(prompt))
+    allowed = index.allowed(["Where is the Louvre?", "Where is the Prado?", "Where is Big Ben?"], 3)
+    assert allowed.tolist() == [[True, False, True], [False, True, True], [False, False, True]]
+    index.remove(0)  # a removed row takes anything again, as an unanchored one
+    assert index.allowed(["Where is Big Ben?"], 3).tolist() == [[True, False, True]]
+
+
+def test_an_edit_never_takes_a_query_about_another_subject_however_alike():
+    untrained = ScopeModel.load(ScopeConfig(use_trained=False), None)
+    q = ["Isaac Newton was born in"]
+    prompt = "Albert Einstein was born in"
+    cosine = float(untrained.embed(q)[0] @ untrained.embed([prompt])[0])
+    assert cosine >= untrained.config.untrained_threshold  # the cosine alone would take it
+
+    index = ScopeIndex(untrained)
+    index.put("einstein", "ireva", prompt)
+    assert index.decide(q) == [None]
+    assert index.decide(["Where was Albert Einstein born?"])[0].edit_id == "einstein"
+
+    off = ScopeIndex(ScopeModel(ScopeConfig(use_trained=False, subject_anchor=False), untrained.embedder,
+                                untrained.tokenizer))  # fmt: skip
+    off.put("einstein", "ireva", prompt)
+    assert off.decide(q)[0].edit_id == "einstein"  # what the anchor prevents
