@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ACTIVE, WITHDRAWN, CORRUPT = "active", "withdrawn", "corrupt"
@@ -14,6 +27,12 @@ STATUSES = (ACTIVE, WITHDRAWN, CORRUPT)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def prompt_key(prompt: str) -> str:
+    """The digest of a prompt, which the database keeps unique among active edits (a prompt itself can
+    be longer than an index entry may be)."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
 class UTCDateTime(TypeDecorator):
@@ -39,10 +58,22 @@ class EditRecord(Base):
     """One edit: what the user asked for, where its neurons are on disk, and its status history."""
 
     __tablename__ = "edits"
+    # Two active edits on one prompt would claim the same queries: the database refuses the second,
+    # whichever server (replica) asks.
+    __table_args__ = (
+        Index(
+            "uq_edits_active_prompt",
+            "prompt_key",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     method: Mapped[str] = mapped_column(String(32), index=True)
     prompt: Mapped[str] = mapped_column(Text)
+    prompt_key: Mapped[str] = mapped_column(String(64))  # prompt_key(prompt)
     target: Mapped[str] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(Text, default=None)  # the entity the prompt is about, if given
     retrofit: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -87,3 +118,16 @@ class EditorState(Base):
     fingerprint: Mapped[dict] = mapped_column(JSON)
     blob: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LogEntry(Base):
+    """The edit log: one row per change of an edit, in the order the changes were made. Servers sharing
+    a database follow it to apply each other's changes (app/services/replica.py); the row itself is the
+    edit's state, this only says that it changed."""
+
+    __tablename__ = "edit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    edit_id: Mapped[str] = mapped_column(String(36), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # insert, update, withdraw, corrupt
+    made_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

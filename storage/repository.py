@@ -16,10 +16,12 @@ that can be stale, torn or missing without losing anything, and the blobs stay t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 
 import torch
@@ -29,8 +31,9 @@ from sqlalchemy import Engine, create_engine, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
+from storage import changes
 from storage.blobs import SUFFIX, BlobStore
-from storage.models import ACTIVE, CORRUPT, WITHDRAWN, EditorState, EditRecord, EditVersion, utcnow
+from storage.models import ACTIVE, CORRUPT, WITHDRAWN, EditorState, EditRecord, EditVersion, prompt_key, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -160,27 +163,54 @@ class Repository:
     def read_tensors(self, record: EditRecord) -> dict[str, torch.Tensor]:
         return self.blobs.read(record.blob)
 
+    _LIGHT = (
+        EditRecord.id,
+        EditRecord.method,
+        EditRecord.status,
+        EditRecord.blob,
+        EditRecord.prompt,
+        EditRecord.target,
+        EditRecord.subject,
+        EditRecord.error,
+        EditRecord.withdrawn_at,
+        EditRecord.created_at,
+    )
+
     def to_load(self) -> list:
         """The edits a starting server puts back in its editors: active and withdrawn, oldest first.
-        Light rows (id, method, status, blob, prompt, target, error, withdrawn_at, created_at), not
-        ORM objects: a start may read 10,000."""
+        Light rows (id, method, status, blob, prompt, target, subject, error, withdrawn_at, created_at),
+        not ORM objects: a start may read 10,000."""
         query = (
-            select(
-                EditRecord.id,
-                EditRecord.method,
-                EditRecord.status,
-                EditRecord.blob,
-                EditRecord.prompt,
-                EditRecord.target,
-                EditRecord.error,
-                EditRecord.withdrawn_at,
-                EditRecord.created_at,
-            )
+            select(*self._LIGHT)
             .where(EditRecord.status.in_((ACTIVE, WITHDRAWN)))
             .order_by(EditRecord.created_at, EditRecord.id)
         )
         with self.sessions() as s:
             return list(s.execute(query))
+
+    def light(self, edit_ids: list[str]) -> dict[str, object]:
+        """The light rows (as to_load's) of these edits, by id."""
+        if not edit_ids:
+            return {}
+        with self.sessions() as s:
+            return {r.id: r for r in s.execute(select(*self._LIGHT).where(EditRecord.id.in_(edit_ids)))}
+
+    # -- the edit log (storage/changes.py) -----------------------------------------------------------
+    @property
+    def shared(self) -> bool:
+        """Other servers may share this database (PostgreSQL): follow its log, take its lock."""
+        return changes.is_postgres(self.engine)
+
+    def change_lock(self) -> contextlib.AbstractContextManager:
+        return changes.change_lock(self.engine)
+
+    def log_head(self) -> int:
+        with self.sessions() as s:
+            return changes.head(s)
+
+    def log_since(self, seq: int) -> list[tuple[int, str]]:
+        with self.sessions() as s:
+            return changes.since(s, seq)
 
     def read_many(self, records: list) -> tuple[dict[str, dict[str, torch.Tensor] | Exception], int]:
         """Each record's tensors (or the exception reading its blob raised), taken from the pack where
@@ -298,6 +328,7 @@ class Repository:
             id=edit_id,
             method=method,
             prompt=prompt,
+            prompt_key=prompt_key(prompt),
             target=target,
             subject=subject,
             retrofit=retrofit,
@@ -311,6 +342,7 @@ class Repository:
         try:
             with self.sessions.begin() as s:
                 s.add(record)
+                changes.append(s, edit_id, "insert")
         except BaseException:
             self.blobs.delete(record.blob)
             raise
@@ -348,7 +380,10 @@ class Repository:
                     )
                 )
                 record.prompt, record.target, record.neurons, record.blob = prompt, target, neurons, blob
+                record.prompt_key = prompt_key(prompt)
                 record.status, record.error, record.updated_at, record.updated_by = ACTIVE, None, now, actor
+                s.flush()  # the row first: a second active edit of the prompt fails here, not in the log
+                changes.append(s, edit_id, "update")
         except BaseException:
             self.blobs.delete(blob)
             raise
@@ -360,6 +395,7 @@ class Repository:
         with self.sessions.begin() as s:
             record = s.get(EditRecord, edit_id)
             record.status, record.withdrawn_at, record.withdrawn_by = WITHDRAWN, utcnow(), actor
+            changes.append(s, edit_id, "withdraw")
         return record
 
     def history(self, edit_id: str) -> list[EditVersion]:
@@ -377,16 +413,26 @@ class Repository:
         with self.sessions.begin() as s:
             record = s.get(EditRecord, edit_id)
             record.status, record.error = CORRUPT, error
+            changes.append(s, edit_id, "corrupt")
         return record
 
-    def remove_orphans(self) -> list[str]:
-        """Delete files in the blob dir that no row names (crash leftovers, temp files)."""
+    def remove_orphans(self, min_age_s: float = 0.0) -> list[str]:
+        """Delete files in the blob dir that no row names (crash leftovers, temp files) and that are at
+        least `min_age_s` old: where servers share the blob dir, a blob another one is writing has no
+        row yet."""
+        cutoff = time.time() - min_age_s
         with self.sessions() as s:
             named = set(s.scalars(select(EditRecord.blob))) | set(s.scalars(select(EditorState.blob)))
-        orphans = [name for name in self.blobs.names() if name not in named]
+        orphans = [name for name in self.blobs.names() if name not in named and self._older(name, cutoff)]
         for name in orphans:
             self.blobs.delete(name)
         return orphans
+
+    def _older(self, name: str, cutoff: float) -> bool:
+        try:
+            return self.blobs.path(name).stat().st_mtime < cutoff
+        except FileNotFoundError:
+            return False
 
     # -- per-method state --------------------------------------------------------------------------
     def editor_state(self, method: str) -> EditorState | None:

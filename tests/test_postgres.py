@@ -21,7 +21,7 @@ from storage.repository import DB_FILE, Repository, database_url, make_engine, s
 from tests.api.helpers import OTHER_PROMPT, OTHER_TARGET, PROMPT, TARGET, assert_error, create, generate, listing, stop
 from tests.test_storage import tensors
 
-HEAD_TABLES = {"alembic_version", "edits", "editor_states", "edit_versions"}
+HEAD_TABLES = {"alembic_version", "edits", "editor_states", "edit_versions", "edit_log"}
 
 
 # -- the setting ---------------------------------------------------------------------------------------------

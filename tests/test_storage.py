@@ -81,14 +81,22 @@ def test_list_filters_orders_and_counts(repo):
     assert repo.get("e2").error == "blob gone"
 
 
-def test_with_prompt_filters_method_and_status(repo):
+def test_one_active_edit_per_prompt_and_with_prompt_filters_method_and_status(repo):
     create(repo, "e1", prompt="same")
-    create(repo, "e2", prompt="same", method="serac")
+    blobs = repo.blobs.names()
+    with pytest.raises(IntegrityError):  # the database itself refuses a second active edit of a prompt
+        create(repo, "e2", prompt="same", method="serac")
+    assert repo.blobs.names() == blobs and repo.get("e2") is None
     assert [r.id for r in repo.with_prompt("ireva", "same", "active")] == ["e1"]
     repo.withdraw("e1")
+    create(repo, "e2", prompt="same", method="serac")  # once the first is withdrawn
     assert repo.with_prompt("ireva", "same", "active") == []
     assert [r.id for r in repo.with_prompt("ireva", "same", "withdrawn")] == ["e1"]
     assert [r.id for r in repo.with_prompt("serac", "same", "active")] == ["e2"]
+    create(repo, "e3", prompt="other")
+    with pytest.raises(IntegrityError):  # nor can a retrain take an active edit's prompt
+        repo.retrain("e3", prompt="same", target="t", neurons=1, tensors=tensors())
+    assert repo.get("e3").prompt == "other"
 
 
 def test_retrain_swaps_the_blob_only_when_committed(repo):

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # The edit rows in PostgreSQL instead of the data dir's SQLite file: postgresql://user:pw@host:port/db
     # (psycopg 3). The blobs stay in <data_dir>/blobs: replicas sharing the database share that dir too.
     database_url: str | None = None
+    # Servers on one PostgreSQL database hear each other's changes at once (NOTIFY); besides, each looks
+    # at the edit log this often, in case a notification was lost with its connection.
+    follow_poll_seconds: float = Field(2.0, gt=0)
     cache_dir: Path = Path("~/.cache/editserve")  # converted models, shared by all data dirs
     model: str = DEFAULT_MODEL  # the packaged SmolLM2, a local transformers dir, or a hub id
     served_model_name: str | None = None  # the model id on /v1; None: the model's name without "packaged:"

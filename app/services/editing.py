@@ -15,10 +15,12 @@ import uuid
 from collections.abc import Iterator
 
 import torch
+from sqlalchemy.exc import IntegrityError
 
 from app.core.config import Settings
 from app.core.observability import Metrics
 from app.services.queue import Busy, GenerationQueue
+from app.services.replica import LogFollower, catch_up
 from editors.backbone import Backbone, encode_prompt, load_backbone
 from editors.edited import EditedModel, Query, Restore, collect
 from editors.generation import GREEDY, Generation, Sampling
@@ -32,6 +34,8 @@ from storage.repository import Repository
 log = logging.getLogger(__name__)
 
 PACK_AFTER_MISSES = 64  # blobs read one by one at start before a fresh pack is worth writing
+# Where servers share the blob dir, a blob younger than this may be another server's change in flight.
+SHARED_ORPHAN_AGE_S = 3600
 
 
 class ServiceError(Exception):
@@ -72,7 +76,10 @@ class EditingService:
         self.queue = GenerationQueue(settings.max_queue, self.metrics)
         self.backbone, self.editors = model.backbone, model.editors
         self.live: dict[str, set[str]] = {name: set() for name in model.editors}  # ids live in each editor
+        self.blob_of: dict[str, str] = {}  # live edit -> the blob its tensors came from
         self.writes = threading.Lock()  # one change at a time, across methods and the store
+        self.applied = 0  # the last edit-log entry this server has applied (app/services/replica.py)
+        self.follower: LogFollower | None = None
         self._packer: threading.Thread | None = None
         self._blobs_written = 0  # since start: blobs the pack does not hold
         self.model_id = settings.served_model_name or settings.model.removeprefix("packaged:")
@@ -95,12 +102,15 @@ class EditingService:
         repo = Repository(settings.data_dir, settings.database_url)
         try:
             editors, state_lost = {}, set()
-            for name in names:
-                editors[name], lost = _open_editor(name, METHODS[name], backbone, settings, repo)
-                if lost:
-                    state_lost.add(name)
+            with repo.change_lock():  # servers starting together on one database make the state once
+                for name in names:
+                    editors[name], lost = _open_editor(name, METHODS[name], backbone, settings, repo)
+                    if lost:
+                        state_lost.add(name)
             service = cls(settings, EditedModel(backbone, editors, scope), repo, metrics)
             service._restore(state_lost)
+            if repo.shared:
+                service.follower = LogFollower(service, settings.follow_poll_seconds).start()
         except BaseException:
             repo.close()
             raise
@@ -110,6 +120,7 @@ class EditingService:
         """Put every stored edit back: active ones acting; the withdrawn ones' prompts, so that they
         keep the unedited answer. Tensors come from the pack where it is current; when many had to be
         read blob by blob, a fresh pack is written in the background."""
+        self.applied = self.repo.log_head()  # read first: a change committed during the load is applied after
         rows = [r for r in self.repo.to_load() if self._restorable(r, state_lost)]
         active = [r for r in rows if r.status == ACTIVE]
         tensors, misses = self.repo.read_many(active)
@@ -122,6 +133,7 @@ class EditingService:
             [(r.id, r.method, r.prompt, r.target, tensors[r.id]) for r in active if r.id not in errors],
             withdrawn,
             self.repo.read_scope_vectors(self.model.scope.model.fingerprint),
+            {r.id: r.subject for r in rows if r.subject},
         )
         errors.update(failed)
         if embedded >= PACK_AFTER_MISSES:  # embedding 10,000 prompts takes a minute: keep them
@@ -138,7 +150,8 @@ class EditingService:
                 )
             else:
                 self.live[record.method].add(record.id)
-        for name in self.repo.remove_orphans():
+                self.blob_of[record.id] = record.blob
+        for name in self.repo.remove_orphans(SHARED_ORPHAN_AGE_S if self.repo.shared else 0):
             log.warning("removed orphan blob %s (no edit refers to it)", name)
         if misses >= PACK_AFTER_MISSES:
             self._packer = threading.Thread(
@@ -185,6 +198,8 @@ class EditingService:
 
     def close(self) -> None:
         """Stop: refresh the pack if many blobs changed since start, so the next start stays fast."""
+        if self.follower is not None:
+            self.follower.stop()
         if self._packer is not None:
             self._packer.join()
         if self._blobs_written >= PACK_AFTER_MISSES:
@@ -235,10 +250,11 @@ class EditingService:
         for field, text in (("prompt", prompt), ("target", target), ("subject", subject)):
             check_text(field, text, stored=True)
         self.check_length("prompt", prompt)
-        with self.writes, self.metrics.insert_seconds.time():
+        with self.writes, self.repo.change_lock(), self.metrics.insert_seconds.time():
+            catch_up(self)
             self.refuse_duplicate(prompt)
             edit_id = str(uuid.uuid4())
-            tensors = invalid_input(self.model.insert, method, edit_id, prompt, target, retrofit)
+            tensors = invalid_input(self.model.insert, method, edit_id, prompt, target, retrofit, subject)
             try:
                 record = self.repo.create(
                     edit_id=edit_id,
@@ -252,9 +268,10 @@ class EditingService:
                     actor=actor,
                 )
             except Exception as exc:
-                self.model.restore(Restore(edit_id, method, prompt, target, None))
-                raise _storage_failed("insert", exc) from exc
+                self.model.restore(Restore(edit_id, method, prompt, target, None, subject))
+                raise self._refused(prompt, exc) or _storage_failed("insert", exc) from exc
             self.live[method].add(edit_id)
+            self.blob_of[edit_id] = record.blob
             self._blobs_written += 1
             self.model.drop_shadows(prompt)
         return record
@@ -263,7 +280,8 @@ class EditingService:
         self, edit_id: str, prompt: str | None = None, target: str | None = None, actor: str | None = None
     ) -> EditRecord:
         """Retrain an edit on a new prompt and/or target. A corrupt edit is rebuilt from its record."""
-        with self.writes:
+        with self.writes, self.repo.change_lock():
+            catch_up(self)
             record = self.get(edit_id)
             if record.status == WITHDRAWN:
                 raise Conflict(f"edit {edit_id} is withdrawn and cannot change; create a new edit instead")
@@ -277,7 +295,12 @@ class EditingService:
                 self.refuse_duplicate(prompt)
             loaded = edit_id in self.live[record.method]
             before = Restore(
-                edit_id, record.method, record.prompt, record.target, editor.tensors(edit_id) if loaded else None
+                edit_id,
+                record.method,
+                record.prompt,
+                record.target,
+                editor.tensors(edit_id) if loaded else None,
+                record.subject,
             )
             tensors = invalid_input(self.model.update, before, prompt, target, record.retrofit)
             try:
@@ -291,21 +314,28 @@ class EditingService:
                 )
             except Exception as exc:
                 self.model.restore(before)
-                raise _storage_failed("update", exc) from exc
+                raise self._refused(prompt, exc) or _storage_failed("update", exc) from exc
             self.live[record.method].add(edit_id)
+            self.blob_of[edit_id] = record.blob
             self._blobs_written += 1
             self.model.drop_shadows(prompt)
         return record
 
     def withdraw(self, edit_id: str, actor: str | None = None) -> EditRecord:
-        with self.writes:
+        with self.writes, self.repo.change_lock():
+            catch_up(self)
             record = self.get(edit_id)
             if record.status == WITHDRAWN:
                 raise Conflict(f"edit {edit_id} is already withdrawn")
             loaded = record.method in self.editors and edit_id in self.live[record.method]
             if loaded:
                 before = Restore(
-                    edit_id, record.method, record.prompt, record.target, self.editors[record.method].tensors(edit_id)
+                    edit_id,
+                    record.method,
+                    record.prompt,
+                    record.target,
+                    self.editors[record.method].tensors(edit_id),
+                    record.subject,
                 )
                 self.model.withdraw(edit_id, record.method)
             try:
@@ -316,13 +346,30 @@ class EditingService:
                 raise _storage_failed("withdraw", exc) from exc
             if loaded:
                 self.live[record.method].discard(edit_id)
+                self.blob_of.pop(edit_id, None)
         return record
+
+    def apply_log(self) -> None:
+        """Apply the changes other servers sharing the database have made (the follower calls this)."""
+        with self.writes:
+            catch_up(self)
 
     def method_editor(self, method: str) -> Editor:
         editor = self.editors.get(method)
         if editor is None:
             raise Invalid(f"method: unknown method {method!r}; this server has {', '.join(self.editors)}")
         return editor
+
+    def _refused(self, prompt: str, exc: Exception) -> Conflict | None:
+        """The database's own refusal of a second active edit on a prompt, as the 409 it is."""
+        said = str(getattr(exc, "orig", "")) if isinstance(exc, IntegrityError) else ""  # the database's words
+        if "edits.prompt_key" in said or "uq_edits_active_prompt" in said:
+            try:
+                self.refuse_duplicate(prompt)
+            except Conflict as conflict:
+                return conflict
+            return Conflict("prompt: another active edit already has this prompt")
+        return None
 
     def refuse_duplicate(self, prompt: str) -> None:
         # Two live edits on one prompt would claim the same queries; the user changes an edit with PUT.
