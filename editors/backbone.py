@@ -35,8 +35,26 @@ class Backbone:
         return len(transformer_blocks(self.model))
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, requested: str = "auto", bf16: bool | None = None) -> torch.dtype:
+    """The weights' dtype: `requested` by name, or "auto": float32 off the GPU (a CPU computes in float32
+    anyway, and half precision would only lose digits), bfloat16 on a GPU that has it (`bf16`: whether
+    it does; None asks CUDA), float16 on one that does not."""
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise ValueError(f"dtype: {requested!r} is not one of auto, {', '.join(DTYPES)}")
+        return DTYPES[requested]
+    if device.type != "cuda":
+        return torch.float32
+    if bf16 is None:
+        bf16 = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if bf16 else torch.float16
 
 
 def _package_file(package: str, filename: str) -> Path:
@@ -87,14 +105,20 @@ def resolve_model_dir(model: str, cache_dir: Path) -> str:
 
 
 def load_backbone(
-    model: str = DEFAULT_MODEL, cache_dir: Path | str = "~/.cache/editserve", device: torch.device | None = None
+    model: str = DEFAULT_MODEL,
+    cache_dir: Path | str = "~/.cache/editserve",
+    device: torch.device | None = None,
+    dtype: str = "auto",
 ) -> Backbone:
+    """The model on `device` (None: pick_device()) in `dtype` (pick_dtype's names): the one place that
+    decides where and in what precision the backbone runs; the editors follow its device and dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or pick_device()
+    torch_dtype = pick_dtype(device, dtype)
     source = resolve_model_dir(model, Path(cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(source)
-    lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device).eval()
+    lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()
     for p in lm.parameters():
         p.requires_grad_(False)
     if tokenizer.pad_token_id is None:

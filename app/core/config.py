@@ -6,7 +6,7 @@ Nested sections use a double underscore: EDITSERVE_IREVA__LAYER=-2, EDITSERVE_IR
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     device: str | None = None  # None: CUDA when available, else CPU
+    # The backbone's weights: auto = float32 on the CPU, bfloat16 (or float16 where it is missing) on CUDA
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     torch_threads: int | None = None  # None: torch's default (all cores)
     log_level: str = "info"
     # Methods to serve, comma-separated; None serves every method in editors.registry.

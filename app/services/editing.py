@@ -97,7 +97,7 @@ class EditingService:
         if unknown:
             raise ValueError(f"EDITSERVE_METHODS names unknown methods {unknown}; known: {sorted(METHODS)}")
         device = torch.device(settings.device) if settings.device else None
-        backbone = load_backbone(settings.model, settings.cache_dir, device)
+        backbone = load_backbone(settings.model, settings.cache_dir, device, settings.dtype)
         scope = ScopeIndex(ScopeModel.load(settings.scope, settings.cache_dir, device))
         repo = Repository(settings.data_dir, settings.database_url)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 from dataclasses import dataclass
 
@@ -35,8 +36,12 @@ class IrevaEditor:
         self.layer = self.config.layer % backbone.num_layers
         self.is_top_layer = self.layer == backbone.num_layers - 1
         self.mlp = mlp_of(model, self.layer)
-        self.norm = final_norm(model)
-        self.unembed = model.get_output_embeddings()
+        self.model_norm = final_norm(model)  # hooked to see the final hidden state
+        # Neurons are built in float32 whatever the weights' dtype: a half-precision backbone (a GPU)
+        # gets float32 copies of the two parts the construction computes with.
+        self.norm, self.unembed = self.model_norm, model.get_output_embeddings()
+        if self.unembed.weight.dtype != torch.float32:
+            self.norm, self.unembed = copy.deepcopy(self.norm).float(), copy.deepcopy(self.unembed).float()
         self.mean_row = self.unembed.weight.mean(0)
         if centre is None:
             centre = self._calibration_centre()
@@ -52,7 +57,7 @@ class IrevaEditor:
     def capture(self, ids: list[int]) -> Capture:
         seen: dict[str, torch.Tensor] = {}
         h1 = self.mlp.register_forward_pre_hook(lambda m, a: seen.__setitem__("mlp", a[0][0].detach()))
-        h2 = self.norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("final", a[0][0].detach()))
+        h2 = self.model_norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("final", a[0][0].detach()))
         adaptor = getattr(self, "adaptor", None)  # absent while the centre is being computed
         # The switch is model-wide, so it is made under the lock that generation holds too.
         with self.lock, adaptor.disabled() if adaptor is not None else contextlib.nullcontext():
