@@ -361,7 +361,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=None, help="set both --embed-steps and --cross-steps")
     ap.add_argument("--embed-steps", type=int, default=60)
-    ap.add_argument("--cross-steps", type=int, default=380)
+    ap.add_argument("--cross-steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32, help="Embed: edits per step (x3 texts)")
     ap.add_argument("--cross-batch", type=int, default=32, help="Cross: pairs per step")
     ap.add_argument("--lr", type=float, default=5e-5)

@@ -1,6 +1,6 @@
 """`editserve bench serving`: what a client of a real server process on 127.0.0.1 sees.
 
-    editserve bench serving --out runs/serving [--parts first_token,load] [--requests 20]
+    editserve bench serving --out runs/serving [--parts first_token,load,replicas] [--requests 20]
 
 first_token: for the same prompts, the time to the first streamed token of a `stream: true` /generate
 against the time of a whole one-token non-streamed /generate, alternating the two so that the machine's
@@ -9,6 +9,9 @@ noise falls on both alike. The bar: ratio of medians <= 1.2. Its server runs on 
 load: tokens/s and latency under 1, 4, 8, 16 closed-loop clients (--clients), beside plain transformers
 batched on the same weights; on a server of its own, on --threads (default: the machine's core count),
 after --edits real inserts (evaluation/load_bench.py). Also writes <out>/load.png.
+
+replicas: the lag of an edit made on one of two servers sharing a PostgreSQL database until the other
+applies it (evaluation/replica_bench.py; --edits changes, --database-url or a throwaway server).
 
 Writes <out>/serving.json (the parts that ran) and prints it as the last line.
 """
@@ -25,10 +28,10 @@ from pathlib import Path
 
 from editors.backbone import DEFAULT_MODEL
 from editserve.client import Client
-from evaluation import datasets, load_bench
+from evaluation import datasets, load_bench, replica_bench
 from evaluation.server import Server
 
-PARTS = ("first_token", "load")
+PARTS = ("first_token", "load", "replicas")
 
 
 def first_token(url: str, prompts: list[str], stream_tokens: int) -> dict:
@@ -55,13 +58,18 @@ def first_token(url: str, prompts: list[str], stream_tokens: int) -> dict:
 def parse(argv):
     ap = argparse.ArgumentParser(prog="editserve bench serving", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
+    ap.add_argument(
+        "--parts", default="first_token,load", help=f"comma-separated, of: {', '.join(PARTS)} (default the first two)"
+    )
     ap.add_argument("--requests", type=int, default=20, help="first_token: requests of each kind")
     ap.add_argument("--stream-tokens", type=int, default=16, help="first_token: max_new_tokens of the stream")
     ap.add_argument("--clients", default="1,4,8,16", help="load: levels of concurrent clients")
     ap.add_argument("--seconds", type=float, default=20.0, help="load: seconds per level (and per batch size)")
     ap.add_argument("--tokens", type=int, default=16, help="load: max_new_tokens of each request")
-    ap.add_argument("--edits", type=int, default=0, help="load: real iReVa inserts made before measuring")
+    ap.add_argument(
+        "--edits", type=int, default=None, help="load: real iReVa inserts made first (0); replicas: changes timed (100)"
+    )
+    ap.add_argument("--database-url", default=None, help="replicas: a PostgreSQL database (default: a throwaway one)")
     ap.add_argument(
         "--threads", type=int, default=None, help="the server's torch threads (first_token: 1; load: all cores)"
     )
@@ -102,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             with Server(Path(tmp) / "data", env=env, log=out / "server.log") as server:
                 result["first_token"] = first_token(server.url, prompts, args.stream_tokens)
     if "load" in parts:
-        result["load"] = load_bench.run(args, out, root)
+        result["load"] = load_bench.run(argparse.Namespace(**{**vars(args), "edits": args.edits or 0}), out, root)
+    if "replicas" in parts:
+        edits = args.edits if args.edits is not None else 100
+        result["replicas"] = replica_bench.run(argparse.Namespace(**{**vars(args), "edits": edits}), out, root)
     (out / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0

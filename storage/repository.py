@@ -255,7 +255,7 @@ class Repository:
                 filled[key] = start + len(flat)
                 entry[name] = [key, start, start + len(flat), list(t.shape)]
         final = self.data_dir / PACK_FILE
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")  # servers may share the dir
         save_file(
             {key: torch.cat(rows).contiguous() for key, rows in stacks.items()},
             str(tmp),
@@ -297,7 +297,7 @@ class Repository:
 
     def write_scope_vectors(self, fingerprint: str, vectors: dict[str, torch.Tensor]) -> None:
         final = self.data_dir / SCOPE_FILE
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")  # servers may share the dir
         prompts = list(vectors)
         stacked = torch.stack([vectors[p] for p in prompts]) if prompts else torch.zeros(0, 1)
         save_file(

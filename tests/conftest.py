@@ -220,11 +220,11 @@ def trained_scope(editserve_cache) -> Path:
     return path
 
 
-# -- PostgreSQL (tests/postgres.py) ------------------------------------------------------------------------
+# -- PostgreSQL (evaluation/postgres.py) ------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def postgres_server():
     """One throwaway PostgreSQL server for the session (skips, saying why, where none can run)."""
-    from tests.postgres import PostgresServer, Unavailable
+    from evaluation.postgres import PostgresServer, Unavailable
 
     try:
         server = PostgresServer()

@@ -1,4 +1,4 @@
-"""The edit store on a real PostgreSQL server (tests/postgres.py, one per session, a fresh database per
+"""The edit store on a real PostgreSQL server (evaluation/postgres.py, one per session, a fresh database per
 test): the URL setting, the migrations, the repository, and the app with EDITSERVE_DATABASE_URL across
 restarts, including a conflicting edit the store refuses. Skipped, saying why, where PostgreSQL is absent."""
 

@@ -22,7 +22,7 @@ class Capture:
 
     mlp_inputs: torch.Tensor  # (T, hidden) input of the adaptor's MLP at every position
     final_hidden: torch.Tensor  # (T, hidden) residual stream entering the final norm
-    logits: torch.Tensor  # (T, vocab) the unedited model's logits
+    logits: torch.Tensor  # (K, vocab) the unedited model's logits at the last K positions (K = logits_kept)
 
 
 class IrevaEditor:
@@ -54,7 +54,9 @@ class IrevaEditor:
         self.targets: dict[str, list[int]] = {}  # live edit id -> its target token ids
 
     # -- forward passes ------------------------------------------------------------------------------
-    def capture(self, ids: list[int]) -> Capture:
+    def capture(self, ids: list[int], logits_kept: int = 0) -> Capture:
+        """`logits_kept`: the last positions whose logits are wanted (0: none; the output embedding is a
+        fifth of a forward pass per position, and an insert reads it at the target's positions only)."""
         seen: dict[str, torch.Tensor] = {}
         h1 = self.mlp.register_forward_pre_hook(lambda m, a: seen.__setitem__("mlp", a[0][0].detach()))
         h2 = self.model_norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("final", a[0][0].detach()))
@@ -63,7 +65,11 @@ class IrevaEditor:
         with self.lock, adaptor.disabled() if adaptor is not None else contextlib.nullcontext():
             try:
                 with torch.no_grad():
-                    out = self.backbone.model(torch.tensor([ids], device=self.backbone.device), use_cache=False)
+                    out = self.backbone.model(
+                        torch.tensor([ids], device=self.backbone.device),
+                        use_cache=False,
+                        logits_to_keep=max(1, logits_kept),
+                    )
             finally:
                 h1.remove()
                 h2.remove()
@@ -182,13 +188,14 @@ class IrevaEditor:
             raise ValueError("target tokenises to nothing")
         if len(t_ids) > self.config.max_target_tokens:
             raise ValueError(f"target is {len(t_ids)} tokens, more than the cap of {self.config.max_target_tokens}")
-        cap = self.capture(p_ids + t_ids[:-1])
+        cap = self.capture(p_ids + t_ids[:-1], logits_kept=len(t_ids))
         positions = [len(p_ids) - 1 + i for i in range(len(t_ids))]
         keys = self.adaptor.normalise(cap.mlp_inputs[positions])
         values = []
         for pos, token in zip(positions, t_ids):
             d = self.value_direction(token)
-            values.append(self.calibrate_scale(cap.final_hidden[pos], cap.logits[pos], d, token) * d)
+            logits = cap.logits[pos - positions[0]]  # the kept rows are the target's positions
+            values.append(self.calibrate_scale(cap.final_hidden[pos], logits, d, token) * d)
         values = torch.stack(values)
         if retrofit:
             keys, values = self.retrofit(

@@ -1,7 +1,8 @@
-"""A throwaway PostgreSQL server for the tests: initdb into a temp dir, listening on 127.0.0.1 on a free
-port (and a Unix socket in that dir), trust auth, no fsync; one fresh database per test; stopped and
-removed at the end. PostgreSQL's binaries refuse to run as root, so as root they run as the `postgres`
-OS user (the Debian package makes it). Every wait is bounded.
+"""A throwaway PostgreSQL server for the tests and `editserve bench serving --parts replicas`: initdb
+into a temp dir, listening on 127.0.0.1 on a free port (and a Unix socket in that dir), trust auth, no
+fsync; one fresh database per test; stopped and removed at the end. PostgreSQL's binaries refuse to run
+as root, so as root they run as the `postgres` OS user (the Debian package makes it). Every wait is
+bounded.
 
 `make postgres` installs the Debian package where it is missing; without it the tests skip, saying why.
 """
