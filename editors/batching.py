@@ -1,8 +1,9 @@
 """Continuous batching: concurrent answers share each decoding step of the backbone.
 
-One engine thread runs the batch. A request joins at the next step: its prompt is run alone (its own
-prefill, with its edit's steering), then its cached keys and values are merged into the batch's, left
-padded to a common length, each row keeping its own positions. Each step then decodes one token for
+One engine thread runs the batch. Requests join at the next step: the prompts of those that arrived
+meanwhile are run together (one left-padded prefill, each with its edit's steering), then their cached
+keys and values are merged into the batch's, left padded to a common length, each row keeping its own
+positions. Each step then decodes one token for
 every row in one forward pass, the edits steering per row as in generate_batch(); a row leaves when it
 ends (EOS, its budget, or its reader closed it), and padding no row needs any more is trimmed.
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from editors.backbone import padded
 from editors.generation import Chooser, Sampling, Step
 
 
@@ -78,6 +80,7 @@ class NotBatched(Exception):
 
 
 _END = object()
+JOIN_MANY, JOIN_WAIT = 2, 2  # arrivals are let into a running batch in pairs, or after two steps at most
 IDLE_EXIT_S = 30.0  # the engine thread ends when idle this long (a server that stops leaves none behind)
 
 
@@ -167,20 +170,34 @@ class Batcher:
         requests that arrived but were not admitted."""
         rows: list[Row] = []
         cache = mask = None
+        waited = 0  # decode steps the oldest waiting request has waited through
         while True:
             backlog += self._drain()
-            if backlog and len(rows) < self.max_batch and not self.lock.contended and self._mergeable(rows):
+            waited = waited + 1 if backlog and rows else 0
+            # A prefill interrupts every running row, and one of two prompts costs little more than one of
+            # one: a running batch lets arrivals gather for up to JOIN_WAIT steps unless JOIN_MANY wait.
+            gathered = not rows or len(backlog) >= JOIN_MANY or waited > JOIN_WAIT
+            if (
+                backlog
+                and gathered
+                and len(rows) < self.max_batch
+                and not self.lock.contended
+                and self._mergeable(rows)
+            ):
+                waited = 0
                 room = self.max_batch - len(rows)
                 joining, backlog = backlog[:room], backlog[room:]
-                for row in self._assign(joining):
+                joining = self._assign(joining)
+                if joining:
                     try:
-                        row_cache = self._prefill(row)
+                        joined, new_cache, new_mask = self._prefill(joining)
                     except Exception as exc:
-                        row.out.put(exc)
-                        continue
-                    if row_cache is not None:
-                        cache, mask = _merge(cache, mask, rows, row_cache, row)
-                        rows.append(row)
+                        for row in joining:
+                            row.out.put(exc)
+                        joined = []
+                    if joined:
+                        cache, mask = _merge(cache, mask, new_cache, new_mask)
+                        rows += joined
             if not rows:
                 return backlog
             self.peak_rows = max(self.peak_rows, len(rows))
@@ -297,20 +314,27 @@ class Batcher:
             for steering in steerings:
                 steering.close()
 
-    def _prefill(self, row: Row):
-        """The row's prompt alone; its first token goes out. Returns its cache, or None if it has ended."""
+    def _prefill(self, joining: list[Row]):
+        """The joining rows' prompts in one left-padded forward pass (rows at their own positions); each
+        row's first token goes out. Returns the rows still running, their cache and its mask."""
         from transformers import DynamicCache
 
-        dev = self.backbone.device
+        dev, tok = self.backbone.device, self.backbone.tokenizer
+        ids, mask = padded([r.ids for r in joining], tok.pad_token_id if tok.pad_token_id is not None else 0, dev)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache(config=self.backbone.model.config)
-        ids = torch.tensor([row.ids], device=dev)
-        n = len(row.ids)
-        logits, writers = self._forward(
-            [row], ids, cache, torch.ones(1, n, dtype=torch.long, device=dev), torch.arange(n, device=dev)[None]
-        )
-        row.chooser, row.length = Chooser(row.sampling), n
-        self._emit(row, logits[0], writers[0])
-        return None if self._finished(row) else cache
+        logits, writers = self._forward(joining, ids, cache, mask, positions)
+        for i, row in enumerate(joining):
+            row.chooser, row.length = Chooser(row.sampling), len(row.ids)
+            self._emit(row, logits[i], writers[i])
+        keep = [i for i, r in enumerate(joining) if not self._finished(r)]
+        if not keep:
+            return [], None, None
+        if len(keep) < len(joining):
+            index = torch.tensor(keep, device=dev)
+            cache.batch_select_indices(index)
+            mask = _trim(cache, mask[index])
+        return [joining[i] for i in keep], cache, mask
 
     def _decode(self, rows: list[Row], cache, mask) -> None:
         dev = self.backbone.device
@@ -341,15 +365,12 @@ class Batcher:
         return done
 
 
-def _merge(cache, mask, rows, row_cache, row):
-    """The batch's cache and mask with `row` added, left padded to a common length."""
-    new_len = row_cache.get_seq_length()
-    new_mask = torch.ones(1, new_len, dtype=torch.long, device=row_cache.layers[0].keys.device)
+def _merge(cache, mask, new_cache, new_mask):
+    """The batch's cache and mask with the joining rows' added, left padded to a common length."""
     if cache is None:
-        return row_cache, new_mask
-    old_len = cache.get_seq_length()
-    width = max(old_len, new_len)
-    for layer, new in zip(cache.layers, row_cache.layers):
+        return new_cache, new_mask
+    width = max(cache.get_seq_length(), new_cache.get_seq_length())
+    for layer, new in zip(cache.layers, new_cache.layers):
         layer.keys = torch.cat([_pad_left(layer.keys, width), _pad_left(new.keys, width)], 0)
         layer.values = torch.cat([_pad_left(layer.values, width), _pad_left(new.values, width)], 0)
     mask = torch.cat([_pad_left(mask, width), _pad_left(new_mask, width)], 0)

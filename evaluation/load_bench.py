@@ -39,6 +39,15 @@ from evaluation.server import Server
 FEW_HUNDRED = 300  # above this many edits the inserts alone take many minutes: said before they start
 
 
+def load_prompts(kind: str, root: Path) -> list[str]:
+    """The clients' prompts: CounterFact dev prompts (sentences the model continues for the whole token
+    budget, so every request costs alike and latencies compare), or NQ dev questions (most answers end
+    after a few tokens, at the model's end of text)."""
+    if kind == "nq":
+        return [q.prompt for q in datasets.nq("dev", root)]
+    return [r.prompt for r in datasets.load("counterfact", "dev", None, root)]
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
@@ -223,11 +232,12 @@ def run(args, out: Path, root: Path) -> dict:
     if not sizes or sizes[0] < 1:
         raise SystemExit("--clients: positive integers, comma-separated")
     threads = args.threads or os.cpu_count() or 1
-    prompts = [q.prompt for q in datasets.nq("dev", root)]
+    prompts = load_prompts(args.prompts, root)
     result = {
         "torch_threads": threads,
         "torch_threads_from": "--threads" if args.threads else "default: the machine's core count",
         "max_new_tokens": args.tokens,
+        "prompts": args.prompts,
         "seconds_per_level": args.seconds,
         "model": args.model,
         "n_edits": 0,

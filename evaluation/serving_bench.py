@@ -67,6 +67,9 @@ def parse(argv):
     ap.add_argument("--seconds", type=float, default=20.0, help="load: seconds per level (and per batch size)")
     ap.add_argument("--tokens", type=int, default=16, help="load: max_new_tokens of each request")
     ap.add_argument(
+        "--prompts", choices=("counterfact", "nq"), default="counterfact", help="load: the clients' prompts"
+    )
+    ap.add_argument(
         "--edits", type=int, default=None, help="load: real iReVa inserts made first (0); replicas: changes timed (100)"
     )
     ap.add_argument("--database-url", default=None, help="replicas: a PostgreSQL database (default: a throwaway one)")
