@@ -5,8 +5,12 @@ plain transformers on the same weights.
                             [--threads N] [--edits N]
 
 Server: `editserve serve` on 127.0.0.1 with EDITSERVE_TORCH_THREADS = --threads (default: the machine's
-core count), after --edits real iReVa inserts through POST /edits (zsRE dev prompts, then CounterFact dev;
-no synthesised edits, however many: their time is recorded). For each level of clients, that many threads
+core count). Every level is measured with no edits; with --edits N, N real iReVa inserts are then made
+through POST /edits (zsRE dev prompts, then CounterFact dev; no synthesised edits, however many: their
+time is recorded) and every level is measured again on the same server (`levels_with_edits`, and the
+ratio of tokens/s with the edits to without, per level). The clients' prompts are not the edits'
+prompts: what is measured is what holding the edits costs every other answer (the scope decision,
+the neurons beside the MLP). For each level of clients, that many threads
 of this process, each with its own editserve.client.Client, send POST /generate (an NQ dev question,
 max_new_tokens --tokens) in a closed loop for --seconds: send, wait for the answer, send the next.
 requests/s and tokens/s count the answers completed inside the window (tokens: those in the answers);
@@ -150,6 +154,14 @@ def level(url: str, prompts: list[str], clients: int, seconds: float, tokens: in
     }
 
 
+def levels(url: str, prompts: list[str], sizes: list[int], args, label: str) -> list[dict]:
+    out = []
+    for clients in sizes:
+        out.append(level(url, prompts, clients, args.seconds, args.tokens))
+        print(f"load: {clients} clients{label}: {out[-1]['tokens_per_s']:.1f} tokens/s", flush=True)
+    return out
+
+
 def reference(model: str, cache_dir: str, prompts: list[str], sizes: list[int], seconds: float, tokens: int) -> dict:
     """Plain transformers: generate_batch on the same weights, batches of each size for `seconds`."""
     from editors.backbone import encode_prompt, load_backbone
@@ -197,13 +209,17 @@ def plot(path: Path, result: dict) -> None:
     levels, ref = result["levels"], result["reference"]["rows"]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r["clients"] for r in levels], [r["tokens_per_s"] for r in levels], "o-", label="editserve serve")
+    if "levels_with_edits" in result:
+        edited = result["levels_with_edits"]
+        label = f"editserve serve, {result['n_edits']} edits"
+        ax.plot([r["clients"] for r in edited], [r["tokens_per_s"] for r in edited], "^-", label=label)
     ax.plot([r["batch"] for r in ref], [r["tokens_per_s"] for r in ref], "s--", label="plain transformers (batch)")
     ax.set_xlabel("concurrent clients / batch size")
     ax.set_ylabel("generated tokens/s")
     ax.set_xticks([r["clients"] for r in levels])
     ax.set_ylim(bottom=0)
     ax.set_title(
-        f"{result['max_new_tokens']} tokens, {result['torch_threads']} torch threads, {result['n_edits']} edits",
+        f"{result['max_new_tokens']} tokens per answer, {result['torch_threads']} torch threads",
         fontsize=10,
     )
     ax.legend()
@@ -214,15 +230,19 @@ def plot(path: Path, result: dict) -> None:
 
 def table(result: dict) -> str:
     ref = {r["batch"]: r["tokens_per_s"] for r in result["reference"]["rows"]}
-    lines = ["clients  req/s  tokens/s  p50 ms  p95 ms  errors | plain transformers batch: tokens/s"]
+    edited = {r["clients"]: r for r in result.get("levels_with_edits", [])}
+    head = "clients  req/s  tokens/s  p50 ms  p95 ms  errors | plain transformers batch: tokens/s"
+    lines = [head + (f" | with {result['n_edits']} edits: tokens/s  p95 ms" if edited else "")]
     for r in result["levels"]:
         p50 = f"{r['p50_ms']:6.0f}" if r["p50_ms"] is not None else "     -"
         p95 = f"{r['p95_ms']:6.0f}" if r["p95_ms"] is not None else "     -"
         plain = f"{ref[r['clients']]:.1f}" if r["clients"] in ref else "-"
-        lines.append(
-            f"{r['clients']:7d}  {r['requests_per_s']:5.2f}  {r['tokens_per_s']:8.1f}  {p50}  {p95}  "
-            f"{r['errors']:6d} | {plain}"
-        )
+        line = f"{r['clients']:7d}  {r['requests_per_s']:5.2f}  {r['tokens_per_s']:8.1f}  {p50}  {p95}  "
+        line += f"{r['errors']:6d} | {plain}"
+        e = edited.get(r["clients"])
+        if e is not None:
+            line += f" | {e['tokens_per_s']:.1f}  {e['p95_ms'] or 0:.0f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -252,22 +272,24 @@ def run(args, out: Path, root: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         with Server(Path(tmp) / "data", env=env, log=out / "server-load.log") as server:
             result["server_ready_s"] = server.ready_seconds
+            with Client(server.url) as client:
+                client.generate(prompts[0], max_new_tokens=args.tokens)  # warm-up
+            result["levels"] = levels(server.url, prompts, sizes, args, "")
             if args.edits:
                 result["edits"] = make_edits(server.url, args.edits, root)
                 result["n_edits"] = result["edits"]["n_edits"]
-            with Client(server.url) as client:
-                client.generate(prompts[0], max_new_tokens=args.tokens)  # warm-up
-            levels = []
-            for clients in sizes:
-                levels.append(level(server.url, prompts, clients, args.seconds, args.tokens))
-                print(f"load: {clients} clients: {levels[-1]['tokens_per_s']:.1f} tokens/s", flush=True)
-            result["levels"] = levels
+                result["levels_with_edits"] = levels(server.url, prompts, sizes, args, f" with {args.edits} edits")
     # The server is stopped: the reference has the machine to itself, on the same thread count.
     import torch
 
     torch.set_num_threads(threads)
     result["reference"] = reference(args.model, args.cache_dir, prompts, sizes, args.seconds, args.tokens)
     result["ratios"] = ratios(result["levels"], result["reference"]["rows"])
+    if "levels_with_edits" in result:
+        result["ratios"]["tokens_per_s_with_edits_over_without"] = {
+            str(a["clients"]): _ratio(b["tokens_per_s"], a["tokens_per_s"])
+            for a, b in zip(result["levels"], result["levels_with_edits"])
+        }
     result["loadavg_at_end"] = os.getloadavg()
     plot(out / "load.png", result)
     result["plot"] = str(out / "load.png")

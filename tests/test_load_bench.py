@@ -33,9 +33,13 @@ def test_load_part_small(tmp_path, capsys, monkeypatch, tiny_model_dir):
         assert r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"]
     assert [r["batch"] for r in load["reference"]["rows"]] == [1, 8]
     assert all(r["tokens_per_s"] > 0 for r in load["reference"]["rows"])
+    assert [r["clients"] for r in load["levels_with_edits"]] == [1, 8]
+    assert all(r["errors"] == 0 and r["requests_ok_total"] >= 1 for r in load["levels_with_edits"])
     assert set(load["ratios"]) == {
         "tokens_per_s_8_clients_over_1",
         "tokens_per_s_8_clients_over_plain_batch_8",
         "p95_8_clients_over_p50_1_client",
+        "tokens_per_s_with_edits_over_without",
     }
+    assert set(load["ratios"]["tokens_per_s_with_edits_over_without"]) == {"1", "8"}
     assert (out / "load.png").stat().st_size > 0
