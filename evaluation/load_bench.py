@@ -10,9 +10,10 @@ through POST /edits (zsRE dev prompts, then CounterFact dev; no synthesised edit
 time is recorded) and every level is measured again on the same server (`levels_with_edits`, and the
 ratio of tokens/s with the edits to without, per level). The clients' prompts are not the edits'
 prompts: what is measured is what holding the edits costs every other answer (the scope decision,
-the neurons beside the MLP). For each level of clients, that many threads
-of this process, each with its own editserve.client.Client, send POST /generate (an NQ dev question,
-max_new_tokens --tokens) in a closed loop for --seconds: send, wait for the answer, send the next.
+the neurons beside the MLP). For each level of clients, that many threads of this process, each with
+its own editserve.client.Client, send POST /generate (a CounterFact dev prompt, which the model continues
+for the whole budget, or with --prompts nq an NQ dev question, whose answers mostly end after a few
+tokens; max_new_tokens --tokens) in a closed loop for --seconds: send, wait for the answer, send the next.
 requests/s and tokens/s count the answers completed inside the window (tokens: those in the answers);
 the requests still in flight when it closes are waited for, and their latencies count in p50/p95 (of
 the 200 answers). Any other answer (a 503 when the server's queue is full, a timeout) is an error,
