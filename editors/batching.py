@@ -91,6 +91,7 @@ class Row:
     budget: int
     sampling: Sampling
     use_edits: bool
+    earlier: str = ""  # editors/edited.py Query.earlier
     out: queue.Queue = field(default_factory=queue.Queue)
     cancelled: bool = False
     # set by the engine
@@ -102,7 +103,8 @@ class Row:
 
 
 class Batcher:
-    """`decide(abouts)` -> per query a Decision or None, called under `lock`; `editors` by method name."""
+    """`decide(abouts, earlier)` -> per query a Decision or None, called under `lock` (ScopeIndex.decide);
+    `editors` by method name."""
 
     def __init__(self, backbone, editors: dict, decide: Callable, lock: ContendedLock, max_batch: int = 16):
         self.backbone, self.editors, self.decide, self.lock = backbone, editors, decide, lock
@@ -115,10 +117,10 @@ class Batcher:
         self.submitted = 0  # rows ever asked for (the tests wait on it)
 
     # -- the caller's side -------------------------------------------------------------------------
-    def steps(self, ids, about, budget, sampling, use_edits) -> Iterator[Step]:
+    def steps(self, ids, about, budget, sampling, use_edits, earlier: str = "") -> Iterator[Step]:
         """The answer's steps as the batch makes them; raises NotBatched before the first step when the
         edit that answers must answer alone. Closing the iterator takes the row out of the batch."""
-        row = Row(ids, about, budget, sampling, use_edits)
+        row = Row(ids, about, budget, sampling, use_edits, earlier)
         self.submitted += 1
         self.pending.put(row)
         self._ensure_running()  # after the put: an engine going idle now sees the row, or is gone
@@ -235,7 +237,8 @@ class Batcher:
         """Decide each joining row's edit (under the lock, with the edit set the row will see); rows whose
         method answers alone are handed back to their callers."""
         asking = [r for r in joining if r.use_edits and not r.cancelled]
-        decisions = dict(zip(map(id, asking), self.decide([r.about for r in asking]))) if asking else {}
+        found = self.decide([r.about for r in asking], [r.earlier for r in asking]) if asking else []
+        decisions = dict(zip(map(id, asking), found))
         out = []
         for row in joining:
             if row.cancelled:

@@ -18,6 +18,7 @@ from editors.batching import Batcher, ContendedLock, NotBatched
 from editors.generation import GREEDY, Generation, Sampling, generate_batch, steps, token_texts
 from editors.registry import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
+from editors.scope.subject import last_named
 from editors.text_stream import End, Piece, text_pieces
 
 
@@ -28,6 +29,7 @@ class Query:
 
     text: str
     about: str
+    earlier: str = ""  # a chat's latest earlier user message naming a subject: what "it" may refer to
 
     @classmethod
     def prompt(cls, prompt: str) -> Query:
@@ -41,7 +43,7 @@ class Query:
         users = [m["content"] for m in messages if m["role"] == "user"]
         if not users:
             raise ValueError("messages: there is no user message to answer")
-        return cls(text, users[-1])
+        return cls(text, users[-1], last_named(users[:-1]))
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ class EditedModel:
     # -- answers -----------------------------------------------------------------------------------
     def decide(self, queries: list[Query]) -> list[Decision | None]:
         with self.lock:
-            return self.scope.decide([q.about for q in queries])
+            return self.scope.decide([q.about for q in queries], [q.earlier for q in queries])
 
     def stream(
         self,
@@ -181,7 +183,7 @@ class EditedModel:
         tok = self.backbone.tokenizer
         ids = encode_prompt(tok, query.text)
         if not self.lock.held_here():
-            run = self.batcher.steps(ids, query.about, max_new_tokens, sampling, edits)
+            run = self.batcher.steps(ids, query.about, max_new_tokens, sampling, edits, query.earlier)
             try:
                 first = next(run, None)
             except NotBatched:
@@ -194,7 +196,7 @@ class EditedModel:
     def _alone(self, query, ids, max_new_tokens, edits, sampling, stop) -> Iterator[Piece | End]:
         tok = self.backbone.tokenizer
         with self.lock:
-            decision = self.scope.decide([query.about])[0] if edits else None
+            decision = self.scope.decide([query.about], [query.earlier])[0] if edits else None
             if decision is None:
                 run = steps(self.backbone, ids, max_new_tokens, sampling=sampling)
                 yield from text_pieces(tok, run, len(ids), max_new_tokens, stop)
@@ -223,7 +225,8 @@ class EditedModel:
         tok = self.backbone.tokenizer
         out: list[Generation | None] = [None] * len(queries)
         with self.lock:
-            decisions = self.scope.decide([q.about for q in queries]) if edits else [None] * len(queries)
+            abouts, earlier = [q.about for q in queries], [q.earlier for q in queries]
+            decisions = self.scope.decide(abouts, earlier) if edits else [None] * len(queries)
             groups: dict[str | None, list[int]] = {}
             for k, d in enumerate(decisions):
                 groups.setdefault(d.method if d is not None else None, []).append(k)

@@ -70,6 +70,14 @@ def test_the_trained_scope_carries_an_edit_to_paraphrases_and_chat_but_not_to_ne
         out = server.call("POST", "/generate", chat)
         assert target in out["text"] and out["tokens"][0]["edit_id"] == edit["id"], out
         assert {p: answer(server, p) for p in neighbours} == before
+        # a follow-up that says "it": read with the earlier message that named the subject
+        turns = [
+            {"role": "user", "content": "Tell me about the Statue of Liberty."},
+            {"role": "assistant", "content": "It is a large statue given to the United States by France."},
+            {"role": "user", "content": "In which city is it?"},
+        ]
+        out = server.call("POST", "/generate", {"messages": turns, "max_new_tokens": 8})
+        assert target in out["text"] and any(t["edit_id"] == edit["id"] for t in out["tokens"]), out
 
 
 @pytest.mark.integration

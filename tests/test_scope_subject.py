@@ -8,7 +8,7 @@ import pytest
 from editors.scope.config import ScopeConfig
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
-from editors.scope.subject import AnchorIndex, anchor_for, infer_subject, mask, normalise
+from editors.scope.subject import AnchorIndex, anchor_for, in_context, infer_subject, last_named, mask, normalise
 
 
 @pytest.mark.parametrize(
@@ -92,3 +92,18 @@ def test_an_edit_never_takes_a_query_about_another_subject_however_alike():
                                 untrained.tokenizer))  # fmt: skip
     off.put("einstein", "ireva", prompt)
     assert off.decide(q)[0].edit_id == "einstein"  # what the anchor prevents
+
+
+def test_a_follow_up_that_names_nothing_is_read_with_the_message_that_did():
+    users = ["Tell me about the Louvre.", "Is it big?"]
+    assert last_named(users) == "Tell me about the Louvre." and last_named(["hi", "thanks"]) == ""
+    assert in_context("Where is it?", last_named(users)) == "Tell me about the Louvre. Where is it?"
+    assert in_context("And where is the Prado?", last_named(users)) == "And where is the Prado?"  # names its own
+    assert in_context("Where is it?", "") == "Where is it?"
+
+    index = ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None))
+    index.put("louvre", "ireva", "Where is the Louvre located?")
+    assert index.decide(["Where is it located?"]) == [None]
+    follow_up = index.decide(["Where is it located?"], ["Tell me about the Louvre."])
+    assert follow_up[0] is not None and follow_up[0].edit_id == "louvre"
+    assert index.decide(["Where is the Prado located?"], ["Tell me about the Louvre."]) == [None]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from editors.scope.model import ScopeModel
-from editors.scope.subject import AnchorIndex, anchor_for
+from editors.scope.subject import AnchorIndex, anchor_for, in_context
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,18 @@ class ScopeIndex:
     def withdrawn_with_prompt(self, prompt: str) -> list[str]:
         return [e.edit_id for e in self.rows if e is not None and not e.live and e.prompt == prompt]
 
-    def decide(self, queries: list[str]) -> list[Decision | None]:
-        """For each query, the live edit whose scope holds it, or None (no edit, or a withdrawn one)."""
+    def decide(self, queries: list[str], earlier: list[str] | None = None) -> list[Decision | None]:
+        """For each query, the live edit whose scope holds it, or None (no edit, or a withdrawn one).
+        `earlier`: per query, the conversation's last earlier user message that named a subject ("" for
+        none): a question that names nothing ("Where is it?") is read with it, for retrieval and for the
+        subject anchor, while the cross-encoder judges the question itself."""
         if not any(e is not None and e.live for e in self.rows):
             return [None] * len(queries)  # nothing to decide: no embedding, no cost
         n = len(self.rows)
         prompts = [e.prompt if e is not None else None for e in self.rows]
-        found = self.model.decide(self.model.embed(queries), queries, self.matrix[:n], prompts, self.anchors)
+        seen = [in_context(q, e) for q, e in zip(queries, earlier or [""] * len(queries))]
+        vecs = self.model.embed(seen)
+        found = self.model.decide(vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen)
         out: list[Decision | None] = []
         for hit in found:
             e = self.rows[hit[0]] if hit is not None else None

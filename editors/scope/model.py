@@ -228,15 +228,18 @@ class ScopeModel:
         memory: torch.Tensor,
         memory_prompts: list,
         anchors: AnchorIndex | None = None,
+        named_in: list[str] | None = None,
     ) -> list[tuple[int, float] | None]:
         """For each query, (memory row, score) of the edit whose scope holds it, or None. `anchors`: the
-        rows' subject anchors (subject.py); a row is only a candidate for queries naming its subject."""
+        rows' subject anchors (subject.py); a row is only a candidate for queries naming its subject, in
+        the query itself or in `named_in` (the text the anchor reads, if not the query: a chat's follow-up
+        question with the earlier message that named what "it" is)."""
         if len(queries) != query_vecs.shape[0]:
             raise ValueError(f"{query_vecs.shape[0]} query vectors for {len(queries)} queries")
         if len(queries) == 0 or memory.shape[0] == 0:
             return [None] * len(queries)
         use = anchors if anchors is not None and self.config.subject_anchor else None
-        allowed = use.allowed(queries, memory.shape[0]) if use is not None else None
+        allowed = use.allowed(named_in or queries, memory.shape[0]) if use is not None else None
         sims = self.similarities(query_vecs, memory, memory_prompts, allowed)
         if not self.trained:
             found = [self._best_cosine(row) for row in sims]

@@ -197,6 +197,19 @@ def mask(text: str, anchor: Anchor, placeholder: str = "X") -> str:
     return "".join(out) + text[last:]
 
 
+def in_context(query: str, earlier: str) -> str:
+    """What the anchor and the retriever read of a query: the query, or, if it names nothing itself,
+    the earlier message that did followed by it ("Tell me about the Louvre." + "Where is it?")."""
+    if earlier and infer_subject(query) is None:
+        return f"{earlier} {query}"
+    return query
+
+
+def last_named(messages: list[str]) -> str:
+    """The latest of `messages` that names a subject ("" if none does)."""
+    return next((m for m in reversed(messages) if infer_subject(m) is not None), "")
+
+
 def anchor_for(prompt: str, subject: str | None = None) -> Anchor | None:
     """The anchor of an edit: its given subject if its prompt names it, else the one read off the prompt."""
     if subject:
