@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from editors.backbone import padded
-from editors.generation import Chooser, Sampling, Step
+from editors.generation import Chooser, Sampling, Step, batch_step
 
 
 class ContendedLock:
@@ -287,28 +287,14 @@ class Batcher:
             for steering in steerings:
                 for i, w in enumerate(steering.step([r.generated for r in rows])):
                     writers[i] = writers[i] or w
-            logits = self.backbone.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits[:, -1]
+            logits = batch_step(self.backbone.model, ids, mask, positions, cache)
             relays = [s.without_edit() for s in steerings if s.without_edit() is not None]
             if relays and any(w is not None for w in writers):
                 cache.crop(-1)  # store the last position again, computed without the edits (see generation.py)
                 for relay in relays:
                     relay.__enter__()
                 try:
-                    self.backbone.model(
-                        input_ids=ids[:, -1:],
-                        attention_mask=mask,
-                        position_ids=positions[:, -1:],
-                        past_key_values=cache,
-                        use_cache=True,
-                        logits_to_keep=1,
-                    )
+                    batch_step(self.backbone.model, ids[:, -1:], mask, positions[:, -1:], cache)
                 finally:
                     for relay in reversed(relays):
                         relay.__exit__(None, None, None)

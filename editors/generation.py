@@ -43,6 +43,20 @@ class Steering(Protocol):
         after a step an edit wrote at (edits below the top layer); None when they need not be."""
 
 
+def batch_step(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+    """One cached forward pass of a left-padded batch (each row at its own positions); the last
+    position's logits, (rows, vocab)."""
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
+
+
 def _step(model, ids: torch.Tensor, cache, start: int):
     positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
     out = model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1)
@@ -181,27 +195,12 @@ def generate_batch(
             if all(done):
                 break
             writers = steering.step(out) if steering is not None else [None] * len(prompts)
-            logits = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits
-            cache_after = cache
+            logits = batch_step(model, ids, mask, positions, cache)
             if relay and any(w is not None for w in writers):
-                cache_after.crop(-1)  # store the last position again, computed without the edits
+                cache.crop(-1)  # store the last position again, computed without the edits
                 with steering.without_edit():
-                    model(
-                        input_ids=ids[:, -1:],
-                        attention_mask=mask,
-                        position_ids=positions[:, -1:],
-                        past_key_values=cache_after,
-                        use_cache=True,
-                        logits_to_keep=1,
-                    )
-            nxt = logits[:, -1].argmax(-1).tolist()
+                    batch_step(model, ids[:, -1:], mask, positions[:, -1:], cache)
+            nxt = logits.argmax(-1).tolist()
             for row, token in enumerate(nxt):
                 if done[row]:
                     continue
