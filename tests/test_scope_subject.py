@@ -65,6 +65,13 @@ def test_a_query_names_a_subject_by_its_whole_name_its_words_or_its_surname():
     assert not named("Pius XII's position is", "Pius II's position is", subject="Pius XII")
     assert not named("The Great Barrier Reef is located off", "The Belize Barrier Reef is located off")
     assert named("Albert Einstein was born in", "What did Albert Einstein and Niels Bohr discuss?")
+    assert not named("Yves Rocard died at", "Michel Rocard is a native speaker of")  # another Rocard
+    assert not named("Irving Fine originated from", "Fine Young Cannibals was founded in")
+    assert not named("Irving Fine originated from", "He studied the fine arts at Harvard")  # a name, written as one
+    assert not named("The Who performs", "Rainer Bonhof, who plays the position", subject="The Who")
+    assert named("fish and chips originates from", "Where do British fish and chips come from?", "fish and chips")
+    assert named("Fred Beaver was born in", "What's Fred Beaver's birth town?")  # "What's" is no name
+    assert named("Ciutadilla was founded in", "What is Ciutadilla State?", subject="Ciutadilla")
     assert named("USS Leedstown (APA-56) was made by", "Who built USS Leedstown?", subject="USS Leedstown (APA-56)")
 
 

@@ -89,6 +89,7 @@ class Anchor:
     # The word that stands for the whole name (a surname): the last content word of 4+ letters of a name
     # of two or more, unless it is a GENERIC head noun. None: only the whole name will do.
     last: str | None
+    proper: bool = True  # written with a capital ("The Who"), not a common noun ("fish and chips")
 
     @classmethod
     def of(cls, subject: str) -> Anchor | None:
@@ -104,7 +105,7 @@ class Anchor:
         last = plain[-1] if plain else None
         if len(content) < 2 or last is None or not last.isalpha() or len(last) < 4 or last in GENERIC:
             last = None
-        return cls(subject, tuple(words), frozenset(content), last)
+        return cls(subject, tuple(words), frozenset(content), last, any(c.isupper() for c in subject))
 
     def named_in(self, words: list[str], present: set[str] | None = None, names: list[set[str]] | None = None) -> bool:
         """Does a query (its normalised words; `present`: query_words() of them) name this subject? Not
@@ -117,12 +118,20 @@ class Anchor:
             or (self.last is not None and self.last in present)
             or any(tuple(words[i : i + n]) == self.words for i in range(len(words) - n + 1))
         )
-        return found and not any(self._other(name) for name in names or ())
+        if not found:
+            return False
+        # A name written with capitals is found among the names the query writes, if it writes any
+        # ("The Who" is not named by "Rainer Bonhof, who plays"; "Irving Fine" not by "the fine arts").
+        if self.proper and names and not any(_near(w, self.content) for name in names for w in name):
+            return False
+        return not any(self._other(name) for name in names or ())
 
     def _other(self, name: set[str]) -> bool:
-        """A capitalised name of the query that shares words with this subject but holds others too."""
-        near = {w[: len(w) - k] for w in name for k in range(3) if len(w) - k >= 4} | name
-        return bool(near & self.content) and bool({w for w in name if not _near(w, self.content)})
+        """A name of the query that is another entity's: it shares words with this subject, holds words
+        this subject lacks and lacks some of its words ("Michel Rocard" for "Yves Rocard")."""
+        shared = {w for w in name if _near(w, self.content)}
+        missing = {c for c in self.content if not any(_near(w, {c}) for w in name)}
+        return bool(shared) and len(shared) < len(name) and bool(missing)
 
     @property
     def triggers(self) -> frozenset[str]:
@@ -131,7 +140,8 @@ class Anchor:
 
 
 def _is_name(word: str) -> bool:
-    return any(c.isupper() or c.isdigit() for c in word) and word.casefold() not in NOT_NAMES
+    bare = re.sub(r"['’](s|d|re|ll|ve|m)$", "", word, flags=re.IGNORECASE)  # "What's", "Where'd"
+    return any(c.isupper() or c.isdigit() for c in word) and bare.casefold() not in NOT_NAMES
 
 
 def name_runs(text: str, joiners: set[str] = JOINERS) -> list[tuple[list[str], bool]]:
@@ -180,11 +190,10 @@ def infer_subject(prompt: str) -> str | None:
 
 def query_names(text: str) -> list[set[str]]:
     """The names a query writes with capitals, as sets of normalised content words ("and" splits two
-    names; a sentence's first word is left out, since any word is capitalised there, and so is a title
-    before "of": "the CEO of Tesla" writes Tesla)."""
+    names; a title before "of" is left out: "the CEO of Tesla" writes Tesla)."""
     out = []
-    for words, opens in name_runs(text, JOINERS - {"and", "&"}):
-        words = _without_role(words[1:] if opens else words)
+    for words, _ in name_runs(text, JOINERS - {"and", "&"}):
+        words = _without_role(words)
         names = {w for word in words for w in normalise(word)} - JOINERS - ROLES
         if names:
             out.append(names)
