@@ -125,15 +125,32 @@ def firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, ids, s
         flat_e = [pair for rec in edited[name] for pair in rec]
         fired = [who is not None for who in owners]
         changed = [pb != pe for (pb, _), (pe, _) in zip(flat_b, flat_e)]
+        # A probe that names a subject the set edits too may ask exactly that edit's fact (CounterFact's
+        # locality prompt of one record is often another record's edited fact): count those apart.
+        cs = sets[name]
+        about_named = [
+            who is not None and _names(cs.queries[cs.owner[i]], subject_of.get(who)) for i, who in enumerate(owners)
+        ]
         out[name] = {
             "cases": len(owners),
             "fired": sum(fired),
             "changed_where_fired": sum(c and f for c, f in zip(changed, fired)),
             "changed_where_not_fired": sum(c and not f for c, f in zip(changed, fired)),
+            "changed_by_an_edit_of_a_subject_the_probe_names": sum(c and a for c, a in zip(changed, about_named)),
+            "unchanged_share_without_those": _share_unchanged(changed, about_named),
         }
     if withdrawal.get("fired_after"):
         out["withdrawal"] = withdrawal["fired_after"]
     return out
+
+
+def _names(probe: str, subject: str | None) -> bool:
+    return bool(subject) and subject.lower() in probe.lower()
+
+
+def _share_unchanged(changed: list[bool], left_out: list[bool]) -> float | None:
+    kept = [c for c, out in zip(changed, left_out) if not out]
+    return (len(kept) - sum(kept)) / len(kept) if kept else None
 
 
 def contains_target(text: str, target: str) -> bool:

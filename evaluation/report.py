@@ -202,6 +202,12 @@ def _diagnostics(r: Results) -> list[str]:
                 f"- {name}: an edit acted on {x['fired']} of {x['cases']} cases; prediction changed on "
                 f"{x['changed_where_fired']} of them (and on {x['changed_where_not_fired']} where none did)"
             )
+            named = x.get("changed_by_an_edit_of_a_subject_the_probe_names")
+            if named:
+                lines.append(
+                    f"  - {named} of those changes by an edit about a subject the probe names (the set edits it "
+                    f"too); unchanged share of the other cases: {fmt(x['unchanged_share_without_those'])}"
+                )
     if "withdrawal" in d:
         parts = [
             f"{g}: {v['cases']} cases, {fmt(v['as_unedited'] / v['cases'] if v['cases'] else None)} as unedited"
