@@ -65,7 +65,8 @@ def _edit_pairs(root: Path, n: int) -> list[tuple[str, str]]:
 
 
 def make_edits(url: str, n: int, root: Path) -> dict:
-    """n real iReVa inserts through POST /edits; a refused pair (422) is skipped and counted."""
+    """n real iReVa inserts through POST /edits; a refused pair (422, or 409 for a prompt already edited)
+    is skipped and counted."""
     pairs = _edit_pairs(root, n)
     if n > len(pairs):
         raise SystemExit(f"--edits {n}: only {len(pairs)} zsRE/CounterFact dev pairs to insert (real inserts only)")
@@ -80,7 +81,7 @@ def make_edits(url: str, n: int, root: Path) -> dict:
                 client.create_edit(prompt, target, method="ireva")
                 made += 1
             except EditServeError as err:
-                if err.status != 422:
+                if err.status not in (409, 422):
                     raise
                 refused += 1
     seconds = time.perf_counter() - t0
