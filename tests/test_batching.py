@@ -6,8 +6,10 @@ import threading
 import time
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+from editors.batching import ContendedLock
 from editors.edited import Query, collect
 from editors.generation import Sampling
 from tests.api.helpers import GOLD, OTHER_PROMPT, PROMPT, TARGET, UNRELATED, create, generate
@@ -115,3 +117,23 @@ def test_sampled_rows_keep_their_own_seeds_in_a_batch(slow):
     got = [[h.token_id] + collect(s).token_ids for h, s in zip(heads, streams)]
     assert service.model.batcher.peak_rows == 2
     assert got == [g.token_ids for g in solo]
+
+
+def test_a_thread_other_than_the_engine_computes_on_one_cpu_thread_while_it_holds_the_lock():
+    lock, was = ContendedLock(), torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with lock:
+            assert torch.get_num_threads() == 2  # no engine running yet (a start loads on all threads)
+        lock.engine = threading.get_ident() + 1  # the engine is another thread
+        with lock:
+            assert torch.get_num_threads() == 1
+            with lock:
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        lock.engine = threading.get_ident()  # the engine itself keeps them all
+        with lock:
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(was)
