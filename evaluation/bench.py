@@ -99,15 +99,9 @@ def _median(xs):
 
 
 def _prompts(root, count: int) -> list[tuple[str, str]]:
-    """(prompt, target) pairs from the dev files: zsRE train, then CounterFact train; each prompt once,
-    since a store holds one active edit per prompt."""
-    records = datasets.load("zsre", "dev", None, root)
-    if len(records) < count:
-        records += datasets.load("counterfact", "dev", None, root)
-    first = {}
-    for r in records:
-        first.setdefault(r.prompt, (r.prompt, r.target))
-    pairs = list(first.values())
+    """`count` (prompt, target) pairs: the dev files' edits (datasets.dev_edit_pairs), then numbered
+    variants of them."""
+    pairs = datasets.dev_edit_pairs(root)
     while len(pairs) < count:  # beyond the dev files: numbered variants
         pairs += [(f"{p} (variant {len(pairs)})", t) for p, t in pairs[: count - len(pairs)]]
     return pairs[:count]

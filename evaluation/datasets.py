@@ -332,3 +332,12 @@ def load(dataset: str, split: str = "acceptance", n: int | None = None, root: Pa
         raise ValueError(f"dataset must be one of {DATASETS}, not {dataset!r}")
     records = LOADERS[dataset](split, root)
     return records if n is None else records[:n]
+
+
+def dev_edit_pairs(root: Path | None = None) -> list[tuple[str, str]]:
+    """(prompt, target) of the dev files' edits, zsRE train then CounterFact train, each prompt once
+    (a store holds one active edit per prompt): what the benches insert."""
+    first: dict[str, tuple[str, str]] = {}
+    for r in load("zsre", "dev", None, root) + load("counterfact", "dev", None, root):
+        first.setdefault(r.prompt, (r.prompt, r.target))
+    return list(first.values())

@@ -57,18 +57,10 @@ def _pct(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
-def _edit_pairs(root: Path) -> list[tuple[str, str]]:
-    """zsRE dev, then CounterFact dev, each prompt once: the later ones stand in for refused pairs."""
-    first = {}
-    for r in datasets.load("zsre", "dev", None, root) + datasets.load("counterfact", "dev", None, root):
-        first.setdefault(r.prompt, (r.prompt, r.target))
-    return list(first.values())
-
-
 def make_edits(url: str, n: int, root: Path) -> dict:
     """n real iReVa inserts through POST /edits; a refused pair (422, or 409 for a prompt already edited)
     is skipped and counted."""
-    pairs = _edit_pairs(root)
+    pairs = datasets.dev_edit_pairs(root)  # the later ones stand in for refused pairs
     if n > len(pairs):
         raise SystemExit(f"--edits {n}: only {len(pairs)} zsRE/CounterFact dev pairs to insert (real inserts only)")
     if n > FEW_HUNDRED:
