@@ -3,8 +3,8 @@
 One engine thread runs the batch. Requests join at the next step: the prompts of those that arrived
 meanwhile are run together (one left-padded prefill, each with its edit's steering), then their cached
 keys and values are merged into the batch's, left padded to a common length, each row keeping its own
-positions. Each step then decodes one token for
-every row in one forward pass, the edits steering per row as in generate_batch(); a row leaves when it
+positions. Each step then decodes one token for every row in one forward pass
+(editors/engine.py, the step every answer takes), the edits steering per row; a row leaves when it
 ends (EOS, its budget, or its reader closed it), and padding no row needs any more is trimmed.
 
 Which edit set an answer sees: the engine holds the model's lock while any row runs, and takes no new
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from editors.backbone import padded
-from editors.generation import Chooser, Sampling, Step, batch_step
+from editors.engine import Rows
+from editors.generation import Chooser, Sampling, Step
 
 
 class ContendedLock:
@@ -114,7 +114,6 @@ class Row:
     editor: object | None = None
     edit_id: str | None = None
     generated: list[int] = field(default_factory=list)
-    length: int = 0  # real (unpadded) tokens in the cache
     chooser: Chooser | None = None
 
 
@@ -188,7 +187,7 @@ class Batcher:
         """Rows join and leave until none is left or someone else waits for the lock; returns the
         requests that arrived but were not admitted."""
         rows: list[Row] = []
-        cache = mask = None
+        batch = Rows(self.backbone)
         waited = 0  # decode steps the oldest waiting request has waited through
         while True:
             backlog += self._drain()
@@ -196,47 +195,24 @@ class Batcher:
             # A prefill interrupts every running row, and one of two prompts costs little more than one of
             # one: a running batch lets arrivals gather for up to JOIN_WAIT steps unless JOIN_MANY wait.
             gathered = not rows or len(backlog) >= JOIN_MANY or waited > JOIN_WAIT
-            if (
-                backlog
-                and gathered
-                and len(rows) < self.max_batch
-                and not self.lock.contended
-                and self._mergeable(rows)
-            ):
+            room = self.max_batch - len(rows)
+            if backlog and gathered and room > 0 and not self.lock.contended and self._mergeable(rows):
                 waited = 0
-                room = self.max_batch - len(rows)
                 joining, backlog = backlog[:room], backlog[room:]
-                joining = self._assign(joining)
-                if joining:
-                    try:
-                        joined, new_cache, new_mask = self._prefill(joining)
-                    except Exception as exc:
-                        for row in joining:
-                            row.out.put(exc)
-                        joined = []
-                    if joined:
-                        cache, mask = _merge(cache, mask, new_cache, new_mask)
-                        rows += joined
+                rows += self._join(self._assign(joining), batch)
             if not rows:
                 return backlog
             self.peak_rows = max(self.peak_rows, len(rows))
             try:
-                self._decode(rows, cache, mask)
-                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+                self._decode(rows, batch)
             except Exception as exc:
                 for row in rows:
                     row.out.put(exc)
-                rows, cache, mask = [], None, None
+                rows, batch = [], Rows(self.backbone)
                 continue
             keep = [i for i, r in enumerate(rows) if not self._finished(r)]
-            if len(keep) < len(rows):
-                rows = [rows[i] for i in keep]
-                if rows:
-                    index = torch.tensor(keep, device=mask.device)
-                    cache.batch_select_indices(index)
-                    mask = _trim(cache, mask[index])
-                else:
-                    cache = mask = None  # the next row to join starts a new batch
+            rows = [rows[i] for i in keep]
+            batch.keep(keep)
 
     def _drain(self) -> list[Row]:
         out = []
@@ -272,17 +248,9 @@ class Batcher:
 
     def _mergeable(self, rows: list[Row]) -> bool:
         # A cache of another kind (sliding windows, say) is not merged: such a model answers one at a time.
-        return not rows or self._plain_cache
-
-    @property
-    def _plain_cache(self) -> bool:
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
         if not hasattr(self, "_plain"):
-            probe = DynamicCache(config=self.backbone.model.config)
-            self._plain = all(type(layer) is DynamicLayer for layer in probe.layers)
-        return self._plain
+            self._plain = Rows.mergeable(self.backbone)
+        return not rows or self._plain
 
     def _steer(self, rows: list[Row]):
         """One steering per editor present in the batch, each over every row (None for the others)."""
@@ -291,65 +259,44 @@ class Batcher:
             out.append(editor.steer([r.edit_id if r.editor is editor else None for r in rows]))
         return out
 
-    def _forward(self, rows, ids, cache, mask, positions):
+    def _step(self, rows: list[Row], run):
+        """run(steerings) under the locks of the editors present (as a change takes them, after the
+        model's lock), with one steering per editor, each over every row (None for the others)."""
+        editors = {id(r.editor): r.editor for r in rows if r.editor is not None}.values()
         with contextlib.ExitStack() as held:
-            for editor in {id(r.editor): r.editor for r in rows if r.editor is not None}.values():
-                held.enter_context(editor.lock)  # as a change takes it, after the model's lock
-            return self._steered_forward(rows, ids, cache, mask, positions)
+            for editor in editors:
+                held.enter_context(editor.lock)
+            steerings = [e.steer([r.edit_id if r.editor is e else None for r in rows]) for e in editors]
+            try:
+                return run(steerings)
+            finally:
+                for steering in steerings:
+                    steering.close()
 
-    def _steered_forward(self, rows, ids, cache, mask, positions):
-        steerings = self._steer(rows)
+    def _join(self, joining: list[Row], batch: Rows) -> list[Row]:
+        """The joining rows' prompts in one left-padded prefill; each row's first token goes out. The
+        rows still running are added to `batch` and returned."""
+        if not joining:
+            return []
+        joined = Rows(self.backbone)
         try:
-            writers = [None] * len(rows)
-            for steering in steerings:
-                for i, w in enumerate(steering.step([r.generated for r in rows])):
-                    writers[i] = writers[i] or w
-            logits = batch_step(self.backbone.model, ids, mask, positions, cache)
-            relays = [s.without_edit() for s in steerings if s.without_edit() is not None]
-            if relays and any(w is not None for w in writers):
-                cache.crop(-1)  # store the last position again, computed without the edits (see generation.py)
-                for relay in relays:
-                    relay.__enter__()
-                try:
-                    batch_step(self.backbone.model, ids[:, -1:], mask, positions[:, -1:], cache)
-                finally:
-                    for relay in reversed(relays):
-                        relay.__exit__(None, None, None)
-            return logits, writers
-        finally:
-            for steering in steerings:
-                steering.close()
-
-    def _prefill(self, joining: list[Row]):
-        """The joining rows' prompts in one left-padded forward pass (rows at their own positions); each
-        row's first token goes out. Returns the rows still running, their cache and its mask."""
-        from transformers import DynamicCache
-
-        dev, tok = self.backbone.device, self.backbone.tokenizer
-        ids, mask = padded([r.ids for r in joining], tok.pad_token_id if tok.pad_token_id is not None else 0, dev)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache(config=self.backbone.model.config)
-        logits, writers = self._forward(joining, ids, cache, mask, positions)
+            logits, writers = self._step(joining, lambda steerings: joined.prefill([r.ids for r in joining], steerings))
+        except Exception as exc:
+            for row in joining:
+                row.out.put(exc)
+            return []
         for i, row in enumerate(joining):
-            row.chooser, row.length = Chooser(row.sampling), len(row.ids)
+            row.chooser = Chooser(row.sampling)
             self._emit(row, logits[i], writers[i])
         keep = [i for i, r in enumerate(joining) if not self._finished(r)]
-        if not keep:
-            return [], None, None
-        if len(keep) < len(joining):
-            index = torch.tensor(keep, device=dev)
-            cache.batch_select_indices(index)
-            mask = _trim(cache, mask[index])
-        return [joining[i] for i in keep], cache, mask
+        joined.keep(keep)
+        batch.merge(joined)
+        return [joining[i] for i in keep]
 
-    def _decode(self, rows: list[Row], cache, mask) -> None:
-        dev = self.backbone.device
-        ids = torch.tensor([[r.generated[-1]] for r in rows], device=dev)
-        positions = torch.tensor([[r.length] for r in rows], device=dev)
-        step_mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
-        logits, writers = self._forward(rows, ids, cache, step_mask, positions)
+    def _decode(self, rows: list[Row], batch: Rows) -> None:
+        tokens, generated = [r.generated[-1] for r in rows], [r.generated for r in rows]
+        logits, writers = self._step(rows, lambda steerings: batch.decode(tokens, steerings, generated))
         for i, row in enumerate(rows):
-            row.length += 1
             self._emit(row, logits[i], writers[i])
 
     def _emit(self, row: Row, logits: torch.Tensor, writer: str | None) -> None:
@@ -369,36 +316,3 @@ class Batcher:
         if done:
             row.cancelled = True  # so that it is ended once only
         return done
-
-
-def _merge(cache, mask, new_cache, new_mask):
-    """The batch's cache and mask with the joining rows' added, left padded to a common length."""
-    if cache is None:
-        return new_cache, new_mask
-    width = max(cache.get_seq_length(), new_cache.get_seq_length())
-    for layer, new in zip(cache.layers, new_cache.layers):
-        layer.keys = torch.cat([_pad_left(layer.keys, width), _pad_left(new.keys, width)], 0)
-        layer.values = torch.cat([_pad_left(layer.values, width), _pad_left(new.values, width)], 0)
-    mask = torch.cat([_pad_left(mask, width), _pad_left(new_mask, width)], 0)
-    return cache, mask
-
-
-def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Zeros before the sequence axis (the last but one for cached states, the last for a mask)."""
-    axis = -2 if t.dim() == 4 else -1
-    missing = width - t.shape[axis]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[axis] = missing
-    return torch.cat([t.new_zeros(shape), t], axis)
-
-
-def _trim(cache, mask):
-    """Drop the leading columns that are padding in every row."""
-    first_real = int(mask.argmax(-1).min()) if mask.numel() else 0
-    if first_real > 0:
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[..., first_real:, :], layer.values[..., first_real:, :]
-        mask = mask[:, first_real:]
-    return mask

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from editors.backbone import Backbone, encode_prompt, encode_target, padded
+from editors.backbone import Backbone, encode_prompt, encode_target
 from editors.batching import Batcher, ContendedLock, NotBatched
-from editors.generation import GREEDY, Generation, Sampling, generate_batch, steps, token_texts
+from editors.engine import next_tokens
+from editors.generation import GREEDY, Generation, Sampling, generate_batch, steps
 from editors.registry import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
 from editors.scope.subject import last_named
-from editors.text_stream import End, Piece, text_pieces
+from editors.text_stream import End, Piece, collect, text_pieces
 
 
 @dataclass(frozen=True)
@@ -236,20 +237,17 @@ class EditedModel:
                 for s in range(0, len(ks), batch_size):
                     chunk = ks[s : s + batch_size]
                     ids = [encode_prompt(tok, queries[k].text) for k in chunk]
+                    budget = [budgets[k] for k in chunk]
                     if editor is None:
-                        got = generate_batch(self.backbone, ids, [budgets[k] for k in chunk])
-                        owners = [[None] * len(g) for g in got]
+                        got = generate_batch(self.backbone, ids, budget)
                     else:
                         edit_ids = [decisions[k].edit_id for k in chunk]
                         reads = [editor.reads(e, i, queries[k].about) for e, i, k in zip(edit_ids, ids, chunk)]
-                        steering = _Recording(editor.steer(edit_ids))
                         with editor.lock, editor.context():
-                            got = generate_batch(self.backbone, reads, [budgets[k] for k in chunk], steering)
-                        owners = steering.owners
-                    for k, token_ids, who in zip(chunk, got, owners):
-                        pieces = token_texts(tok, token_ids)
-                        gen = Generation("".join(pieces), token_ids, list(zip(pieces, who[: len(token_ids)])))
-                        out[k] = first_line(gen) if editor is not None and editor.answer_line_only else gen
+                            got = generate_batch(self.backbone, reads, budget, editor.steer(edit_ids))
+                    line_only = editor is not None and editor.answer_line_only
+                    for k, i, b, made in zip(chunk, ids, budget, got):
+                        out[k] = collect(text_pieces(tok, iter(made), len(i), b, (), line_only))
         return out
 
     @torch.no_grad()
@@ -260,41 +258,19 @@ class EditedModel:
         ids = encode_prompt(self.backbone.tokenizer, query.text)
         with self.lock:
             if decision is None:
-                return _next_tokens(self.backbone, [ids + p for p in prefixes])
+                return next_tokens(self.backbone, [ids + p for p in prefixes])
             editor = self.editors[decision.method]
             reads = editor.reads(decision.edit_id, ids, query.about)
             steering = editor.steer([decision.edit_id] * len(prefixes))
             with editor.lock, editor.context():
                 steering.step(prefixes)
                 try:
-                    return _next_tokens(self.backbone, [reads + p for p in prefixes])
+                    return next_tokens(self.backbone, [reads + p for p in prefixes])
                 finally:
                     steering.close()
 
     def target_ids(self, query: Query, target: str) -> list[int]:
         return encode_target(self.backbone.tokenizer, query.text, target)
-
-
-class _Recording:
-    """A steering that also records, per row, the edit that wrote at each step."""
-
-    def __init__(self, steering):
-        self.inner, self.owners = steering, None
-
-    def step(self, generated):
-        writers = self.inner.step(generated)
-        if self.owners is None:
-            self.owners = [[] for _ in generated]
-        for row, w in enumerate(writers):
-            if len(self.owners[row]) == len(generated[row]):
-                self.owners[row].append(w)
-        return writers
-
-    def close(self):
-        self.inner.close()
-
-    def without_edit(self):
-        return self.inner.without_edit()
 
 
 def _prepend(first, run: Iterator) -> Iterator:
@@ -308,53 +284,3 @@ def _prepend(first, run: Iterator) -> Iterator:
 
 def _retrofit(retrofit: bool) -> dict:
     return {"retrofit": True} if retrofit else {}
-
-
-def _next_tokens(backbone: Backbone, seqs: list[list[int]]) -> list[int]:
-    """Greedy next token after each sequence, one left-padded batch (rows keep their own positions)."""
-    if not seqs:
-        return []
-    pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
-    ids, mask = padded(seqs, pad, backbone.device)
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    logits = backbone.model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
-    ).logits
-    return logits[:, -1].argmax(-1).tolist()
-
-
-def collect(stream: Iterator[Piece | End]) -> Generation:
-    pieces, end = [], None
-    for item in stream:
-        if isinstance(item, End):
-            end = item
-        else:
-            pieces.append(item)
-    return Generation(
-        "".join(p.text for p in pieces),
-        [p.token_id for p in pieces],
-        [(p.text, p.edit_id) for p in pieces],
-        pieces=pieces,
-        end=end,
-    )
-
-
-def first_line(gen: Generation) -> Generation:
-    """Cut an answer after its first line: at the first newline that follows text."""
-    kept_ids, kept_tokens, seen_text = [], [], False
-    for tid, (piece, owner) in zip(gen.token_ids, gen.tokens):
-        cut = -1
-        for i, ch in enumerate(piece):
-            if ch == "\n" and seen_text:
-                cut = i
-                break
-            if not ch.isspace():
-                seen_text = True
-        if cut >= 0:
-            if piece[:cut].strip():
-                kept_ids.append(tid)
-                kept_tokens.append((piece[:cut], owner))
-            break
-        kept_ids.append(tid)
-        kept_tokens.append((piece, owner))
-    return Generation(text="".join(p for p, _ in kept_tokens), token_ids=kept_ids, tokens=kept_tokens)

@@ -1,22 +1,19 @@
-"""Greedy decoding with the KV cache, naming for each token the edit that produced it.
+"""Decoding: the answers of a fixed set of rows, token by token, each token naming the edit that
+produced it, and how each next token is chosen (greedy, or sampled).
 
-One loop serves every method. A method steers it through a `Steering`: before each step it says which
-of its edits writes at that step (and sets its model up for it); an edit that acts below the top
-layer also gives a context in which the same step runs without it, so that the cached keys and
-values of that position are the unedited ones, as a full forward over the text would compute them
-(an edit acts on the last position only). Cached generation thus equals a full forward, token by token.
+`decode` is the loop of a single stream and of the harness's batches; the server's running batch
+(editors/batching.py) lets rows join and leave instead. Both step through `editors.engine.Rows`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
-from editors.backbone import Backbone, padded
+from editors.backbone import Backbone
+from editors.engine import Rows, Steering
 
 
 @dataclass
@@ -26,41 +23,6 @@ class Generation:
     tokens: list[tuple[str, str | None]] = field(default_factory=list)  # (text, edit id or None)
     pieces: list | None = None  # text_stream.Piece per token, with log-probabilities when asked for
     end: object | None = None  # text_stream.End: why the answer ended, token counts
-
-
-class Steering(Protocol):
-    """How one method's edits act on a batch of rows (editors/registry.py `Editor.steer`)."""
-
-    def step(self, generated: list[list[int]]) -> list[str | None]:
-        """Set the model up for the next forward call, given each row's tokens so far; return, per
-        row, the edit that writes at that step, if any."""
-
-    def close(self) -> None:
-        """Undo what step() set up."""
-
-    def without_edit(self) -> AbstractContextManager | None:
-        """A context in which the model runs unedited, when cached states must be recomputed in it
-        after a step an edit wrote at (edits below the top layer); None when they need not be."""
-
-
-def batch_step(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
-    """One cached forward pass of a left-padded batch (each row at its own positions); the last
-    position's logits, (rows, vocab)."""
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return out.logits[:, -1]
-
-
-def _step(model, ids: torch.Tensor, cache, start: int):
-    positions = torch.arange(start, start + ids.shape[1], device=ids.device)[None]
-    out = model(input_ids=ids, past_key_values=cache, position_ids=positions, use_cache=True, logits_to_keep=1)
-    return out.logits[0, -1], out.past_key_values
 
 
 @dataclass(frozen=True)
@@ -121,114 +83,75 @@ class Chooser:
 
 
 @torch.no_grad()
+def decode(
+    backbone: Backbone,
+    prompts: list[list[int]],
+    budgets: list[int],
+    steerings: Sequence[Steering] = (),
+    choosers: list[Chooser] | None = None,
+) -> Iterator[list[Step | None]]:
+    """The continuations of token-id prompts, decoded together: per step, each row's new Step (None for
+    a row that has ended: EOS, not yielded, or its budget). A row that ended stays in the batch, fed
+    its greedy token, so the others' arithmetic does not change with it. Closing the iterator early
+    undoes the steerings."""
+    choosers = choosers or [Chooser(GREEDY) for _ in prompts]
+    eos = backbone.tokenizer.eos_token_id
+    rows = Rows(backbone)
+    out: list[list[int]] = [[] for _ in prompts]
+    done = [b <= 0 for b in budgets]
+    latest: list[int] | None = None
+    try:
+        while not all(done):
+            if latest is None:
+                logits, writers = rows.prefill(prompts, steerings, out)
+            else:
+                logits, writers = rows.decode(latest, steerings, out)
+            made: list[Step | None] = [None] * len(prompts)
+            latest = logits.argmax(-1).tolist()
+            for i in range(len(prompts)):
+                if done[i]:
+                    continue
+                step = choosers[i](logits[i], writers[i])
+                latest[i] = step.token_id
+                if step.token_id == eos:
+                    done[i] = True
+                    continue
+                out[i].append(step.token_id)
+                done[i] = len(out[i]) >= budgets[i]
+                made[i] = step
+            yield made
+    finally:
+        for steering in steerings:
+            steering.close()
+
+
 def steps(
     backbone: Backbone,
     ids: list[int],
     max_new_tokens: int = 16,
     steering: Steering | None = None,
-    attribute_to: str | None = None,
     sampling: Sampling = GREEDY,
 ) -> Iterator[Step]:
-    """The continuation of the token ids `ids`, one token at a time, until EOS (not yielded) or
-    `max_new_tokens`. Each token names the edit `steering` says wrote it, or `attribute_to` (a method
-    whose whole answer comes from one edit). Closing the iterator early undoes the steering."""
-    from transformers import DynamicCache
-
-    model, eos = backbone.model, backbone.tokenizer.eos_token_id
-    cache = DynamicCache(config=model.config)
-    relay = steering is not None and steering.without_edit() is not None
-    choose = Chooser(sampling)
-    pending = torch.tensor([ids], device=backbone.device)
-    length, out_ids = 0, []
+    """The continuation of the token ids `ids`, one step at a time, until EOS (not yielded) or
+    `max_new_tokens`; each step names the edit `steering` says wrote it. Closing the iterator early
+    undoes the steering."""
+    run = decode(backbone, [ids], [max_new_tokens], [steering] if steering is not None else [], [Chooser(sampling)])
     try:
-        for _ in range(max_new_tokens):
-            writer = steering.step([out_ids])[0] if steering is not None else None
-            logits, cache = _step(model, pending, cache, length)
-            if relay and writer is not None:
-                cache.crop(-1)  # drop the last position, then store it again computed without the edit
-                with steering.without_edit():
-                    _step(model, pending[:, -1:], cache, length + pending.shape[1] - 1)
-            length += pending.shape[1]
-            step = choose(logits, attribute_to if attribute_to is not None else writer)
-            if step.token_id == eos:
-                return
-            out_ids.append(step.token_id)
-            yield step
-            pending = torch.tensor([[step.token_id]], device=backbone.device)
+        for made in run:
+            if made[0] is not None:
+                yield made[0]
     finally:
-        if steering is not None:
-            steering.close()
+        run.close()
 
 
-def generate(
-    backbone: Backbone,
-    ids: list[int],
-    max_new_tokens: int = 16,
-    steering: Steering | None = None,
-    attribute_to: str | None = None,
-) -> Generation:
-    """Greedy continuation of `ids`, whole (steps() collected)."""
-    got = list(steps(backbone, ids, max_new_tokens, steering, attribute_to))
-    pieces = token_texts(backbone.tokenizer, [s.token_id for s in got])
-    return Generation("".join(pieces), [s.token_id for s in got], list(zip(pieces, [s.edit_id for s in got])))
-
-
-@torch.no_grad()
 def generate_batch(
-    backbone: Backbone, prompts: list[list[int]], budgets: list[int], steering: Steering | None = None, context=None
-) -> list[list[int]]:
-    """Greedy continuations of many token-id prompts at once (left padding, each row at its own
-    positions), each stopping at EOS or its budget; `steering` acts per row as in generate(). The
-    harness uses it; a row's tokens equal generate()'s up to float rounding of the padded batch."""
-    from transformers import DynamicCache
-
-    model, eos, dev = backbone.model, backbone.tokenizer.eos_token_id, backbone.device
-    pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else 0
-    ids, mask = padded(prompts, pad, dev)
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    cache = DynamicCache(config=model.config)
-    out: list[list[int]] = [[] for _ in prompts]
-    done = [b <= 0 for b in budgets]
-    relay = steering is not None and steering.without_edit() is not None
-    try:
-        for _ in range(max(budgets, default=0)):
-            if all(done):
-                break
-            writers = steering.step(out) if steering is not None else [None] * len(prompts)
-            logits = batch_step(model, ids, mask, positions, cache)
-            if relay and any(w is not None for w in writers):
-                cache.crop(-1)  # store the last position again, computed without the edits
-                with steering.without_edit():
-                    batch_step(model, ids[:, -1:], mask, positions[:, -1:], cache)
-            nxt = logits.argmax(-1).tolist()
-            for row, token in enumerate(nxt):
-                if done[row]:
-                    continue
-                if token == eos:
-                    done[row] = True
-                else:
-                    out[row].append(token)
-                    done[row] = len(out[row]) >= budgets[row]
-            ids = torch.tensor(nxt, device=dev)[:, None]
-            mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
-            positions = positions[:, -1:] + 1
-    finally:
-        if steering is not None:
-            steering.close()
+    backbone: Backbone, prompts: list[list[int]], budgets: list[int], steering: Steering | None = None
+) -> list[list[Step]]:
+    """Greedy continuations of many token-id prompts at once, whole: decode() collected. A row's tokens
+    equal its steps() alone, up to float rounding of the padded batch."""
+    out: list[list[Step]] = [[] for _ in prompts]
+    for made in decode(backbone, prompts, budgets, [steering] if steering is not None else []):
+        for row, step in zip(out, made):
+            if step is not None:
+                row.append(step)
     return out
-
-
-def token_texts(tok, ids: list[int]) -> list[str]:
-    """Per-token strings whose concatenation equals the decoded text (multi-byte characters that
-    span tokens are assigned to the token that completes them)."""
-    pieces, prev = [], ""
-    for i in range(1, len(ids) + 1):
-        text = tok.decode(ids[:i])
-        if text.endswith("\ufffd"):  # incomplete UTF-8 sequence so far
-            pieces.append("")
-            continue
-        pieces.append(text[len(prev) :])
-        prev = text
-    if pieces and prev != tok.decode(ids):
-        pieces[-1] += tok.decode(ids)[len(prev) :]
-    return pieces

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from editors.backbone import Backbone
-from editors.generation import Steering
+from editors.engine import Steering
 
 Tensors = dict[str, torch.Tensor]
 

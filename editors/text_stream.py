@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from editors.generation import Step
+from editors.generation import Generation, Step
 
 
 @dataclass
@@ -38,7 +38,7 @@ def text_pieces(
 ) -> Iterator[Piece | End]:
     """The answer's pieces, then its End. `stop`: strings that end the answer (not part of it);
     `line_only`: the answer also ends at the first newline after some text (a method that answers in
-    one line). Closing this early closes `steps`."""
+    one line). Closing this early closes `steps` (if it is a generator)."""
     ids: list[int] = []
     text, emitted, held = "", 0, []
     hold = max((len(s) for s in stop), default=1) - 1  # a stop string may begin this far back
@@ -62,7 +62,8 @@ def text_pieces(
         yield from held
         yield End("length" if len(ids) >= max_new_tokens else "stop", prompt_tokens, len(ids))
     finally:
-        steps.close()
+        if hasattr(steps, "close"):  # a generator: let it undo its steering
+            steps.close()
 
 
 def _cut(text: str, stop: tuple[str, ...], line_only: bool, start: int) -> int | None:
@@ -86,3 +87,20 @@ def _until(held: list[Piece], chars: int) -> Iterator[Piece]:
         elif p.text[:chars].strip():
             yield Piece(p.text[:chars], p.token_id, p.edit_id, p.logprob, p.top)
         chars -= len(p.text)
+
+
+def collect(stream: Iterator[Piece | End]) -> Generation:
+    """A streamed answer, whole."""
+    pieces, end = [], None
+    for item in stream:
+        if isinstance(item, End):
+            end = item
+        else:
+            pieces.append(item)
+    return Generation(
+        "".join(p.text for p in pieces),
+        [p.token_id for p in pieces],
+        [(p.text, p.edit_id) for p in pieces],
+        pieces=pieces,
+        end=end,
+    )

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from editors.backbone import Backbone, encode_prompt, encode_target, padded
+from editors.backbone import Backbone, encode_prompt, encode_target
+from editors.engine import forward, left_padded
+from editors.engine import next_tokens as next_tokens_of
 from editors.generation import generate_batch
 
 
@@ -38,12 +40,7 @@ def next_tokens(
     out = torch.zeros(len(sequences), dtype=torch.long)
     batches = _batches([len(s) for s in sequences], batch_size)
     for idx in tqdm(batches, desc=progress, disable=progress is None, leave=False):
-        ids, mask = padded([sequences[i] for i in idx], backbone.tokenizer.pad_token_id, backbone.device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        logits = backbone.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
-        ).logits
-        out[idx] = logits[:, -1].argmax(-1).cpu()
+        out[idx] = torch.tensor(next_tokens_of(backbone, [sequences[i] for i in idx]))
     return out
 
 
@@ -81,13 +78,9 @@ def shared_next_tokens(
             idx = [i for i in idx if spans[i] > 0]
             if not idx:
                 continue
-            ids, mask = padded([fulls[i] for i in idx], backbone.tokenizer.pad_token_id, backbone.device)
-            positions = (mask.cumsum(-1) - 1).clamp_min(0)
+            ids, mask, positions = left_padded(backbone, [fulls[i] for i in idx])
             keep = max(spans[i] for i in idx)
-            logits = backbone.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=keep
-            ).logits
-            top = logits.argmax(-1).cpu()
+            top = forward(backbone, ids, mask, positions, keep=keep).argmax(-1).cpu()
             for row, i in enumerate(idx):
                 preds[offsets[i] : offsets[i + 1]] = top[row, keep - spans[i] :]
             if capture is not None:
@@ -120,6 +113,6 @@ def greedy(
         _batches([len(p) for p in prompts], batch_size), desc=progress, disable=progress is None, leave=False
     ):
         got = generate_batch(backbone, [prompts[i] for i in idx], [max_new_tokens[i] for i in idx])
-        for i, tokens in zip(idx, got):
-            results[i] = tokens
+        for i, made in zip(idx, got):
+            results[i] = [step.token_id for step in made]
     return results

@@ -10,8 +10,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from editors.batching import ContendedLock
-from editors.edited import Query, collect
+from editors.edited import Query
 from editors.generation import Sampling
+from editors.text_stream import collect
 from tests.api.helpers import GOLD, OTHER_PROMPT, PROMPT, TARGET, UNRELATED, create, generate
 
 LONG_TARGET = "English, then French, then German and Spanish"

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from app.core.config import Settings
 from editors.backbone import pick_dtype
-from editors.edited import Query, collect
+from editors.edited import Query
+from editors.text_stream import collect
 from tests.api.helpers import PROMPT, TARGET, UNRELATED, create, generate
 
 

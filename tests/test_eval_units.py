@@ -4,12 +4,11 @@ import pytest
 import torch
 
 from editors.backbone import encode_prompt, padded
-from editors.generation import generate
 from evaluation import datasets
 from evaluation.metrics import exact_match, starts_with_target, token_accuracy, unchanged_share
 from evaluation.systems import CaseSet
 from evaluation.teacher_forcing import greedy, next_tokens, prefix_cases
-from tests.tiny_models import packaged_tokenizer, tiny_backbone
+from tests.tiny_models import generate, packaged_tokenizer, tiny_backbone
 
 PROMPTS = [
     "The mother tongue of Danielle Darrieux is",

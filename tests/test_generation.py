@@ -3,11 +3,10 @@
 import pytest
 
 from editors.backbone import encode_prompt, encode_target
-from editors.generation import generate
 from editors.ireva.config import IrevaConfig
 from editors.ireva.model import IrevaEditor
 from evaluation.teacher_forcing import next_tokens
-from tests.tiny_models import packaged_tokenizer, tiny_backbone
+from tests.tiny_models import generate, packaged_tokenizer, tiny_backbone
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +50,11 @@ def test_outside_every_scope_generation_is_the_base_model(tokenizer):
     editor.close()
 
 
-def test_attribute_to_names_one_edit_for_every_token(tokenizer):
+def test_a_steering_that_names_one_edit_names_it_for_every_token(tokenizer):
+    from editors.serac.model import AnswerSteering
+
     backbone = tiny_backbone("gpt2", tokenizer, seed=3)
-    out = generate(
-        backbone, encode_prompt(tokenizer, "Question: hello\nAnswer:"), max_new_tokens=5, attribute_to="serac-1"
-    )
+    ids = encode_prompt(tokenizer, "Question: hello\nAnswer:")
+    out = generate(backbone, ids, max_new_tokens=5, steering=AnswerSteering(["serac-1"]))
     assert [owner for _, owner in out.tokens] == ["serac-1"] * len(out.tokens)
+    assert out.token_ids == generate(backbone, ids, max_new_tokens=5).token_ids

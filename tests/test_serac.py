@@ -7,12 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from editors.edited import EditedModel, Query, first_line
-from editors.generation import Generation
+from editors.edited import EditedModel, Query
+from editors.generation import Step
 from editors.scope.config import ScopeConfig
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
 from editors.serac import SeracConfig, SeracEditor
+from editors.text_stream import collect, text_pieces
 
 torch.set_num_threads(1)
 
@@ -119,11 +120,21 @@ def test_in_scope_queries_get_the_target_and_name_the_edit(editor, backbone, sco
         assert model.decide([Query.prompt(q)]) == [None]
 
 
-def test_first_line_keeps_the_answer_only():
-    gen = Generation(" Lyon\nQuestion", [1, 2, 3], [(" Lyon", "e"), ("\n", "e"), ("Question", "e")])
-    assert first_line(gen) == Generation(" Lyon", [1], [(" Lyon", "e")])
-    gen = Generation("\n Lyon.\nQ", [1, 2, 3], [("\n", "e"), (" Lyon.", "e"), ("\nQ", "e")])
-    assert first_line(gen).text == "\n Lyon."
+def test_a_line_only_answer_keeps_its_first_line():
+    class Pieces:  # a tokenizer whose token i decodes to texts[i]
+        def __init__(self, texts):
+            self.texts = texts
+
+        def decode(self, ids):
+            return "".join(self.texts[i] for i in ids)
+
+    def answer(texts):
+        run = iter([Step(i, "e") for i in range(len(texts))])
+        return collect(text_pieces(Pieces(texts), run, 0, 16, line_only=True))
+
+    got = answer([" Lyon", "\n", "Question"])
+    assert (got.text, got.token_ids, got.tokens) == (" Lyon", [0], [(" Lyon", "e")])
+    assert answer(["\n", " Lyon.", "\nQ"]).text == "\n Lyon."
 
 
 # -- trained adapter ---------------------------------------------------------------------------------------

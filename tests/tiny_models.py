@@ -54,3 +54,12 @@ def tiny_backbone(kind: str, tokenizer, seed: int = 0, layers: int = 3) -> Backb
     for p in model.parameters():
         p.requires_grad_(False)
     return Backbone(model=model, tokenizer=tokenizer, name=f"tiny-{kind}", device=torch.device("cpu"))
+
+
+def generate(backbone: Backbone, ids: list[int], max_new_tokens: int = 16, steering=None):
+    """A whole answer on the single-stream path (editors.generation.steps), as the server collects it."""
+    from editors.generation import steps
+    from editors.text_stream import collect, text_pieces
+
+    run = steps(backbone, ids, max_new_tokens, steering)
+    return collect(text_pieces(backbone.tokenizer, run, len(ids), max_new_tokens))

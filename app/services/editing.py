@@ -22,12 +22,12 @@ from app.core.observability import Metrics
 from app.services.queue import Busy, GenerationQueue
 from app.services.replica import LogFollower, catch_up
 from editors.backbone import Backbone, encode_prompt, load_backbone
-from editors.edited import EditedModel, Query, Restore, collect
+from editors.edited import EditedModel, Query, Restore
 from editors.generation import GREEDY, Generation, Sampling
 from editors.registry import METHODS, Editor, Method
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
-from editors.text_stream import End, Piece
+from editors.text_stream import End, Piece, collect
 from storage.models import ACTIVE, WITHDRAWN, EditRecord
 from storage.repository import Repository
 

@@ -1,0 +1,176 @@
+"""The one decoding step: every answer — streamed alone, in the server's running batch, or in the
+harness's batches — is computed by `forward_rows` over `Rows`.
+
+`Rows` are token sequences in one left-padded KV cache, each row at its own positions (counted from
+its first real token), so that a row's tokens are the same alone or beside others. Each step a method
+steers the rows through a `Steering`: it says, per row, which of its edits writes at that step, and
+sets its model up for it. An edit acts on the last position only; an edit acting below the top layer
+also gives a context in which the step runs without it, so that the cached keys and values of that
+position are recomputed unedited, as a full forward over the text would compute them. Cached
+generation thus equals a full forward, token by token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+import torch
+
+from editors.backbone import Backbone, padded
+
+
+class Steering(Protocol):
+    """How one method's edits act on a batch of rows (editors/registry.py `Editor.steer`)."""
+
+    def step(self, generated: list[list[int]]) -> list[str | None]:
+        """Set the model up for the next forward call, given each row's tokens so far; return, per
+        row, the edit that writes at that step, if any."""
+
+    def close(self) -> None:
+        """Undo what step() set up."""
+
+    def without_edit(self) -> AbstractContextManager | None:
+        """A context in which the model runs unedited, when cached states must be recomputed in it
+        after a step an edit wrote at (edits below the top layer); None when they need not be."""
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def left_padded(backbone: Backbone, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids left padded to one width, their attention mask, and each token's position counted
+    from its row's first real token (padding at 0)."""
+    ids, mask = padded(seqs, pad_id(backbone.tokenizer), backbone.device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def forward(backbone: Backbone, ids, mask, positions, cache=None, keep: int = 1) -> torch.Tensor:
+    """One forward pass; the logits of the last `keep` positions, (rows, keep, vocab)."""
+    out = backbone.model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=cache is not None,
+        logits_to_keep=keep,
+    )
+    return out.logits
+
+
+def forward_rows(
+    backbone: Backbone, ids, mask, positions, cache, steerings: Sequence[Steering], generated: list[list[int]]
+) -> tuple[torch.Tensor, list[str | None]]:
+    """One steered step of every row: the last position's logits (rows, vocab) and, per row, the edit
+    that wrote at it. `generated`: each row's answer so far (what the steerings decide on)."""
+    writers: list[str | None] = [None] * len(generated)
+    for steering in steerings:
+        for i, w in enumerate(steering.step(generated)):
+            writers[i] = writers[i] or w
+    logits = forward(backbone, ids, mask, positions, cache)[:, -1]
+    relays = [r for r in (s.without_edit() for s in steerings) if r is not None]
+    if cache is not None and relays and any(w is not None for w in writers):
+        cache.crop(-1)  # drop the last position, then store it again computed without the edits
+        with contextlib.ExitStack() as unedited:
+            for relay in relays:
+                unedited.enter_context(relay)
+            forward(backbone, ids[:, -1:], mask, positions[:, -1:], cache)
+    return logits, writers
+
+
+@torch.no_grad()
+def next_tokens(backbone: Backbone, seqs: list[list[int]]) -> list[int]:
+    """Greedy next token after each sequence, one batch without a cache (teacher forcing)."""
+    if not seqs:
+        return []
+    ids, mask, positions = left_padded(backbone, seqs)
+    return forward(backbone, ids, mask, positions)[:, -1].argmax(-1).tolist()
+
+
+class Rows:
+    """Rows decoding together: their KV cache, its mask, and each row's next position."""
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+        self.cache = None
+        self.mask: torch.Tensor | None = None
+        self.next: torch.Tensor | None = None  # (rows, 1)
+
+    def __len__(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    @torch.no_grad()
+    def prefill(self, prompts: list[list[int]], steerings: Sequence[Steering] = (), generated=None):
+        """Start these rows: their prompts in one left-padded pass. Returns the last position's logits
+        and the writers, as forward_rows. The rows must be the only ones (merge() adds to a batch)."""
+        from transformers import DynamicCache
+
+        assert self.mask is None, "prefill starts rows; merge() joins them to others"
+        ids, mask, positions = left_padded(self.backbone, prompts)
+        self.cache = DynamicCache(config=self.backbone.model.config)
+        generated = [[] for _ in prompts] if generated is None else generated
+        logits, writers = forward_rows(self.backbone, ids, mask, positions, self.cache, steerings, generated)
+        self.mask, self.next = mask, positions[:, -1:] + 1
+        return logits, writers
+
+    @torch.no_grad()
+    def decode(self, tokens: list[int], steerings: Sequence[Steering], generated: list[list[int]]):
+        """One token more for every row (`tokens`: each row's latest). Returns as forward_rows."""
+        ids = torch.tensor(tokens, device=self.backbone.device)[:, None]
+        mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], 1)
+        logits, writers = forward_rows(self.backbone, ids, mask, self.next, self.cache, steerings, generated)
+        self.mask, self.next = mask, self.next + 1
+        return logits, writers
+
+    def keep(self, index: list[int]) -> None:
+        """Only these rows go on; padding that no remaining row needs is dropped."""
+        if len(index) == len(self):
+            return
+        if not index:
+            self.cache = self.mask = self.next = None
+            return
+        select = torch.tensor(index, device=self.mask.device)
+        self.cache.batch_select_indices(select)
+        self.mask, self.next = self.mask[select], self.next[select]
+        first_real = int(self.mask.argmax(-1).min())
+        if first_real > 0:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., first_real:, :], layer.values[..., first_real:, :]
+            self.mask = self.mask[:, first_real:]
+
+    def merge(self, other: Rows) -> None:
+        """Add `other`'s rows after these, both left padded to a common length."""
+        if other.mask is None:
+            return
+        if self.mask is None:
+            self.cache, self.mask, self.next = other.cache, other.mask, other.next
+            return
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for layer, new in zip(self.cache.layers, other.cache.layers):
+            layer.keys = torch.cat([_pad_left(layer.keys, width), _pad_left(new.keys, width)], 0)
+            layer.values = torch.cat([_pad_left(layer.values, width), _pad_left(new.values, width)], 0)
+        self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)], 0)
+        self.next = torch.cat([self.next, other.next], 0)
+
+    @staticmethod
+    def mergeable(backbone: Backbone) -> bool:
+        """Whether caches of this model can be merged: plain per-layer caches (not sliding windows)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        probe = DynamicCache(config=backbone.model.config)
+        return all(type(layer) is DynamicLayer for layer in probe.layers)
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zeros before the sequence axis (the last but one for cached states, the last for a mask)."""
+    axis = -2 if t.dim() == 4 else -1
+    missing = width - t.shape[axis]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[axis] = missing
+    return torch.cat([t.new_zeros(shape), t], axis)
