@@ -22,7 +22,8 @@ from app.core.errors import error_response, is_openai
 from app.core.limits import BodyLimit, RateLimiter
 from app.core.observability import Metrics, RequestContext
 from app.core.security import KeyRing, load_keys
-from app.services.editing import EditingService, ServiceError
+from app.services import startup
+from app.services.errors import ServiceError
 from storage import migrate
 from storage.repository import database_url, safe_url
 
@@ -40,7 +41,7 @@ def create_app(settings: Settings | None = None, exit_on_load_failure: bool = Fa
         try:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             migrate.upgrade(database_url(settings.data_dir, settings.database_url))
-            app.state.service = EditingService.start(settings, metrics)
+            app.state.service = startup.start(settings, metrics)
             metrics.ready.set(1)
             log.info(
                 "serving %s with methods %s from %s (edits in %s)",
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None, exit_on_load_failure: bool = Fa
         finally:
             loader.join()  # a stop during the load waits for it, then closes what it opened
             if app.state.service is not None:
-                app.state.service.close()
+                startup.stop(app.state.service)
 
     app = FastAPI(title="editserve", summary="An LM whose knowledge is edited over HTTP", lifespan=lifespan)
     app.state.metrics = metrics

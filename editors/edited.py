@@ -57,11 +57,22 @@ class Restore:
     target: str
     tensors: Tensors | None  # None: the edit was not live
     subject: str | None = None
+    version: str | None = None  # the stored copy `tensors` came from (Live.version)
+
+
+@dataclass(frozen=True)
+class Live:
+    """An edit acting in the model: its method, and which stored copy of it acts (the storage's name for
+    it; None until stored), so that a server following another's changes can tell a new one."""
+
+    method: str
+    version: str | None = None
 
 
 class EditedModel:
     def __init__(self, backbone: Backbone, editors: dict[str, Editor], scope: ScopeIndex, max_batch: int = 16):
         self.backbone, self.editors, self.scope = backbone, editors, scope
+        self.live: dict[str, Live] = {}  # every edit acting now; changed only by the verbs below
         # Held by every change and every answer (the batch's engine holds it while any row runs): an
         # answer sees one edit set from start to end.
         self.lock = ContendedLock()
@@ -69,6 +80,31 @@ class EditedModel:
 
     def close(self) -> None:
         self.batcher.close()
+
+    # -- the live edits ------------------------------------------------------------------------------
+    def is_live(self, edit_id: str) -> bool:
+        return edit_id in self.live
+
+    def version(self, edit_id: str) -> str | None:
+        live = self.live.get(edit_id)
+        return None if live is None else live.version
+
+    def active_by_method(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.editors, 0)
+        for live in self.live.values():
+            counts[live.method] = counts.get(live.method, 0) + 1
+        return counts
+
+    def stored(self, edit_id: str, version: str) -> None:
+        """The live edit's change is stored, as `version`."""
+        self.live[edit_id] = Live(self.live[edit_id].method, version)
+
+    def snapshot(self, edit_id: str, method: str, prompt: str, target: str, subject: str | None) -> Restore:
+        """The edit as it is now, to restore() if a change to it is refused."""
+        with self.lock:
+            live = self.live.get(edit_id)
+            tensors = self.editors[method].tensors(edit_id) if live is not None else None
+            return Restore(edit_id, method, prompt, target, tensors, subject, None if live is None else live.version)
 
     # -- changes -----------------------------------------------------------------------------------
     def editor(self, method: str) -> Editor:
@@ -82,6 +118,7 @@ class EditedModel:
         with self.lock, editor.lock:
             tensors = editor.insert(edit_id, prompt, target, **_retrofit(retrofit))
             self.scope.put(edit_id, method, prompt, subject=subject)
+            self.live[edit_id] = Live(method)
         return tensors
 
     def update(self, before: Restore, prompt: str, target: str, retrofit: bool = False) -> Tensors:
@@ -92,11 +129,13 @@ class EditedModel:
             else:
                 tensors = editor.update(before.edit_id, prompt, target, **_retrofit(retrofit))
             self.scope.put(before.edit_id, before.method, prompt, subject=before.subject)
+            self.live[before.edit_id] = Live(before.method)
         return tensors
 
     def withdraw(self, edit_id: str, method: str) -> None:
         with self.lock, self.editors[method].lock:
             self.editors[method].withdraw(edit_id)
+            self.live.pop(edit_id, None)
             if edit_id in self.scope:
                 self.scope.retire(edit_id)
 
@@ -107,6 +146,7 @@ class EditedModel:
         editor = self.editors[before.method]
         with self.lock, editor.lock:
             editor.withdraw(before.edit_id)
+            self.live.pop(before.edit_id, None)
             errors = {}
             if before.tensors is not None:
                 errors = editor.load_many([(before.edit_id, before.prompt, before.target, before.tensors)])
@@ -115,11 +155,13 @@ class EditedModel:
                     self.scope.remove(before.edit_id)
                 return errors
             self.scope.put(before.edit_id, before.method, before.prompt, subject=before.subject)
+            self.live[before.edit_id] = Live(before.method, before.version)
             return errors
 
     def forget(self, edit_id: str) -> None:
         """The edit's scope row goes (its editor has let it go already): its prompt is no edit's."""
         with self.lock:
+            self.live.pop(edit_id, None)
             if edit_id in self.scope:
                 self.scope.remove(edit_id)
 
@@ -139,12 +181,12 @@ class EditedModel:
 
     def load(
         self,
-        live: list[tuple[str, str, str, str, Tensors]],
+        live: list[tuple[str, str, str, str, Tensors, str | None]],
         withdrawn: list[tuple[str, str, str]],
         known: dict[str, torch.Tensor] | None = None,
         subjects: dict[str, str] | None = None,
     ) -> tuple[dict[str, Exception], int]:
-        """A start: live edits (id, method, prompt, target, tensors) act again; withdrawn ones
+        """A start: live edits (id, method, prompt, target, tensors, version) act again; withdrawn ones
         (id, method, prompt), oldest first, keep their prompts on the unedited answer where no live
         edit has the prompt (the newest of each prompt only, as the running server held them).
         `known`: prompts' scope vectors saved by an earlier start; `subjects`: the edits' given subjects.
@@ -153,12 +195,14 @@ class EditedModel:
         errors: dict[str, Exception] = {}
         with self.lock:
             for name, editor in self.editors.items():
-                errors.update(editor.load_many([(i, p, t, x) for i, m, p, t, x in live if m == name]))
-            owned = {p for i, _, p, _, _ in live if i not in errors}
+                errors.update(editor.load_many([(i, p, t, x) for i, m, p, t, x, _ in live if m == name]))
+            loaded = [(i, m, p, v) for i, m, p, _, _, v in live if i not in errors]
+            self.live.update({i: Live(m, v) for i, m, _, v in loaded})
+            owned = {p for _, _, p, _ in loaded}
             newest = {p: (i, m) for i, m, p in withdrawn if p not in owned}
             subject = (subjects or {}).get
             embedded = self.scope.put_many(
-                [Entry(i, m, p, True, subject(i)) for i, m, p, _, _ in live if i not in errors]
+                [Entry(i, m, p, True, subject(i)) for i, m, p, _ in loaded]
                 + [Entry(i, m, p, False, subject(i)) for p, (i, m) in newest.items()],
                 known,
             )

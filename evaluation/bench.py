@@ -159,11 +159,11 @@ def fill(model: EditedModel, pairs, n: int, real: int, seed: int) -> tuple[dict,
         keys = torch.nn.functional.normalize(torch.randn(m, hidden, generator=g), dim=-1)
         pick = torch.randint(len(dirs_all), (m,), generator=g)
         scale = torch.tensor([rng.choice(norms) for _ in range(m)])
-        synthetic.append((f"s{i}", "ireva", p, t, {"keys": keys, "values": dirs_all[pick] * scale[:, None]}))
+        synthetic.append((f"s{i}", "ireva", p, t, {"keys": keys, "values": dirs_all[pick] * scale[:, None]}, None))
     t0 = time.perf_counter()
     errors, _ = model.load(synthetic, [])
     load_seconds = time.perf_counter() - t0
-    edits.update({edit_id: (p, t) for edit_id, _, p, t, _ in synthetic if edit_id not in errors})
+    edits.update({edit_id: (p, t) for edit_id, _, p, t, _, _ in synthetic if edit_id not in errors})
     info = {
         "real_edits": len(counts),
         "synthetic_edits": len(synthetic) - len(errors),

@@ -2,7 +2,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.services.editing import EditingService, ServiceError
+from app.services.editing import EditingService
+from app.services.errors import ServiceError
 
 
 class NotReady(ServiceError):

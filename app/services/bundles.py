@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from app.services.editing import Conflict, EditingService, ServiceError, StorageFailed
+from app.services.editing import EditingService
+from app.services.errors import Conflict, ServiceError, StorageFailed
 from storage.models import ACTIVE, WITHDRAWN, EditRecord
 
 PAGE = 500

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from app.services.editing import EditingService, check_retrofit, check_text, invalid_input
+from app.services.editing import EditingService
+from app.services.errors import check_retrofit, check_text, invalid_input
 from editors.edited import Query, Restore
 from editors.generation import Generation
 

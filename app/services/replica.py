@@ -96,9 +96,9 @@ def _apply(service, row) -> int:
     from editors.edited import Restore
     from storage.models import ACTIVE, WITHDRAWN
 
-    model, live = service.model, service.live[row.method]
+    model = service.model
     if row.status == ACTIVE:
-        if row.id in live and service.blob_of.get(row.id) == row.blob:
+        if model.is_live(row.id) and model.version(row.id) == row.blob:
             return 0
         try:
             tensors = service.repo.blobs.read(row.blob)
@@ -107,21 +107,15 @@ def _apply(service, row) -> int:
                 "edit %s changed on another server, but its blob %s cannot be read here: %s", row.id, row.blob, exc
             )
             return 0
-        errors = model.restore(Restore(row.id, row.method, row.prompt, row.target, tensors, row.subject))
+        errors = model.restore(Restore(row.id, row.method, row.prompt, row.target, tensors, row.subject, row.blob))
         if errors:
             log.error("edit %s changed on another server, but its tensors do not fit here: %s", row.id, errors[row.id])
-            live.discard(row.id)
-            service.blob_of.pop(row.id, None)
             return 1
         model.drop_shadows(row.prompt)
-        live.add(row.id)
-        service.blob_of[row.id] = row.blob
         log.info("applied edit %s (%s) from the edit log", row.id, row.status)
         return 1
-    if row.id in live:
+    if model.is_live(row.id):
         model.withdraw(row.id, row.method)
-        live.discard(row.id)
-        service.blob_of.pop(row.id, None)
         if row.status != WITHDRAWN:  # corrupt on the server that found it so: out of every answer
             model.forget(row.id)
         log.info("applied edit %s (%s) from the edit log", row.id, row.status)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from app.services import editing
+from app.services import startup
 from editors.ireva.config import IrevaConfig
 from storage.blobs import BlobStore
 from storage.repository import PACK_FILE
@@ -269,7 +269,7 @@ def test_restart_reads_the_pack_and_each_blob_the_pack_does_not_hold(client, sta
         return real_read(self, name)
 
     monkeypatch.setattr(BlobStore, "read", counting_read)
-    monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 1)  # the first stop writes a pack
+    monkeypatch.setattr(startup, "PACK_AFTER_MISSES", 1)  # the first stop writes a pack
     kept = create(client)
     changed = create(client, OTHER_PROMPT, "Sydney")
     gone = create(client, GOLD, "Au")
@@ -278,7 +278,7 @@ def test_restart_reads_the_pack_and_each_blob_the_pack_does_not_hold(client, sta
     pack = settings.data_dir / PACK_FILE
     assert pack.exists()
 
-    monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 10**6)  # from now on no pack is written
+    monkeypatch.setattr(startup, "PACK_AFTER_MISSES", 10**6)  # from now on no pack is written
     reads.clear()
     second = start()
     assert reads == []  # both active edits came from the pack (a withdrawn one needs its prompt only)
@@ -341,7 +341,7 @@ def test_a_start_shadows_only_the_newest_withdrawn_edit_of_a_prompt_no_live_edit
 
     model = EditedModel(None, {}, ScopeIndex(ScopeModel.load(settings.scope, None)))
     withdrawn = [("a", "ireva", "p"), ("c", "ireva", "p"), ("b", "serac", "p"), ("d", "ireva", "q")]  # oldest first
-    assert model.load([("e", "ireva", "q", "t", {})], withdrawn) == ({}, 2)  # no "ireva" editor: nothing to load
+    assert model.load([("e", "ireva", "q", "t", {}, None)], withdrawn) == ({}, 2)  # no "ireva" editor: nothing to load
     assert {e.edit_id: e.live for e in model.scope.rows if e is not None} == {"b": False, "e": True}
 
 
@@ -353,7 +353,7 @@ def test_damaged_blobs_mark_their_edits_corrupt_and_put_rebuilds_them(client, st
     (blob_dir / _blob_of(blob_dir, missing["id"])).unlink()
     (blob_dir / _blob_of(blob_dir, garbled["id"])).write_bytes(b"not a safetensors file")
 
-    with caplog.at_level(logging.ERROR, logger="app.services.editing"):
+    with caplog.at_level(logging.ERROR, logger="app.services.startup"):
         again = start()
     logged = caplog.text
     assert missing["id"] in logged and garbled["id"] in logged and healthy["id"] not in logged
@@ -420,7 +420,7 @@ def test_a_restart_reuses_the_saved_scope_vectors_of_the_same_scope_model(client
     monkeypatch.setattr(
         ScopeModel, "embed", lambda self, texts, **kw: embedded.extend(texts) or real_embed(self, texts, **kw)
     )
-    monkeypatch.setattr(editing, "PACK_AFTER_MISSES", 1)  # the first stop saves the pack and the vectors
+    monkeypatch.setattr(startup, "PACK_AFTER_MISSES", 1)  # the first stop saves the pack and the vectors
     made = [create(client), create(client, OTHER_PROMPT, OTHER_TARGET)]
     answers = [generate(client, p) for p in (PROMPT, OTHER_PROMPT, UNRELATED)]
     stop(client)

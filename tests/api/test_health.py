@@ -6,7 +6,7 @@ import httpx
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.services.editing import EditingService
+from app.services import startup
 from tests.api.helpers import PROMPT, TARGET, UNRELATED, create, stop, wait_ready
 
 
@@ -20,13 +20,13 @@ def test_health_reports_model_and_active_edits(client, settings):
 
 
 def test_live_at_once_ready_only_once_loaded(settings, monkeypatch):
-    release, real_start = threading.Event(), EditingService.start
+    release, real_start = threading.Event(), startup.start
 
     def slow_start(*args, **kwargs):
         assert release.wait(120)
         return real_start(*args, **kwargs)
 
-    monkeypatch.setattr(EditingService, "start", slow_start)
+    monkeypatch.setattr(startup, "start", slow_start)
     client = TestClient(create_app(settings))
     client.__enter__()
     try:

@@ -18,7 +18,7 @@ from app.schemas import (
     Status,
 )
 from app.services import bundles
-from app.services.editing import Invalid
+from app.services.errors import Invalid
 from app.services.preview import preview
 from editors.edited import Query as Asked
 

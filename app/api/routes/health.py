@@ -30,6 +30,6 @@ def metrics(request: Request):
     app_metrics = request.app.state.metrics
     service = getattr(request.app.state, "service", None)
     if service is not None:
-        for method, ids in service.live.items():
-            app_metrics.edits_active.labels(method).set(len(ids))
+        for method, count in service.model.active_by_method().items():
+            app_metrics.edits_active.labels(method).set(count)
     return Response(generate_latest(app_metrics.registry), media_type=CONTENT_TYPE_LATEST)

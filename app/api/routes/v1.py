@@ -19,7 +19,8 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import ServiceDep, require
 from app.api.streaming import DONE, event, in_own_thread
 from app.openai_schemas import ChatCompletionRequest, CompletionRequest, OpenAIRequest
-from app.services.editing import EditingService, NotFound
+from app.services.editing import EditingService
+from app.services.errors import NotFound
 from editors.edited import Query
 from editors.text_stream import End, Piece
 
