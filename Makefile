@@ -1,6 +1,7 @@
 # Two entry points, each doing its own set-up: `make run` serves, `make test` lints and tests.
 # `make test-fast` runs the tests that need no packaged model and no set-up product (~1-2 min);
-# `make lint` is ruff's check and format check (the config is in pyproject.toml).
+# `make lint` is ruff's check and format check, and the import contract (lint-imports); the config of
+# both is in pyproject.toml.
 # The venv is (re)installed only when it is missing or pyproject.toml changed (the stamp is older).
 PYTHON ?= python3
 VENV := .venv
@@ -33,6 +34,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 adapter: $(STAMP)
 	@if [ -f "$(ADAPTER)" ]; then :; \

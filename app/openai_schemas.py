@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.schemas import MAX_NEW_TOKENS, SamplingFields
+from editserve.schemas import MAX_NEW_TOKENS, SamplingFields
 
 MAX_CHOICES = 8
 DEFAULT_CHAT_TOKENS = 256

@@ -10,7 +10,7 @@
         es.withdraw_edit(edit.id)
 
 `AsyncClient` has the same methods, to be awaited (its streams are async iterators). Answers come back
-as the server's own response models (`app.schemas`); a non-2xx answer raises `EditServeError` with the
+as the server's own response models (`editserve.schemas`); a non-2xx answer raises `EditServeError` with the
 status and the server's message. For the OpenAI-compatible routes under /v1, use the `openai` package
 with `base_url=<server>/v1`.
 """
@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from app.schemas import (
+from editserve.schemas import (
     EditHistory,
     EditPublic,
     EditsPublic,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from editors.backbone import Backbone, encode_target
 from evaluation import datasets
+from evaluation.build import build
 from evaluation.metrics import (
     METRIC_KEYS,
     contains_target,
@@ -33,7 +34,7 @@ from evaluation.metrics import (
     token_accuracy,
     unchanged_share,
 )
-from evaluation.systems import CaseSet, PerRecord, System, build
+from evaluation.systems import CaseSet, PerRecord, System
 
 GEN_EXTRA_TOKENS = 3  # generation budget: the target's token count plus this
 NOISE_SAMPLE = 50  # edits whose per-edit predictions are compared with the batched ones

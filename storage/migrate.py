@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from alembic import command
@@ -11,13 +12,19 @@ from sqlalchemy.pool import NullPool
 
 from storage.changes import change_lock
 
-# The migrations ship inside this package (package data), so any install of it can migrate.
-SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"
+
+def script_location() -> Path:
+    """The top-level `migrations` folder, found where it is installed (it ships in the wheel, so any
+    install can migrate) without importing it: its env.py runs only under Alembic."""
+    spec = importlib.util.find_spec("migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the migrations package is not installed (pip install -e . in the repo root)")
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def alembic_config(database_url: str) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(SCRIPT_LOCATION))
+    cfg.set_main_option("script_location", str(script_location()))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))  # ConfigParser interpolation
     return cfg
 

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models. The schema itself is created and changed only by Alembic (storage/migrations/)."""
+"""SQLAlchemy 2 models. The schema itself is created and changed only by Alembic (migrations/)."""
 
 from __future__ import annotations
 

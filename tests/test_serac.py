@@ -301,7 +301,7 @@ def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path, edits
 
 @pytest.mark.integration
 def test_eval_finds_the_adapter_as_the_server_does(backbone, monkeypatch, editserve_cache, serac_adapter):
-    from evaluation.systems import build
+    from evaluation.build import build
 
     monkeypatch.delenv("EDITSERVE_SERAC__ADAPTER_DIR", raising=False)
     untrained = {"scope.use_trained": "false"}

@@ -4,6 +4,8 @@ from fastapi import Depends, Request
 
 from app.services.editing import EditingService
 from app.services.errors import ServiceError
+from editors.generation import Sampling
+from editserve.schemas import SamplingFields
 
 
 class NotReady(ServiceError):
@@ -26,6 +28,12 @@ class TooManyRequests(ServiceError):
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+def sampling(fields: SamplingFields, logprobs: int | None = None, seed_offset: int = 0) -> Sampling:
+    """How a request's tokens are chosen (`seed_offset`: the j-th of n choices draws with seed + j)."""
+    seed = fields.seed + seed_offset if fields.seed is not None else None
+    return Sampling(fields.temperature, fields.top_p, seed, logprobs)
 
 
 def get_service(request: Request) -> EditingService:

@@ -5,7 +5,11 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import Editor, Reader, ServiceDep
 from app.api.streaming import in_own_thread
-from app.schemas import (
+from app.services import bundles
+from app.services.errors import Invalid
+from app.services.preview import preview
+from editors.edited import Query as Asked
+from editserve.schemas import (
     EditCreate,
     EditHistory,
     EditPublic,
@@ -17,10 +21,6 @@ from app.schemas import (
     PreviewResponse,
     Status,
 )
-from app.services import bundles
-from app.services.errors import Invalid
-from app.services.preview import preview
-from editors.edited import Query as Asked
 
 router = APIRouter(prefix="/edits", tags=["edits"])
 

@@ -1,10 +1,10 @@
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ServiceDep, require
+from app.api.deps import ServiceDep, require, sampling
 from app.api.streaming import DONE, event, in_own_thread
-from app.schemas import GenerateRequest, GenerateResponse, GenerateStreamEnd, TokenPublic
 from editors.text_stream import End
+from editserve.schemas import GenerateRequest, GenerateResponse, GenerateStreamEnd, TokenPublic
 
 router = APIRouter(tags=["generate"], dependencies=[Depends(require("read"))])
 
@@ -19,7 +19,7 @@ def generate(body: GenerateRequest, service: ServiceDep):
     that produced it. Greedy unless `temperature` > 0. With `stream: true`, a text/event-stream: one
     `{"text", "edit_id"}` event per token, then `{"finish_reason", "text"}`, then `[DONE]`."""
     query = service.query(body.prompt, [m.model_dump() for m in body.messages] if body.messages else None)
-    args = (query, body.max_new_tokens, body.edits == "all", body.sampling(), body.stops())
+    args = (query, body.max_new_tokens, body.edits == "all", sampling(body), body.stops())
     if body.stream:
         return StreamingResponse(_events(service.stream(*args)), media_type="text/event-stream")
     out = service.generate(*args)

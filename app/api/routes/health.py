@@ -2,7 +2,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import ServiceDep
-from app.schemas import Health, Live
+from editserve.schemas import Health, Live
 
 router = APIRouter(tags=["health"])
 

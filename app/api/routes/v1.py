@@ -16,7 +16,7 @@ from contextlib import closing
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ServiceDep, require
+from app.api.deps import ServiceDep, require, sampling
 from app.api.streaming import DONE, event, in_own_thread
 from app.openai_schemas import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from app.services.editing import EditingService
@@ -90,8 +90,8 @@ def chat_completions(body: ChatCompletionRequest, service: ServiceDep):
 # -- streaming -------------------------------------------------------------------------------------------
 def _pieces(service: EditingService, body: OpenAIRequest, jobs, budget: int) -> Iterator[tuple[int, Piece | End]]:
     """Every choice's pieces, one choice after another (each answer sees one edit set)."""
-    for index, query, sampling in jobs:
-        with closing(service.stream(query, budget, body.edits == "all", sampling, body.stops())) as stream:
+    for index, query, how in jobs:
+        with closing(service.stream(query, budget, body.edits == "all", how, body.stops())) as stream:
             for item in stream:
                 yield index, item
 
@@ -166,7 +166,7 @@ def _head(prefix: str, kind: str, service: EditingService) -> dict:
 def _jobs(body: OpenAIRequest, queries: list[Query], logprobs: int | None):
     """(choice index, query, sampling) for each choice: n per query, in the OpenAI order."""
     return [
-        (q * body.n + j, query, body.sampling(logprobs, seed_offset=j))
+        (q * body.n + j, query, sampling(body, logprobs, seed_offset=j))
         for q, query in enumerate(queries)
         for j in range(body.n)
     ]

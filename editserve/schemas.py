@@ -1,18 +1,14 @@
-"""Request and response bodies of the HTTP API."""
+"""Request and response bodies of the HTTP API: the server validates and answers with these, and the
+client (editserve.client) reads them. They need pydantic only, so the client loads nothing else."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from storage.models import STATUSES
-
-if TYPE_CHECKING:  # the typed client imports these bodies; it should not have to load torch
-    from editors.generation import Sampling
-
-Status = Literal[STATUSES]
+Status = Literal["active", "withdrawn", "corrupt"]  # storage.models.STATUSES (a test holds them equal)
 MAX_NEW_TOKENS = 512
 
 
@@ -156,12 +152,6 @@ class SamplingFields(BaseModel):
 
     def stops(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-
-    def sampling(self, logprobs: int | None = None, seed_offset: int = 0) -> Sampling:
-        from editors.generation import Sampling
-
-        seed = self.seed + seed_offset if self.seed is not None else None
-        return Sampling(self.temperature, self.top_p, seed, logprobs)
 
 
 class GenerateRequest(SamplingFields):
