@@ -7,10 +7,7 @@ import sys
 
 def test_the_client_loads_neither_the_server_nor_its_dependencies():
     heavy = ("sqlalchemy", "torch", "transformers", "fastapi", "app", "editors", "storage")
-    code = (
-        "import sys, editserve.client, editserve.schemas\n"
-        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
-    )
+    code = f"import sys, editserve.client, editserve.schemas\nprint(','.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
 

@@ -170,3 +170,36 @@ def test_a_failure_inside_a_stream_ends_it_with_an_error_event(served, monkeypat
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     assert '"error"' in lines[-2] and "the model fell over" in lines[-2]
+
+
+def test_the_v1_responses_are_typed_in_the_openapi_schema_and_chunks_follow_theirs(served):
+    import json
+
+    from app.openai_protocol import ChatCompletionChunk, CompletionResponse
+
+    _, model, url, _ = served
+    spec = httpx.get(f"{url}/openapi.json").json()
+
+    def answer(path: str, verb: str = "post") -> dict:
+        return spec["paths"][path][verb]["responses"]["200"]["content"]["application/json"]["schema"]
+
+    assert answer("/v1/completions") == {"$ref": "#/components/schemas/CompletionResponse"}
+    assert answer("/v1/chat/completions") == {"$ref": "#/components/schemas/ChatCompletionResponse"}
+    assert answer("/v1/models", "get") == {"$ref": "#/components/schemas/ModelList"}
+    assert "edits" in spec["components"]["schemas"]["ChatChoice"]["properties"]
+
+    def chunks(path: str, **body) -> list[dict]:
+        body = {"model": model, "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}, **body}
+        with httpx.stream("POST", f"{url}{path}", json=body, timeout=60) as r:
+            return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+
+    chat = chunks("/v1/chat/completions", messages=[{"role": "user", "content": PROMPT}])
+    completion = chunks("/v1/completions", prompt=PROMPT)
+    assert len(chat) >= 3 and len(completion) >= 2
+    for chunk in chat:
+        ChatCompletionChunk.model_validate(chunk)
+    for chunk in completion:
+        CompletionResponse.model_validate(chunk)
+    assert chat[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chat[-1]["choices"] == [] and chat[-1]["usage"]["completion_tokens"] <= 4
+    assert chat[-2]["choices"][0]["finish_reason"] in ("stop", "length") and "usage" not in chat[-2]
