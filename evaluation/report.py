@@ -246,7 +246,7 @@ def _failures(r: Results) -> list[str]:
             for k in fails[:FAILURES_SHOWN]
         ]
     for name, asked in (("es", "prompt"), ("ps", "paraphrase")):
-        fails = [k for k, ok in enumerate(r.chat_ok[name]) if not ok][:FAILURES_SHOWN]
+        fails = [k for k, ok in enumerate(r.chat_ok.get(name, [])) if not ok][:FAILURES_SHOWN]
         if fails:
             lines += ["", f"First chat_{name} failures ({asked} as a chat turn -> target: the answer):"]
             lines += [

@@ -172,6 +172,14 @@ def packaged_model_dir(editserve_cache) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma3_model_dir(editserve_cache) -> Path:
+    """The second packaged backbone, Gemma 3 270M, as float32 safetensors in the cache (~1 min if new)."""
+    from editors.backbone import GEMMA3, resolve_model_dir
+
+    return Path(resolve_model_dir(GEMMA3, editserve_cache))
+
+
+@pytest.fixture(scope="session")
 def serac_adapter(editserve_cache, packaged_model_dir) -> Path:
     """SERAC's shared adapter for the packaged model, where `make adapter` puts it; trained now with the
     same command if missing (~8 min on one thread; skipped without the train files)."""

@@ -36,6 +36,15 @@ def _eval(out, editserve_cache, *argv: str) -> int:
     )
 
 
+def test_eval_on_gemma3_a_short_zsre_sample(tmp_path, capsys, editserve_cache, gemma3_model_dir):
+    """The harness on the second packaged backbone: the edits take, the unedited answers stay."""
+    out = tmp_path / "gemma3"
+    assert _eval(out, editserve_cache, "--n", "10", "--method", "ireva", "--model", "packaged:gemma3-270m") == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_edits"] == 10 and m["es"] >= 0.9 and m["locality"] >= 0.9, m
+    assert "gemma3-270m" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("method", ["none", "ireva", "serac"])
 def test_eval_n5_dev(method, tmp_path, capsys, editserve_cache, packaged_model_dir, serac_adapter):
     out = tmp_path / method

@@ -23,7 +23,21 @@ def answer(server: Server, prompt: str, n: int = 6) -> dict:
 @pytest.mark.integration
 def test_edit_answer_restart_withdraw_on_the_packaged_model(tmp_path, editserve_cache, packaged_model_dir):
     env = {"EDITSERVE_TORCH_THREADS": "2", "EDITSERVE_CACHE_DIR": str(editserve_cache)}
+    edit_answer_restart_withdraw(Server(tmp_path / "data", env, tmp_path / "server.log"))
+
+
+@pytest.mark.integration
+def test_edit_answer_restart_withdraw_on_gemma3(tmp_path, editserve_cache, gemma3_model_dir):
+    """The second packaged backbone (another layout: sliding-window attention, gated MLP, 18 layers)."""
+    env = {"EDITSERVE_TORCH_THREADS": "2", "EDITSERVE_CACHE_DIR": str(editserve_cache)}
+    env["EDITSERVE_MODEL"] = "packaged:gemma3-270m"
     server = Server(tmp_path / "data", env, tmp_path / "server.log")
+    edit_answer_restart_withdraw(server)
+    with server:
+        assert server.call("GET", "/v1/models")["data"][0]["id"] == "gemma3-270m"
+
+
+def edit_answer_restart_withdraw(server: Server) -> None:
     with server:
         original = answer(server, PROMPT)
         assert not original["text"].startswith(" English")
