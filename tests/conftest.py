@@ -30,6 +30,16 @@ from tests.tiny_models import packaged_tokenizer, tiny_backbone
 
 torch.set_num_threads(1)  # the test machine is shared
 
+# A test that takes one of these starts a server on a port, a browser or a database server: marked
+# `service`, so that `make test-unit` (-m "not integration and not service") starts none of them.
+SERVICE_FIXTURES = {"live_url", "live_url_factory", "postgres_server", "postgres_url", "fuzz_url", "page"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVICE_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.service)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
