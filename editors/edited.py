@@ -8,19 +8,20 @@ fires); edit E -> E's own method answers, reading what it reads (`reads`), in it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
 from editors.backbone import Backbone, encode_prompt, encode_target
 from editors.batching import Batcher, ContendedLock, NotBatched
 from editors.engine import next_tokens
-from editors.generation import GREEDY, Generation, Sampling, generate_batch, steps
+from editors.generation import GREEDY, Sampling, generate_batch, steps
 from editors.registry import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
 from editors.scope.subject import last_named
-from editors.text_stream import End, Piece, collect, text_pieces
+from editors.text_stream import Answer, Generation, collect, text_pieces
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ class EditedModel:
         edits: bool = True,
         sampling: Sampling = GREEDY,
         stop: tuple[str, ...] = (),
-    ) -> Iterator[Piece | End]:
+    ) -> Answer:
         """The answer to one query, piece by piece, then its End; `edits=False` answers as the
         unedited model. Answered in the running batch (editors/batching.py) with whatever else is being
         answered, unless its edit's method answers alone or this thread holds the model's lock (a
@@ -238,7 +239,7 @@ class EditedModel:
                 return
         yield from self._alone(query, ids, max_new_tokens, edits, sampling, stop)
 
-    def _alone(self, query, ids, max_new_tokens, edits, sampling, stop) -> Iterator[Piece | End]:
+    def _alone(self, query, ids, max_new_tokens, edits, sampling, stop) -> Answer:
         tok = self.backbone.tokenizer
         with self.lock:
             decision = self.scope.decide([query.about], [query.earlier])[0] if edits else None
@@ -285,14 +286,14 @@ class EditedModel:
                     if editor is None:
                         got = generate_batch(self.backbone, ids, budget)
                     else:
-                        edit_ids = [decisions[k].edit_id for k in chunk]
+                        edit_ids = [d.edit_id for d in (decisions[k] for k in chunk) if d is not None]
                         reads = [editor.reads(e, i, queries[k].about) for e, i, k in zip(edit_ids, ids, chunk)]
                         with editor.lock, editor.context():
                             got = generate_batch(self.backbone, reads, budget, editor.steer(edit_ids))
                     line_only = editor is not None and editor.answer_line_only
                     for k, i, b, made in zip(chunk, ids, budget, got):
-                        out[k] = collect(text_pieces(tok, iter(made), len(i), b, (), line_only))
-        return out
+                        out[k] = collect(text_pieces(tok, made, len(i), b, (), line_only))
+        return cast(list[Generation], out)  # every query's answer is in
 
     @torch.no_grad()
     def next_tokens(self, query: Query, decision: Decision | None, prefixes: list[list[int]]) -> list[int]:
@@ -317,7 +318,7 @@ class EditedModel:
         return encode_target(self.backbone.tokenizer, query.text, target)
 
 
-def _prepend(first, run: Iterator) -> Iterator:
+def _prepend(first, run: Generator) -> Generator:
     try:
         if first is not None:
             yield first

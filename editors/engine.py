@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -95,9 +95,10 @@ class Rows:
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
-        self.cache = None
-        self.mask: torch.Tensor | None = None
-        self.next: torch.Tensor | None = None  # (rows, 1)
+        # None while there are no rows
+        self.cache: Any = None  # a transformers DynamicCache
+        self.mask: Any = None  # (rows, cached length) tensor
+        self.next: Any = None  # (rows, 1) tensor
 
     def __len__(self) -> int:
         return 0 if self.mask is None else self.mask.shape[0]

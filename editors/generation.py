@@ -7,22 +7,13 @@ produced it, and how each next token is chosen (greedy, or sampled).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from editors.backbone import Backbone
 from editors.engine import Rows, Steering
-
-
-@dataclass
-class Generation:
-    text: str
-    token_ids: list[int] = field(default_factory=list)
-    tokens: list[tuple[str, str | None]] = field(default_factory=list)  # (text, edit id or None)
-    pieces: list | None = None  # text_stream.Piece per token, with log-probabilities when asked for
-    end: object | None = None  # text_stream.End: why the answer ended, token counts
 
 
 @dataclass(frozen=True)
@@ -89,7 +80,7 @@ def decode(
     budgets: list[int],
     steerings: Sequence[Steering] = (),
     choosers: list[Chooser] | None = None,
-) -> Iterator[list[Step | None]]:
+) -> Generator[list[Step | None], None, None]:
     """The continuations of token-id prompts, decoded together: per step, each row's new Step (None for
     a row that has ended: EOS, not yielded, or its budget). A row that ended stays in the batch, fed
     its greedy token, so the others' arithmetic does not change with it. Closing the iterator early
@@ -131,7 +122,7 @@ def steps(
     max_new_tokens: int = 16,
     steering: Steering | None = None,
     sampling: Sampling = GREEDY,
-) -> Iterator[Step]:
+) -> Generator[Step, None, None]:
     """The continuation of the token ids `ids`, one step at a time, until EOS (not yielded) or
     `max_new_tokens`; each step names the edit `steering` says wrote it. Closing the iterator early
     undoes the steering."""

@@ -8,7 +8,7 @@ and the edit's own method then answers the query through `reads`, `context` and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,7 +44,7 @@ class Editor(Protocol):
     # Answers, for a query the scope model put in `edit_id`'s scope.
     def reads(self, edit_id: str, ids: list[int], query: str) -> list[int]: ...  # the ids the model reads
     def context(self) -> AbstractContextManager: ...  # the model set-up for the whole answer
-    def steer(self, edit_ids: list[str | None]) -> Steering: ...  # who writes, per row and step
+    def steer(self, edit_ids: Sequence[str | None]) -> Steering: ...  # who writes, per row and step
 
 
 @dataclass(frozen=True)

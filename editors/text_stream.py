@@ -6,10 +6,10 @@ shows text that a stop string later takes back; the pieces of an answer concaten
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass, field
 
-from editors.generation import Generation, Step
+from editors.generation import Step
 
 
 @dataclass
@@ -28,14 +28,29 @@ class End:
     completion_tokens: int
 
 
+@dataclass
+class Generation:
+    """A whole answer: its text, token ids, (text, edit id) per token, the pieces and why it ended."""
+
+    text: str
+    end: End
+    token_ids: list[int] = field(default_factory=list)
+    tokens: list[tuple[str, str | None]] = field(default_factory=list)  # (text, edit id or None)
+    pieces: list[Piece] = field(default_factory=list)  # with log-probabilities when asked for
+
+
+# An answer as it is made: its pieces, then its End; closing it early stops the generation.
+Answer = Generator["Piece | End", None, None]
+
+
 def text_pieces(
     tokenizer,
-    steps: Iterator[Step],
+    steps: Iterable[Step],
     prompt_tokens: int,
     max_new_tokens: int,
     stop: tuple[str, ...] = (),
     line_only: bool = False,
-) -> Iterator[Piece | End]:
+) -> Answer:
     """The answer's pieces, then its End. `stop`: strings that end the answer (not part of it);
     `line_only`: the answer also ends at the first newline after some text (a method that answers in
     one line). Closing this early closes `steps` (if it is a generator)."""
@@ -62,7 +77,7 @@ def text_pieces(
         yield from held
         yield End("length" if len(ids) >= max_new_tokens else "stop", prompt_tokens, len(ids))
     finally:
-        if hasattr(steps, "close"):  # a generator: let it undo its steering
+        if isinstance(steps, Generator):  # let it undo its steering
             steps.close()
 
 
@@ -97,10 +112,12 @@ def collect(stream: Iterator[Piece | End]) -> Generation:
             end = item
         else:
             pieces.append(item)
+    if end is None:
+        raise RuntimeError("the answer stream stopped before its end")
     return Generation(
         "".join(p.text for p in pieces),
+        end,
         [p.token_id for p in pieces],
         [(p.text, p.edit_id) for p in pieces],
-        pieces=pieces,
-        end=end,
+        pieces,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from storage.models import LogEntry
@@ -22,7 +22,7 @@ CHANNEL = "editserve_edits"
 LOCK_KEY = 0x6564697473657276  # "editserv": the advisory lock every change takes
 
 
-def is_postgres(engine: Engine) -> bool:
+def is_postgres(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "postgresql"
 
 
@@ -54,7 +54,7 @@ def change_lock(engine: Engine) -> Iterator[None]:
 
 def head(session: Session) -> int:
     """The number of the newest entry (0: none)."""
-    return int(session.scalar(select(func.coalesce(func.max(LogEntry.seq), 0))))
+    return int(session.scalar(select(func.coalesce(func.max(LogEntry.seq), 0))) or 0)
 
 
 def since(session: Session, seq: int, limit: int = 10_000) -> list[tuple[int, str]]:

@@ -16,6 +16,7 @@ that can be stale, torn or missing without losing anything, and the blobs stay t
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import logging
@@ -125,7 +126,7 @@ class Repository:
         offset: int = 0,
         search: str | None = None,
         created_by: str | None = None,
-    ) -> tuple[list[EditRecord], int]:
+    ) -> tuple[builtins.list[EditRecord], int]:
         """A page of edits, oldest first, and how many match in all. `search`: a part of the prompt,
         target or subject, in any case."""
         if _unmatchable(status, method, search, created_by):
@@ -148,9 +149,9 @@ class Repository:
         with self.sessions() as s:
             count = s.scalar(select(func.count()).select_from(query.subquery()))
             page = query.order_by(EditRecord.created_at, EditRecord.id).offset(offset).limit(limit)
-            return list(s.scalars(page)), count
+            return list(s.scalars(page)), count or 0
 
-    def with_prompt(self, method: str | None, prompt: str, status: str) -> list[EditRecord]:
+    def with_prompt(self, method: str | None, prompt: str, status: str) -> builtins.list[EditRecord]:
         """Edits with this exact prompt and status, of one method or (None) of any."""
         if _unmatchable(method, prompt, status):
             return []
@@ -176,7 +177,7 @@ class Repository:
         EditRecord.created_at,
     )
 
-    def to_load(self) -> list:
+    def to_load(self) -> builtins.list:
         """The edits a starting server puts back in its editors: active and withdrawn, oldest first.
         Light rows (id, method, status, blob, prompt, target, subject, error, withdrawn_at, created_at),
         not ORM objects: a start may read 10,000."""
@@ -188,7 +189,7 @@ class Repository:
         with self.sessions() as s:
             return list(s.execute(query))
 
-    def light(self, edit_ids: list[str]) -> dict[str, object]:
+    def light(self, edit_ids: builtins.list[str]) -> dict[str, object]:
         """The light rows (as to_load's) of these edits, by id."""
         if not edit_ids:
             return {}
@@ -208,18 +209,18 @@ class Repository:
         with self.sessions() as s:
             return changes.head(s)
 
-    def log_since(self, seq: int) -> list[tuple[int, str]]:
+    def log_since(self, seq: int) -> builtins.list[tuple[int, str]]:
         with self.sessions() as s:
             return changes.since(s, seq)
 
-    def read_many(self, records: list) -> tuple[dict[str, dict[str, torch.Tensor] | Exception], int]:
+    def read_many(self, records: builtins.list) -> tuple[dict[str, dict[str, torch.Tensor] | Exception], int]:
         """Each record's tensors (or the exception reading its blob raised), taken from the pack where
         it holds the record's current blob; also how many had to be read from their own blob."""
         pack = self._read_pack()
         out: dict[str, dict[str, torch.Tensor] | Exception] = {}
         misses = 0
         for record in records:
-            tensors = pack.get(record.blob)
+            tensors: dict[str, torch.Tensor] | Exception | None = pack.get(record.blob)
             if tensors is not None and not self.blobs.path(record.blob).exists():
                 # the pack is a copy: an edit whose blob is gone is corrupt, as without a pack
                 tensors = FileNotFoundError(f"blob {record.blob} is missing")
@@ -229,16 +230,17 @@ class Repository:
                     tensors = self.blobs.read(record.blob)
                 except Exception as exc:  # noqa: BLE001 - the caller decides what a bad blob means
                     tensors = exc
+            assert tensors is not None
             out[record.id] = tensors
         return out, misses
 
-    def write_pack(self, records: list, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+    def write_pack(self, records: builtins.list, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
         """Replace the pack with these records' tensors (record id -> tensors).
 
         Tensors of the same name, dtype and trailing shape are stacked into one (10,000 edits make a
         few large tensors, quick to load, not 20,000 small ones); the safetensors metadata says which
         rows of which stack each blob's tensor is."""
-        stacks: dict[str, list[torch.Tensor]] = {}
+        stacks: dict[str, builtins.list[torch.Tensor]] = {}
         index: dict[str, dict[str, list]] = {}
         filled: dict[str, int] = {}  # rows stacked so far under each key
         for r in records:
@@ -364,9 +366,9 @@ class Repository:
         self.blobs.write(blob, tensors)
         try:
             with self.sessions.begin() as s:
-                record = s.get(EditRecord, edit_id)
+                record = _row(s, edit_id)
                 old_blob, now = record.blob, utcnow()
-                earlier = s.scalar(select(func.count()).where(EditVersion.edit_id == edit_id))
+                earlier = s.scalar(select(func.count()).where(EditVersion.edit_id == edit_id)) or 0
                 s.add(
                     EditVersion(
                         edit_id=edit_id,
@@ -393,12 +395,12 @@ class Repository:
     def withdraw(self, edit_id: str, actor: str | None = None) -> EditRecord:
         # The blob stays with the record, for audit.
         with self.sessions.begin() as s:
-            record = s.get(EditRecord, edit_id)
+            record = _row(s, edit_id)
             record.status, record.withdrawn_at, record.withdrawn_by = WITHDRAWN, utcnow(), actor
             changes.append(s, edit_id, "withdraw")
         return record
 
-    def history(self, edit_id: str) -> list[EditVersion]:
+    def history(self, edit_id: str) -> builtins.list[EditVersion]:
         """The edit's earlier versions, oldest first."""
         with self.sessions() as s:
             query = select(EditVersion).where(EditVersion.edit_id == edit_id).order_by(EditVersion.version)
@@ -407,16 +409,16 @@ class Repository:
     def note_error(self, edit_id: str, error: str) -> None:
         """Record why an edit's tensors are no longer usable, leaving its status as it is."""
         with self.sessions.begin() as s:
-            s.get(EditRecord, edit_id).error = error
+            _row(s, edit_id).error = error
 
     def mark_corrupt(self, edit_id: str, error: str) -> EditRecord:
         with self.sessions.begin() as s:
-            record = s.get(EditRecord, edit_id)
+            record = _row(s, edit_id)
             record.status, record.error = CORRUPT, error
             changes.append(s, edit_id, "corrupt")
         return record
 
-    def remove_orphans(self, min_age_s: float = 0.0) -> list[str]:
+    def remove_orphans(self, min_age_s: float = 0.0) -> builtins.list[str]:
         """Delete files in the blob dir that no row names (crash leftovers, temp files) and that are at
         least `min_age_s` old: where servers share the blob dir, a blob another one is writing has no
         row yet."""
@@ -460,3 +462,11 @@ class Repository:
             raise
         if old_blob is not None:
             self.blobs.delete(old_blob)
+
+
+def _row(session, edit_id: str) -> EditRecord:
+    """The edit's row, which the caller knows exists (the service checked it under the change lock)."""
+    record = session.get(EditRecord, edit_id)
+    if record is None:
+        raise LookupError(f"edit {edit_id} not found")
+    return record

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from sqlalchemy.exc import IntegrityError
@@ -33,11 +33,15 @@ from app.services.queue import Busy, GenerationQueue
 from app.services.replica import LogFollower, catch_up
 from editors.backbone import encode_prompt
 from editors.edited import EditedModel, Query, Restore
-from editors.generation import GREEDY, Generation, Sampling
+from editors.generation import GREEDY, Sampling
 from editors.registry import Editor
-from editors.text_stream import End, Piece, collect
-from storage.models import ACTIVE, WITHDRAWN, EditRecord
+from editors.text_stream import Answer, Generation, collect
+from storage.models import ACTIVE, WITHDRAWN, EditRecord, EditVersion
 from storage.repository import Repository
+
+Records = list[EditRecord]  # (inside the class `list` is the method)
+Messages = list[dict]
+Versions = list[EditVersion]
 
 __all__ = ["EditingService", "ServiceError", "check_retrofit", "check_text", "invalid_input"]
 
@@ -67,10 +71,10 @@ class EditingService:
             raise NotFound(f"edit {edit_id} not found")
         return record
 
-    def list(self, status=None, limit=100, offset=0, search=None, created_by=None) -> tuple[list[EditRecord], int]:
+    def list(self, status=None, limit=100, offset=0, search=None, created_by=None) -> tuple[Records, int]:
         return self.repo.list(status=status, limit=limit, offset=offset, search=search, created_by=created_by)
 
-    def history(self, edit_id: str) -> tuple[EditRecord, list]:
+    def history(self, edit_id: str) -> tuple[EditRecord, Versions]:
         return self.get(edit_id), self.repo.history(edit_id)
 
     # -- changes -----------------------------------------------------------------------------------
@@ -189,7 +193,7 @@ class EditingService:
 
     def stream(
         self, query: Query, max_new_tokens: int, edits: bool = True, sampling: Sampling = GREEDY, stop=()
-    ) -> Iterator[Piece | End]:
+    ) -> Answer:
         """The answer piece by piece; iterate it in one thread (app/api/streaming.py). 503 when the
         queue of generations waiting for the model is full."""
         try:
@@ -197,14 +201,14 @@ class EditingService:
         except Busy as exc:
             raise Unavailable(str(exc)) from exc
 
-    def query(self, prompt: str | None, messages: list[dict] | None) -> Query:
+    def query(self, prompt: str | None, messages: Messages | None) -> Query:
         """A request's prompt, or its chat rendered with the model's chat template; 422 beyond the
         prompt token limit."""
         if prompt is not None:
             query = Query.prompt(prompt)
         else:
             try:
-                query = Query.chat(self.backbone.tokenizer, messages)
+                query = Query.chat(self.backbone.tokenizer, messages or [])
             except ValueError as exc:
                 raise Invalid(str(exc)) from exc
         self.check_length("prompt" if prompt is not None else "messages", query.text)

@@ -7,7 +7,7 @@ import uuid
 from app.services.editing import EditingService
 from app.services.errors import check_retrofit, check_text, invalid_input
 from editors.edited import Query, Restore
-from editors.generation import Generation
+from editors.text_stream import Generation
 
 PREVIEW_NEIGHBOURS = 16  # active edits nearest a previewed prompt whose answers are checked
 

@@ -1,15 +1,15 @@
-"""Admission of generations: the model answers one at a time, so at most `size` may wait for it; one
-more is refused at once (503 with Retry-After) rather than left to wait without bound. Counted in the
-metrics as waiting (until its first token) and running, with the tokens it makes."""
+"""Admission of generations: at most `size` may wait for their first token (a place in the model's
+running batch, or the model itself for an answer that runs alone); one more is refused at once (503
+with Retry-After) rather than left to wait without bound. Counted in the metrics as waiting (until its
+first token) and running, with the tokens it makes."""
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
 
 from app.core.observability import Metrics
-from editors.text_stream import End, Piece
+from editors.text_stream import Answer, End
 
 
 class Busy(Exception):
@@ -22,7 +22,7 @@ class GenerationQueue:
         self.waiting = 0
         self.lock = threading.Lock()
 
-    def admit(self, items: Iterator[Piece | End]) -> Iterator[Piece | End]:
+    def admit(self, items: Answer) -> Answer:
         """`items`, once admitted; raises Busy when `size` generations already wait."""
         with self.lock:
             if self.waiting >= self.size:
@@ -35,7 +35,7 @@ class GenerationQueue:
         weakref.finalize(counted, place.leave)
         return counted
 
-    def _counted(self, items: Iterator[Piece | End], place: _Place) -> Iterator[Piece | End]:
+    def _counted(self, items: Answer, place: _Place) -> Answer:
         running = False
         try:
             for item in items:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -26,7 +27,7 @@ class LogFollower:
         self.service, self.poll_s = service, poll_s
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="editserve-follow", daemon=True)
-        self.connection = None
+        self.connection: Any = None  # the psycopg connection while following
 
     def start(self) -> LogFollower:
         self.thread.start()
@@ -84,7 +85,7 @@ def catch_up(service) -> int:
             return changed
         last = {edit_id: seq for seq, edit_id in entries}  # an edit changed twice: its row is the newest
         rows = service.repo.light(list(last))
-        for edit_id in sorted(last, key=last.get):
+        for edit_id in sorted(last, key=lambda e: last[e]):
             row = rows.get(edit_id)
             if row is not None and row.method in service.editors:
                 changed += _apply(service, row)

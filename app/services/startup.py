@@ -91,9 +91,10 @@ def _restore(service: EditingService, state_lost: set[str]) -> threading.Thread 
     active = [r for r in rows if r.status == ACTIVE]
     tensors, misses = repo.read_many(active)
     errors = {rid: t for rid, t in tensors.items() if isinstance(t, Exception)}
+    readable = {rid: t for rid, t in tensors.items() if not isinstance(t, Exception)}
     withdrawn = sorted((r for r in rows if r.status == WITHDRAWN), key=lambda r: r.withdrawn_at or r.created_at)
     failed, embedded = model.load(
-        [(r.id, r.method, r.prompt, r.target, tensors[r.id], r.blob) for r in active if r.id not in errors],
+        [(r.id, r.method, r.prompt, r.target, readable[r.id], r.blob) for r in active if r.id in readable],
         [(r.id, r.method, r.prompt) for r in withdrawn],
         repo.read_scope_vectors(model.scope.model.fingerprint),
         {r.id: r.subject for r in rows if r.subject},

@@ -18,6 +18,12 @@ class KeyValueAdaptor(nn.Module):
     The adaptor acts on the last position of each forward call only.
     """
 
+    # buffers (registered below, so that they follow the module's device)
+    centre: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    live: torch.Tensor
+
     def __init__(self, hidden: int, centre: torch.Tensor, theta: float, ramp: float, alpha: float = 1.0):
         super().__init__()
         self.theta, self.ramp, self.alpha = theta, ramp, alpha

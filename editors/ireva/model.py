@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -191,12 +192,12 @@ class IrevaEditor:
         cap = self.capture(p_ids + t_ids[:-1], logits_kept=len(t_ids))
         positions = [len(p_ids) - 1 + i for i in range(len(t_ids))]
         keys = self.adaptor.normalise(cap.mlp_inputs[positions])
-        values = []
+        columns = []
         for pos, token in zip(positions, t_ids):
             d = self.value_direction(token)
             logits = cap.logits[pos - positions[0]]  # the kept rows are the target's positions
-            values.append(self.calibrate_scale(cap.final_hidden[pos], logits, d, token) * d)
-        values = torch.stack(values)
+            columns.append(self.calibrate_scale(cap.final_hidden[pos], logits, d, token) * d)
+        values = torch.stack(columns)
         if retrofit:
             keys, values = self.retrofit(
                 keys,
@@ -349,7 +350,7 @@ class IrevaEditor:
     def context(self):
         return contextlib.nullcontext()
 
-    def steer(self, edit_ids: list[str | None]) -> NeuronSteering:
+    def steer(self, edit_ids: Sequence[str | None]) -> NeuronSteering:
         return NeuronSteering(self, edit_ids)
 
     def _target_ids(self, prompt: str, target: str) -> list[int]:
@@ -371,7 +372,7 @@ class NeuronSteering:
     (a paraphrase or a chat question rarely ends on the edit prompt's key). Once the answer leaves the
     target, or has said all of it, nothing writes: the model goes on in its own words."""
 
-    def __init__(self, editor: IrevaEditor, edit_ids: list[str | None]):
+    def __init__(self, editor: IrevaEditor, edit_ids: Sequence[str | None]):
         self.editor, self.edit_ids = editor, edit_ids
 
     def slots_for(self, generated: list[list[int]]) -> list[int]:
@@ -380,7 +381,7 @@ class NeuronSteering:
             slots = self.editor.slots.get(edit_id) if edit_id is not None else None
             target = self.editor.targets.get(edit_id) if edit_id is not None else None
             j = len(done)
-            out.append(slots[j] if slots and j < len(target) and done == target[:j] else -1)
+            out.append(slots[j] if slots and target is not None and j < len(target) and done == target[:j] else -1)
         return out
 
     def step(self, generated: list[list[int]]) -> list[str | None]:

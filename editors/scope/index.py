@@ -48,7 +48,10 @@ class ScopeIndex:
         return edit_id in self.slot
 
     def entry(self, edit_id: str) -> Entry:
-        return self.rows[self.slot[edit_id]]
+        row = self.rows[self.slot[edit_id]]
+        if row is None:  # a slot is emptied only with its edit_id taken out of self.slot
+            raise KeyError(edit_id)
+        return row
 
     def put_many(self, entries: list[Entry], known: dict[str, torch.Tensor] | None = None) -> int:
         """Add or replace entries (a replaced one moves to the end: the newest edit of a prompt wins).
@@ -110,7 +113,7 @@ class ScopeIndex:
         out: list[Decision | None] = []
         for hit in found:
             e = self.rows[hit[0]] if hit is not None else None
-            out.append(Decision(e.edit_id, e.method, hit[1]) if e is not None and e.live else None)
+            out.append(Decision(e.edit_id, e.method, hit[1]) if hit is not None and e is not None and e.live else None)
         return out
 
     def nearest(self, text: str, k: int) -> list[Entry]:

@@ -247,7 +247,7 @@ class ScopeModel:
         asked = [i for i, t in enumerate(tails) if t is not None]
         if asked:
             tail_sims = self.similarities(
-                self.embed([tails[i] for i in asked]),
+                self.embed([t for t in tails if t is not None]),  # in the order of `asked`
                 memory,
                 memory_prompts,
                 allowed[asked] if allowed is not None else None,
@@ -285,7 +285,7 @@ class ScopeModel:
         masked = anchors is not None and self.masks_subject
 
         def pairs_of(row: int, qi: int) -> list[tuple[str, str]]:
-            anchor = anchors.anchors.get(row) if masked else None
+            anchor = anchors.anchors.get(row) if masked and anchors is not None else None
             texts = [queries[qi]] + ([tails[qi]] if tails[qi] is not None else [])
             if anchor is None:
                 return [(prompts[row], t) for t in texts]

@@ -216,23 +216,26 @@ def mask(text: str, anchor: Anchor, placeholder: str = "X") -> str:
     """`text` with each mention of the anchor's subject replaced by `placeholder`, so that what is left
     for the cross-encoder is the relation ("Mozart's place of birth is" -> "X's place of birth is")."""
     names = set(anchor.words)
-    spans, start, end, has_content = [], None, None, False
+    spans: list[tuple[int, int]] = []
+    start: int | None = None  # the current mention's span, while one is open
+    end, has_content = 0, False
     for match in _WORD.finditer(text):
         words = normalise(match.group(0))
         key = words[0] if words else ""
         near = {key, key[:-1], key[:-2]} if len(key) >= 6 else {key, key[:-1]} if len(key) >= 5 else {key}
         hit = bool(near & names)
-        gap = text[end : match.start()] if end is not None else ""
+        gap = text[end : match.start()]
         if hit and start is not None and not gap.strip():
             end = match.end()
             has_content |= key not in JOINERS
             continue
         if start is not None and has_content:
             spans.append((start, end))
-        start, end, has_content = (match.start(), match.end(), key not in JOINERS) if hit else (None, None, False)
+        start, end, has_content = (match.start(), match.end(), key not in JOINERS) if hit else (None, 0, False)
     if start is not None and has_content:
         spans.append((start, end))
-    out, last = [], 0
+    out: list[str] = []
+    last = 0
     for a, b in spans:
         word = text[a:b]
         suffix = "'s" if re.search(r"['’]s$", word) else ""

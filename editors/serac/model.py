@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 
 import torch
 
@@ -40,7 +41,7 @@ class SeracEditor:
         cfg = self.config
         self.edits: dict[str, tuple[str, str]] = {}  # live edit id -> (prompt, target)
         self.adapter: LoraHooks | None = None
-        if cfg.use_adapter and has_adapter(cfg.adapter_dir):
+        if cfg.use_adapter and cfg.adapter_dir is not None and has_adapter(cfg.adapter_dir):
             try:
                 adapter = LoraHooks(backbone.model, cfg.adapter_dir)
                 trained_on = adapter.meta.get("model")
@@ -134,7 +135,7 @@ class SeracEditor:
         with self.adapter.active():
             yield
 
-    def steer(self, edit_ids: list[str | None]) -> AnswerSteering:
+    def steer(self, edit_ids: Sequence[str | None]) -> AnswerSteering:
         return AnswerSteering(edit_ids)
 
     def close(self) -> None:
@@ -144,7 +145,7 @@ class SeracEditor:
 class AnswerSteering:
     """The whole counterfactual answer comes from the edit: every token names it."""
 
-    def __init__(self, edit_ids: list[str | None]):
+    def __init__(self, edit_ids: Sequence[str | None]):
         self.edit_ids = edit_ids
 
     def step(self, generated: list[list[int]]) -> list[str | None]:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require("read"))])
 # With stream: true the answer is server-sent events, each a chunk of the response's shape (the chat's:
 # ChatCompletionChunk), then `data: [DONE]`.
-STREAMED = {200: {"content": {"text/event-stream": {}}}}
+STREAMED: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
 
 class ModelNotFound(NotFound):
