@@ -32,7 +32,7 @@ import torch
 from editors.engine import Rows
 
 if TYPE_CHECKING:
-    from editors.registry import Editor
+    from editors.method import Editor
 from editors.generation import Chooser, Sampling, Step
 
 

@@ -18,7 +18,7 @@ from editors.backbone import Backbone, encode_prompt, encode_target
 from editors.batching import Batcher, ContendedLock, NotBatched
 from editors.engine import next_tokens
 from editors.generation import GREEDY, Sampling, generate_batch, steps
-from editors.registry import Editor, Tensors
+from editors.method import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
 from editors.scope.subject import last_named
 from editors.text_stream import Answer, Generation, collect, text_pieces

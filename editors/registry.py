@@ -1,87 +1,12 @@
-"""Editing methods the server knows, by the name clients use in `POST /edits {"method": ...}`.
-
-A method plugs in by adding a `Method` to METHODS; its editor offers the `Editor` verbs. Which edit a
-query is about is not the method's call: the scope model (editors/scope) decides for every method,
-and the edit's own method then answers the query through `reads`, `context` and `steer`
-(editors/edited.py).
-"""
+"""The editing methods the server knows, by the name clients use in `POST /edits {"method": ...}`: the
+one place a method is named. Adding one: its package under editors/<name>/ and one line here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from editors.ireva.method import IREVA
+from editors.method import Editor, Method, Tensors
+from editors.serac.method import SERAC
 
-import torch
+METHODS: dict[str, Method] = {"ireva": IREVA, "serac": SERAC}
 
-from editors.backbone import Backbone
-from editors.engine import Steering
-
-Tensors = dict[str, torch.Tensor]
-
-
-class Editor(Protocol):
-    name: str
-    lock: Any  # an RLock held while the editor changes, and by the server around generation
-    supports_retrofit: bool  # insert/update take retrofit=True
-    answer_line_only: bool  # an answer from this method ends with its first line
-    # Its steering acts per row on the plain backbone, reading the query itself (no context(), reads()
-    # is the identity): its answers join the running batch (editors/batching.py); otherwise they run alone.
-    shares_backbone: bool
-
-    # Changes. Errors in the user's input (empty target, too many tokens) raise ValueError naming it.
-    def insert(self, edit_id: str, prompt: str, target: str) -> Tensors: ...
-    def update(self, edit_id: str, prompt: str, target: str) -> Tensors: ...
-    def withdraw(self, edit_id: str) -> None: ...  # stops acting at once; also undoes an insert
-    # Restore (edit id, prompt, target, tensors) as stored; returns the edits that failed, with why.
-    def load_many(self, items: list[tuple[str, str, str, Tensors]]) -> dict[str, Exception]: ...
-    def tensors(self, edit_id: str) -> Tensors: ...  # the edit's state, to persist
-    def neurons(self, edit_id: str) -> int: ...  # units that carry the edit
-    def state(self) -> Tensors: ...  # what every stored edit depends on; persisted once per data dir
-    def close(self) -> None: ...
-
-    # Answers, for a query the scope model put in `edit_id`'s scope.
-    def reads(self, edit_id: str, ids: list[int], query: str) -> list[int]: ...  # the ids the model reads
-    def context(self) -> AbstractContextManager: ...  # the model set-up for the whole answer
-    def steer(self, edit_ids: Sequence[str | None]) -> Steering: ...  # who writes, per row and step
-
-
-@dataclass(frozen=True)
-class Method:
-    # build(backbone, settings, state): `state` is what `editor.state()` returned on the first start
-    # with this data dir (None on that first start). `settings` is the server's Settings; a method
-    # reads its own section of it (settings.ireva for iReVa).
-    build: Callable[[Backbone, Any, Tensors | None], Editor]
-    # The settings the stored edits depend on. A later start with a different fingerprint refuses
-    # the data dir rather than serve edits measured against another model or layer.
-    fingerprint: Callable[[Backbone, Any], dict]
-
-
-def _build_ireva(backbone: Backbone, settings: Any, state: Tensors | None) -> Editor:
-    from editors.ireva.model import IrevaEditor
-
-    return IrevaEditor(backbone, settings.ireva, centre=None if state is None else state["centre"])
-
-
-def _ireva_fingerprint(backbone: Backbone, settings: Any) -> dict:
-    # The keys are MLP inputs of one layer, centred on that layer's mean: both must stay the same.
-    return {"model": backbone.name, "layer": settings.ireva.layer % backbone.num_layers}
-
-
-def _build_serac(backbone: Backbone, settings: Any, state: Tensors | None) -> Editor:
-    from editors.serac.method import build
-
-    return build(backbone, settings, state)
-
-
-def _serac_fingerprint(backbone: Backbone, settings: Any) -> dict:
-    from editors.serac.method import fingerprint
-
-    return fingerprint(backbone, settings)
-
-
-METHODS: dict[str, Method] = {
-    "ireva": Method(build=_build_ireva, fingerprint=_ireva_fingerprint),
-    "serac": Method(build=_build_serac, fingerprint=_serac_fingerprint),
-}
+__all__ = ["METHODS", "Editor", "Method", "Tensors"]

@@ -19,15 +19,13 @@ def build(
     overrides: dict[str, str] | None = None,
     cache_dir=None,
 ) -> System:
-    if retrofit and method != "ireva":
-        raise SystemExit("--retrofit applies to --method ireva only")
+    if retrofit and method not in METHODS:
+        raise SystemExit(f"--retrofit applies to an editing method ({', '.join(METHODS)})")
     if method == "none":
         if layer is not None or overrides:
             raise SystemExit("--method none takes no --layer or --config")
         return System(backbone, batch_size)
     if method in METHODS:
-        if method == "serac" and layer is not None:
-            raise SystemExit("--method serac has no --layer")
         return EditedSystem(backbone, method, batch_size, cache_dir, layer, retrofit, overrides)
     if method == "ft":
         kw = {

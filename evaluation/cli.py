@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from editors import registry
 from evaluation import datasets, metrics, pipeline, report
 
-METHODS = ("none", "ireva", "serac", "ft")
+# the served methods, the unedited model, and fine-tuning (a baseline the server does not offer)
+METHODS = ("none", *registry.METHODS, "ft")
 METRIC_KEYS = metrics.METRIC_KEYS
 OUTPUTS = """
 Writes DIR/metrics.json (exactly those keys), DIR/report.md, DIR/records.jsonl (per-record detail),
@@ -46,13 +48,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="acceptance",
         help="acceptance files are for reporting; tune on dev (the train files)",
     )
-    ap.add_argument("--layer", type=int, default=None, help="iReVa adaptor layer / FT layer (negative from the top)")
+    ap.add_argument("--layer", type=int, default=None, help="the method's or FT's layer (negative: from the top)")
     ap.add_argument(
         "--config",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a field of the method's config (IrevaConfig, SeracConfig; FT: epochs, lr, "
+        help="override a field of the method's config (its section of the settings; FT: epochs, lr, "
         "train_batch, seed); repeatable",
     )
     ap.add_argument("--out", required=True, help="output directory")
@@ -98,8 +100,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--n must be at least 1")
     if args.split not in datasets.splits(args.dataset):
         ap.error(f"--dataset {args.dataset} has no {args.split} split: only {', '.join(datasets.splits(args.dataset))}")
-    if args.retrofit and args.method != "ireva":
-        ap.error("--retrofit applies to --method ireva only")
+    if args.retrofit and args.method not in registry.METHODS:
+        ap.error(f"--retrofit applies to an editing method ({', '.join(registry.METHODS)})")
     try:
         args.overrides = dict(item.split("=", 1) for item in args.config)
     except ValueError:

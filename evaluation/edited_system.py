@@ -44,7 +44,9 @@ class EditedSystem(System):
         set_config(section, {k: v for k, v in (overrides or {}).items() if not k.startswith("scope.")})
         set_config(settings.scope, scope_overrides)
         if layer is not None:
-            settings.ireva.layer = layer
+            if not hasattr(section, "layer"):
+                raise SystemExit(f"--method {method} has no --layer")
+            section.layer = layer
         self.settings = settings
         editor = METHODS[method].build(backbone, settings, None)
         if retrofit and not editor.supports_retrofit:
@@ -65,18 +67,7 @@ class EditedSystem(System):
                 "trained": model.trained,
             },
         }
-        if self.name == "ireva":
-            out["neurons"] = int(self.editor.adaptor.live_count)
-        if self.name == "serac":
-            adapter = self.editor.adapter
-            out["adapter"] = (
-                {
-                    "dir": str(adapter.path),
-                    "trained": {k: adapter.meta.get(k) for k in ("model", "records", "steps", "rank")},
-                }
-                if adapter is not None
-                else None
-            )
+        out.update(METHODS[self.name].describe(self.editor))
         return out
 
     def insert_all(self, records: list[Record]) -> float:

@@ -1,24 +1,27 @@
 """Server settings, read from EDITSERVE_* environment variables (and a .env file, if present).
 
-Nested sections use a double underscore: EDITSERVE_IREVA__LAYER=-2, EDITSERVE_IREVA__THETA=0.9.
+Nested sections use a double underscore: EDITSERVE_IREVA__LAYER=-2, EDITSERVE_IREVA__THETA=0.9. Each
+registered method (editors/registry.py) has a section under its name, of its own config type.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from editors.backbone import DEFAULT_MODEL
-from editors.ireva.config import IrevaConfig
+from editors.method import Method
+from editors.registry import METHODS
 from editors.scope.config import ScopeConfig
-from editors.serac.config import SeracConfig
 from storage.repository import normalise_database_url
 
 
-class Settings(BaseSettings):
+class ServerSettings(BaseSettings):
+    """Every setting but the methods' sections (see `with_methods`)."""
+
     # hide_input_in_errors: a refused setting may be a database URL or API keys, with their secrets
     model_config = SettingsConfigDict(
         env_prefix="EDITSERVE_", env_nested_delimiter="__", env_file=".env", extra="ignore", hide_input_in_errors=True
@@ -56,8 +59,6 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # Methods to serve, comma-separated; None serves every method in editors.registry.
     methods: Annotated[list[str] | None, NoDecode] = None
-    ireva: IrevaConfig = Field(default_factory=IrevaConfig)
-    serac: SeracConfig = Field(default_factory=SeracConfig)
     scope: ScopeConfig = Field(default_factory=ScopeConfig)
 
     @field_validator("data_dir", "cache_dir", mode="after")
@@ -76,3 +77,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value
+
+
+def with_methods(methods: dict[str, Method]) -> type[ServerSettings]:
+    """The settings with a section per method, named as the method is registered."""
+    sections = {name: (m.config, Field(default_factory=m.config)) for name, m in methods.items()}
+    return create_model("Settings", __base__=ServerSettings, **sections)  # type: ignore[call-overload]
+
+
+if TYPE_CHECKING:
+    Settings = ServerSettings
+else:
+    Settings = with_methods(METHODS)

@@ -34,7 +34,7 @@ from app.services.replica import LogFollower, catch_up
 from editors.backbone import encode_prompt
 from editors.edited import EditedModel, Query, Restore
 from editors.generation import GREEDY, Sampling
-from editors.registry import Editor
+from editors.method import Editor
 from editors.text_stream import Answer, Generation, collect
 from storage.models import ACTIVE, WITHDRAWN, EditRecord, EditVersion
 from storage.repository import Repository

@@ -14,7 +14,8 @@ from app.services.editing import EditingService
 from app.services.replica import LogFollower
 from editors.backbone import Backbone, load_backbone
 from editors.edited import EditedModel
-from editors.registry import METHODS, Editor, Method
+from editors.method import Editor, Method
+from editors.registry import METHODS
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
 from storage.models import ACTIVE, WITHDRAWN

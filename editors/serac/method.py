@@ -1,4 +1,4 @@
-"""How the server builds SERAC (editors/registry.py calls these)."""
+"""How the server builds SERAC (registered in editors/registry.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from editors.method import Method
 from editors.serac.adapter import default_adapter_dir, has_adapter, shared_adapter_dir
 from editors.serac.config import SeracConfig
 from editors.serac.model import SeracEditor
@@ -63,3 +64,14 @@ def fingerprint(backbone, settings: Any) -> dict:
     # adapter or the scope model: a data dir keeps starting when any of them changes (trained,
     # switched off); only the counterfactual model's answers change.
     return {"blob": "prompt+target"}
+
+
+def describe(editor: Any) -> dict:
+    adapter = editor.adapter
+    if adapter is None:
+        return {"adapter": None}
+    trained = {k: adapter.meta.get(k) for k in ("model", "records", "steps", "rank")}
+    return {"adapter": {"dir": str(adapter.path), "trained": trained}}
+
+
+SERAC = Method(config=SeracConfig, build=build, fingerprint=fingerprint, describe=describe)
