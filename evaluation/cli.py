@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from editors import registry
-from evaluation import datasets, metrics, pipeline, report
+from evaluation import datasets, metrics, options, pipeline, report
 
 # the served methods, the unedited model, and fine-tuning (a baseline the server does not offer)
 METHODS = ("none", *registry.METHODS, "ft")
@@ -84,18 +83,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="measure rs/con on a random sample of this many edits (default: every edit)",
     )
     ap.add_argument("--data-dir", default=None, help="default $EDITSERVE_EVAL_DATA or ../shared/data")
-    ap.add_argument("--model", default=None, help="backbone (default: the packaged SmolLM2)")
-    ap.add_argument(
-        "--cache-dir",
-        default=os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve",
-        help="converted models, SERAC's shared adapter, the scope model, the eval cache "
-        "(default $EDITSERVE_CACHE_DIR or ~/.cache/editserve, as the server)",
-    )
+    options.add_model(ap)
+    options.add_cache_dir(ap, "converted models, SERAC's shared adapter, the scope model, the eval cache")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-cache", action="store_true", help="do not cache unedited predictions on disk")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = options.resolve(ap.parse_args(argv))
     if args.n is not None and args.n < 1:
         ap.error("--n must be at least 1")
     if args.split not in datasets.splits(args.dataset):

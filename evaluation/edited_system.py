@@ -12,11 +12,10 @@ from dataclasses import asdict
 
 from tqdm.auto import tqdm
 
+from app.services.startup import build_model
 from editors.backbone import Backbone
-from editors.edited import EditedModel, Query, Restore
+from editors.edited import Query, Restore
 from editors.registry import METHODS
-from editors.scope.index import ScopeIndex
-from editors.scope.model import ScopeModel
 from evaluation.datasets import Record
 from evaluation.systems import CaseSet, PerRecord, System, set_config
 
@@ -48,12 +47,10 @@ class EditedSystem(System):
                 raise SystemExit(f"--method {method} has no --layer")
             section.layer = layer
         self.settings = settings
-        editor = METHODS[method].build(backbone, settings, None)
-        if retrofit and not editor.supports_retrofit:
+        self.model = build_model(settings, [method], backbone)  # as the server builds it
+        self.editor = self.model.editor(method)
+        if retrofit and not self.editor.supports_retrofit:
             raise SystemExit(f"--retrofit: method {method} does not support retrofit")
-        scope = ScopeIndex(ScopeModel.load(settings.scope, settings.cache_dir, backbone.device))
-        self.model = EditedModel(backbone, {method: editor}, scope)
-        self.editor = editor
         self.decide_seconds: list[float] = []
 
     def describe(self) -> dict:

@@ -18,7 +18,7 @@ import torch
 from editors.backbone import DEFAULT_MODEL, encode_prompt, load_backbone
 from editors.ireva.config import IrevaConfig
 from editors.ireva.model import IrevaEditor
-from evaluation import datasets
+from evaluation import datasets, options
 
 
 def last_keys(editor: IrevaEditor, texts: list[str]) -> torch.Tensor:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    backbone = load_backbone(DEFAULT_MODEL, "~/.cache/editserve")
+    backbone = load_backbone(DEFAULT_MODEL, options.server_default("cache_dir"))
     records = datasets.load(args.dataset, "dev", args.n)
     rows = []
     for layer in (int(x) for x in args.layers.split(",")):

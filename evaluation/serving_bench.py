@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from editors.backbone import DEFAULT_MODEL
 from editserve.client import Client
-from evaluation import datasets, load_bench, replica_bench
+from evaluation import datasets, load_bench, options, replica_bench
 from evaluation.server import Server
 
 PARTS = ("first_token", "load", "replicas")
@@ -77,17 +76,9 @@ def parse(argv):
         "--threads", type=int, default=None, help="the server's torch threads (first_token: 1; load: all cores)"
     )
     ap.add_argument("--data-dir", default=None, help="prompts from here (default $EDITSERVE_EVAL_DATA)")
-    ap.add_argument(
-        "--model",
-        default=os.environ.get("EDITSERVE_MODEL") or DEFAULT_MODEL,
-        help="the server's model, and load's reference (default $EDITSERVE_MODEL or the packaged one)",
-    )
-    ap.add_argument(
-        "--cache-dir",
-        default=os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve",
-        help="default $EDITSERVE_CACHE_DIR or ~/.cache/editserve, as the server",
-    )
-    return ap.parse_args(argv)
+    options.add_model(ap)
+    options.add_cache_dir(ap)
+    return options.resolve(ap.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from editors.backbone import DEFAULT_MODEL, encode_prompt, encode_target, load_backbone, padded
+from editors.backbone import encode_prompt, encode_target, load_backbone, padded
 from editors.serac.adapter import META, default_adapter_dir, shared_adapter_dir
 from editors.serac.config import SeracConfig
-from evaluation import datasets
+from evaluation import datasets, options
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def main(argv=None) -> int:
         action="store_true",
         help="write to <cache dir>/serac/<model>/adapter, used by every data dir without its own",
     )
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--cache-dir", default="~/.cache/editserve")
+    options.add_model(ap)
+    options.add_cache_dir(ap)
     ap.add_argument("--zsre-start", type=int, default=300, help="zsRE train records before this are held out")
     ap.add_argument("--cf-count", type=int, default=2000, help="CounterFact train records to use")
     ap.add_argument("--steps", type=int, default=80)
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = options.resolve(ap.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -169,8 +169,10 @@ def fail_writes(settings):
 # -- set-up products, for the integration tests ------------------------------------------------------------
 @pytest.fixture(scope="session")
 def editserve_cache() -> Path:
-    """The cache dir `make` fills (the Makefile's CACHE): $EDITSERVE_CACHE_DIR, else ~/.cache/editserve."""
-    return Path(os.environ.get("EDITSERVE_CACHE_DIR") or "~/.cache/editserve").expanduser()
+    """The cache dir `make` fills (the Makefile's CACHE): the server's, $EDITSERVE_CACHE_DIR or its default."""
+    from evaluation.options import server_default
+
+    return Path(server_default("cache_dir")).expanduser()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from editors.backbone import DEFAULT_MODEL
+from editors.backbone import DEFAULT_CACHE_DIR, DEFAULT_MODEL
 from editors.method import Method
 from editors.registry import METHODS
 from editors.scope.config import ScopeConfig
@@ -34,7 +34,7 @@ class ServerSettings(BaseSettings):
     # Servers on one PostgreSQL database hear each other's changes at once (NOTIFY); besides, each looks
     # at the edit log this often, in case a notification was lost with its connection.
     follow_poll_seconds: float = Field(2.0, gt=0)
-    cache_dir: Path = Path("~/.cache/editserve")  # converted models, shared by all data dirs
+    cache_dir: Path = DEFAULT_CACHE_DIR  # converted models, shared by all data dirs
     model: str = DEFAULT_MODEL  # the packaged SmolLM2, a local transformers dir, or a hub id
     served_model_name: str | None = None  # the model id on /v1; None: the model's name without "packaged:"
     # API keys (app/core/security.py): "name:scope:secret" or "name:scope:sha256=<hex>", comma-separated,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -37,18 +38,20 @@ def start(settings: Settings, metrics: Metrics | None = None) -> EditingService:
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ValueError(f"EDITSERVE_METHODS names unknown methods {unknown}; known: {sorted(METHODS)}")
-    device = torch.device(settings.device) if settings.device else None
-    backbone = load_backbone(settings.model, settings.cache_dir, device, settings.dtype)
-    scope = ScopeIndex(ScopeModel.load(settings.scope, settings.cache_dir, device))
+    backbone = load_backbone_of(settings)
     repo = Repository(settings.data_dir, settings.database_url)
     try:
-        editors, state_lost = {}, set()
+        state_lost: set[str] = set()
+
+        def open_editor(name: str, method: Method, backbone: Backbone) -> Editor:
+            editor, lost = _open_editor(name, method, backbone, settings, repo)
+            if lost:
+                state_lost.add(name)
+            return editor
+
         with repo.change_lock():  # servers starting together on one database make the state once
-            for name in names:
-                editors[name], lost = _open_editor(name, METHODS[name], backbone, settings, repo)
-                if lost:
-                    state_lost.add(name)
-        service = EditingService(settings, EditedModel(backbone, editors, scope), repo, metrics)
+            model = build_model(settings, names, backbone, open_editor)
+        service = EditingService(settings, model, repo, metrics)
         service.packer = _restore(service, state_lost)
         if repo.shared:
             service.follower = LogFollower(service, settings.follow_poll_seconds).start()
@@ -56,6 +59,35 @@ def start(settings: Settings, metrics: Metrics | None = None) -> EditingService:
         repo.close()
         raise
     return service
+
+
+def load_backbone_of(settings: Settings) -> Backbone:
+    """The backbone the settings name, on their device, in their dtype."""
+    device = torch.device(settings.device) if settings.device else None
+    return load_backbone(settings.model, settings.cache_dir, device, settings.dtype)
+
+
+def build_model(
+    settings: Settings,
+    names: list[str] | None = None,
+    backbone: Backbone | None = None,
+    open_editor: Callable[[str, Method, Backbone], Editor] | None = None,
+) -> EditedModel:
+    """The served model, as the server, the harness and the bench all build it: the backbone (loaded
+    unless given), the scope model, and an editor for each method in `names` (default: every
+    registered one), opened by `open_editor` (the server: from the data dir's saved state) or built
+    afresh."""
+    backbone = backbone or load_backbone_of(settings)
+    # The scope model runs on EDITSERVE_DEVICE when it is set, else on the CPU (it is small).
+    device = torch.device(settings.device) if settings.device else None
+    scope = ScopeIndex(ScopeModel.load(settings.scope, settings.cache_dir, device))
+    editors = {
+        name: open_editor(name, METHODS[name], backbone)
+        if open_editor is not None
+        else METHODS[name].build(backbone, settings, None)
+        for name in names or list(METHODS)
+    }
+    return EditedModel(backbone, editors, scope)
 
 
 def _open_editor(
