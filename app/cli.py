@@ -16,9 +16,12 @@ DELEGATED = {
     "fault": ("evaluation.faults", "kill -9 during inserts and a full disk: nothing acknowledged is lost"),
     "soak": ("evaluation.soak", "generations and changes at once for a while: no 5xx, no mixed answers"),
     "scenario": ("evaluation.scenario", "edit, restart and withdraw over HTTP against a real server process"),
-    "train-serac": ("evaluation.train_serac", "train SERAC's counterfactual model (a LoRA adapter)"),
-    "train-scope": ("evaluation.scope_train", "train the scope classifier (Embed retriever + Cross re-ranker)"),
+    "train-serac": ("evaluation.training.serac", "train SERAC's counterfactual model (a LoRA adapter)"),
+    "train-scope": ("evaluation.training.scope", "train the scope classifier (Embed retriever + Cross re-ranker)"),
 }
+
+
+EVAL_EXTRA = {"tqdm", "peft", "matplotlib"}  # pyproject.toml's `eval` extra: the harness needs them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +71,13 @@ def serve(host: str | None, port: int | None) -> None:
 def main(argv: list[str] | None = None) -> int | None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED:
-        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        try:
+            command = importlib.import_module(DELEGATED[argv[0]][0])
+        except ModuleNotFoundError as exc:
+            if exc.name not in EVAL_EXTRA:
+                raise
+            sys.exit(f"editserve {argv[0]}: needs {exc.name}, from the eval extra: pip install 'editserve[eval]'")
+        return command.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         serve(args.host, args.port)

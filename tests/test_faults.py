@@ -1,6 +1,6 @@
 """`editserve fault` and `editserve soak`, shortened: kill -9 during streamed inserts (three moments), a
 full disk, and generations during changes, on real server processes with the tiny model. The full
-runs: `editserve fault` and `editserve soak` (README)."""
+runs: `editserve fault` and `editserve soak` (docs/operations.md)."""
 
 import pytest
 

@@ -54,7 +54,7 @@ def test_a_missing_trained_model_falls_back_to_untrained(tmp_path):
 
 @pytest.mark.skipif(not (data_root() / "pararel").exists(), reason="no ../shared/data")
 def test_tiny_training_loads_decides_and_is_reproducible(tmp_path):
-    from evaluation.scope_train import main
+    from evaluation.training.scope import main
 
     tiny = ["--steps", "3", "--limit", "6", "--batch", "4", "--cross-batch", "4", "--eval-per-kind", "6"]
     assert main(["--cache-dir", str(tmp_path / "cache"), *tiny]) == 0

@@ -259,7 +259,7 @@ def test_the_shared_adapter_is_not_picked_for_another_backbone(tmp_path):
 
 @pytest.mark.integration
 def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path, editserve_cache):
-    from evaluation.train_serac import main
+    from evaluation.training.serac import main
 
     out = tmp_path / "data" / "serac" / "adapter"
     assert (

@@ -41,7 +41,7 @@ class ServerSettings(BaseSettings):
     # and/or a file of such lines. None at all: the server is open, and serves on loopback only.
     api_keys: str | None = None
     api_keys_file: Path | None = None
-    # Limits (README "Limits"): a bigger body is a 413, a longer prompt a 422, more requests per minute
+    # Limits (docs/operations.md, "Limits"): a bigger body is a 413, a longer prompt a 422, more requests per minute
     # from one key (or address) a 429, more generations waiting for the model a 503.
     max_body_bytes: int = 1_048_576
     max_import_bytes: int = 64 * 1_048_576

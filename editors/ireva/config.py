@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 @dataclass
 class IrevaConfig:
-    """Settings of the iReVa key-value adaptor. Defaults were chosen on zsre_mend_train-1k (README)."""
+    """Settings of the iReVa key-value adaptor. Defaults were chosen on zsre_mend_train-1k (docs/ireva.md)."""
 
     layer: int = -1  # MLP the adaptor sits beside; negative counts from the top (-1 = last block)
     theta: float = 0.85  # margin on the centred cosine between the input and a key

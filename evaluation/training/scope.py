@@ -8,7 +8,7 @@ same MiniLM with a one-logit head over (edit prompt, query), binary cross-entrop
 vs. structural hard negatives (same relation other subject, same subject other relation, other
 questions about the subject), the other edits' prompts that the trained Embed puts nearest to the
 edit (mined by similarity as in the paper, with the retriever the Cross sits behind), and NQ
-questions. Data: evaluation/scope_data.py (tuning files
+questions. Data: evaluation/training/scope_data.py (tuning files
 only). Thresholds are fitted on the dev split; the table is measured on the test split, both held out
 of training by subject (PARAREL) or by record range, with every edit of a split in memory at once.
 
@@ -36,7 +36,7 @@ from editors.scope.config import ScopeConfig
 from editors.scope.model import META, SLUG, ScopeModel, default_scope_dir, mean_pool, package_model_dir
 from editors.scope.subject import AnchorIndex, anchor_for, mask, normalise
 from evaluation import options
-from evaluation import scope_data as sd
+from evaluation.training import scope_data as sd
 
 log = logging.getLogger(__name__)
 NEG_WEIGHTS = {"srel": 2.0, "ssubj": 2.0, "nq": 1.0}  # hard negatives count double in the threshold fit
