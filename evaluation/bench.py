@@ -335,6 +335,24 @@ def scope_cost(model: EditedModel, queries: list[str]) -> dict:
     }
 
 
+def _memory_and_scope(args, model, pairs, nq, result: dict, details: dict, notes: list) -> None:
+    """The neurons' memory, and what a scope decision costs against a forward pass."""
+    adaptor = model.editor(METHOD).adaptor
+    per, rows = neuron_bytes(adaptor)
+    result["bytes_per_neuron"] = per
+    details["memory_bytes_per_neuron_by_buffer"] = rows
+    details["memory_bytes_live_neurons"] = per * adaptor.live_count
+    details["memory_bytes_allocated"] = per * adaptor.keys.shape[0]  # the buffers grow by doubling
+    result["scope_decision_ms"] = result["scope_decision_over_forward"] = None
+    if "scope" in args.skip:
+        notes.append("scope decision skipped (--skip)")
+    else:
+        half = args.scope_queries // 2
+        details["scope"] = scope_cost(model, [p for p, _ in pairs[:half]] + nq[: args.scope_queries - half])
+        result["scope_decision_ms"] = details["scope"]["ms"]
+        result["scope_decision_over_forward"] = details["scope"]["over_forward"]
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "serving":  # what a client of a running server sees: its own module
         from evaluation import serving_bench
@@ -390,20 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         result["restart_extra_s"] = details["restart"]["extra_s"]
         notes.append(f"restart_extra_s: {details['restart']['how']}")
 
-    per, rows = neuron_bytes(editor.adaptor)
-    result["bytes_per_neuron"] = per
-    details["memory_bytes_per_neuron_by_buffer"] = rows
-    details["memory_bytes_live_neurons"] = per * editor.adaptor.live_count
-    details["memory_bytes_allocated"] = per * editor.adaptor.keys.shape[0]  # the buffers grow by doubling
-
-    result["scope_decision_ms"] = result["scope_decision_over_forward"] = None
-    if "scope" in args.skip:
-        notes.append("scope decision skipped (--skip)")
-    else:
-        half = args.scope_queries // 2
-        details["scope"] = scope_cost(model, [p for p, _ in pairs[:half]] + nq[: args.scope_queries - half])
-        result["scope_decision_ms"] = details["scope"]["ms"]
-        result["scope_decision_over_forward"] = details["scope"]["over_forward"]
+    _memory_and_scope(args, model, pairs, nq, result, details, notes)
     editor.close()
 
     bench = {k: result[k] for k in KEYS}

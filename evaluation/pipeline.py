@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from editors.backbone import Backbone, encode_target
 from evaluation import datasets
@@ -35,9 +34,9 @@ from evaluation.metrics import (
     unchanged_share,
 )
 from evaluation.systems import CaseSet, PerRecord, System
+from evaluation.withdrawal import measure_withdrawal
 
 GEN_EXTRA_TOKENS = 3  # generation budget: the target's token count plus this
-NOISE_SAMPLE = 50  # edits whose per-edit predictions are compared with the batched ones
 CHAT_EXTRA_TOKENS = 12  # a chat answer may say a few words before the fact
 PROBE_SETS = ("same_subject", "neighbourhood", "portability")  # per-record probe lists (datasets.Probe)
 
@@ -61,7 +60,7 @@ class Results:
     chat_texts: dict[str, list[str]]  # es, ps: the answers to the prompt / paraphrase as a chat turn
     chat_ok: dict[str, list[bool]]  # ... that contain the target
     probes: dict[str, list[tuple[int, datasets.Probe]]]  # same_subject, ...: (record, probe) per case-set pair
-    withdrawal: dict  # rs/con detail (evaluation.pipeline.measure_withdrawal); {} when not withdrawable
+    withdrawal: dict  # rs/con detail (evaluation.withdrawal.measure_withdrawal); {} when not withdrawable
     rejected: dict[int, str]  # measured record -> why the editor refused its edit
     description: dict  # the method's settings (System.describe)
     decide_ms: float | None  # mean scope decision time per query, for methods that decide
@@ -185,16 +184,78 @@ def _probes(records: list[datasets.Record]) -> dict[str, list[tuple[int, dataset
     return {name: [(k, p) for k, r in enumerate(records) for p in getattr(r, name)] for name in PROBE_SETS}
 
 
+@dataclass
+class Cases:
+    """What one run asks: the records, the case sets built from them, and the unedited answers."""
+
+    inserted: list[datasets.Record]
+    records: list[datasets.Record]  # those measured
+    evaluated: list[int]  # their places among the inserted
+    root: Path
+    questions: list[datasets.Question]
+    sets: dict[str, CaseSet]
+    probes: dict[str, list[tuple[int, datasets.Probe]]]
+    base: dict[str, PerRecord]
+
+
+@dataclass
+class Measured:
+    """What the edited system answered to the cases."""
+
+    insert_seconds: float
+    edited: dict[str, PerRecord]
+    gen_texts: dict[str, list[str]]
+    gen_ok: dict[str, list[bool]]
+    chat_texts: dict[str, list[str]]
+    chat_ok: dict[str, list[bool]]
+    rs: float | None
+    con: float | None
+    withdrawal: dict
+    diagnostics: dict
+    description: dict
+    rejected: dict[int, str]
+    decide_ms: float | None
+
+
 def run(args, backbone: Backbone, started: float | None = None) -> Results:
     """Run one evaluation as described by args (editserve eval's flags) and return what it measured."""
     started = time.perf_counter() if started is None else started
     code_version = git_describe()  # at the start: the code this run imported
+    cases = build_cases(args, backbone)
+    measured = measure(args, backbone, cases)
+    return Results(
+        args=args,
+        model=backbone.name,
+        code_version=code_version,
+        threads=torch.get_num_threads(),
+        data_root=cases.root,
+        records=cases.records,
+        questions=cases.questions,
+        sets=cases.sets,
+        base=cases.base,
+        edited=measured.edited,
+        gen_texts=measured.gen_texts,
+        gen_ok=measured.gen_ok,
+        chat_texts=measured.chat_texts,
+        chat_ok=measured.chat_ok,
+        probes=cases.probes,
+        withdrawal=measured.withdrawal,
+        rejected=measured.rejected,
+        description=measured.description,
+        decide_ms=measured.decide_ms,
+        diagnostics=measured.diagnostics,
+        metrics=score(args, cases, measured, started),
+        decode=backbone.tokenizer.decode,
+    )
+
+
+def build_cases(args, backbone: Backbone) -> Cases:
+    """The records, their case sets, and the unedited model's predictions on every set."""
     inserted, evaluated, root = _records(args)
     records = [inserted[k] for k in evaluated]
     questions = datasets.nq(args.split, root)[: len(records)]
     tok = backbone.tokenizer
     cache_dir = None if args.no_cache else Path(args.cache_dir).expanduser() / "eval"
-
     sets = {
         "es": CaseSet.build(tok, [r.prompt for r in records], [r.target for r in records]),
         "ps": CaseSet.build(tok, [r.paraphrase for r in records], [r.target for r in records]),
@@ -209,7 +270,12 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         name: cs.group(base_predictions(backbone, cs, args.batch_size, f"unedited {name}", cache_dir))
         for name, cs in sets.items()
     }
+    return Cases(inserted, records, evaluated, root, questions, sets, probes, base)
 
+
+def measure(args, backbone: Backbone, cases: Cases) -> Measured:
+    """Insert every edit into the system under test, then ask it every case, generate, chat, and
+    withdraw (rs / con)."""
     system = build(
         args.method,
         backbone,
@@ -219,9 +285,10 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         overrides=args.overrides,
         cache_dir=args.cache_dir,
     )
+    records, sets, base, tok = cases.records, cases.sets, cases.base, backbone.tokenizer
     try:
-        insert_seconds = system.insert_all(inserted)
-        _measure_only(system, evaluated, len(inserted))
+        insert_seconds = system.insert_all(cases.inserted)
+        _measure_only(system, cases.evaluated, len(cases.inserted))
         edited, fired_by = {}, {}
         for name, cs in sets.items():
             edited[name] = system.predict(cs, base[name], progress=f"edited {name}")
@@ -229,130 +296,50 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         gen_texts, gen_ok = _generations(system, records, tok)
         chat_texts, chat_ok = _chats(system, records, tok)
         rs = con = None
-        withdrawal = {}
+        withdrawal: dict = {}
         if system.withdrawable:
             rs, con, withdrawal = measure_withdrawal(
                 system, sets["es"], base["es"], edited["es"], args.withdraw_sample, args.seed
             )
         diagnostics = firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, system.ids, system.subjects)
-        description = system.describe()
-        rejected = dict(system.rejected)
         decide_ms = 1000 * sum(system.decide_seconds) / len(system.decide_seconds) if system.decide_seconds else None
+        return Measured(
+            *(insert_seconds, edited, gen_texts, gen_ok, chat_texts, chat_ok, rs, con, withdrawal, diagnostics),
+            description=system.describe(),
+            rejected=dict(system.rejected),
+            decide_ms=decide_ms,
+        )
     finally:
         system.close()
+
+
+def score(args, cases: Cases, m: Measured, started: float) -> dict:
+    """The metrics (METRIC_KEYS) of what was measured."""
+    base, edited, n = cases.base, m.edited, len(cases.records)
+
+    def unchanged(name: str) -> float | None:
+        return unchanged_share(base[name], edited[name]) if name in cases.sets else None
 
     metrics = {
         "es": token_accuracy(edited["es"]),
         "ps": token_accuracy(edited["ps"]),
         "locality": unchanged_share(base["locality"], edited["locality"]),
-        "es_gen": sum(gen_ok["es"]) / len(records),
-        "ps_gen": sum(gen_ok["ps"]) / len(records),
+        "es_gen": sum(m.gen_ok["es"]) / n,
+        "ps_gen": sum(m.gen_ok["ps"]) / n,
         "ns": token_accuracy(edited["ns"]),
-        "rs": rs,
-        "con": con,
-        "chat_es": sum(chat_ok["es"]) / len(records) if chat_ok else None,
-        "chat_ps": sum(chat_ok["ps"]) / len(records) if chat_ok else None,
-        "same_subject": unchanged_share(base["same_subject"], edited["same_subject"])
-        if "same_subject" in sets
-        else None,
-        "neighbourhood": unchanged_share(base["neighbourhood"], edited["neighbourhood"])
-        if "neighbourhood" in sets
-        else None,
-        "portability": token_accuracy(edited["portability"]) if "portability" in sets else None,
-        "n_edits": len(inserted),
+        "rs": m.rs,
+        "con": m.con,
+        "chat_es": sum(m.chat_ok["es"]) / n if m.chat_ok else None,
+        "chat_ps": sum(m.chat_ok["ps"]) / n if m.chat_ok else None,
+        "same_subject": unchanged("same_subject"),
+        "neighbourhood": unchanged("neighbourhood"),
+        "portability": token_accuracy(edited["portability"]) if "portability" in cases.sets else None,
+        "n_edits": len(cases.inserted),
         "seconds": round(time.perf_counter() - started, 3),
-        "insert_seconds_per_edit": (insert_seconds / len(inserted)) if args.method != "none" else 0.0,
+        "insert_seconds_per_edit": (m.insert_seconds / len(cases.inserted)) if args.method != "none" else 0.0,
     }
     assert tuple(metrics) == METRIC_KEYS
-    return Results(
-        args=args,
-        model=backbone.name,
-        code_version=code_version,
-        threads=torch.get_num_threads(),
-        data_root=root,
-        records=records,
-        questions=questions,
-        sets=sets,
-        base=base,
-        edited=edited,
-        gen_texts=gen_texts,
-        gen_ok=gen_ok,
-        chat_texts=chat_texts,
-        chat_ok=chat_ok,
-        probes=probes,
-        withdrawal=withdrawal,
-        rejected=rejected,
-        description=description,
-        decide_ms=decide_ms,
-        diagnostics=diagnostics,
-        metrics=metrics,
-        decode=tok.decode,
-    )
-
-
-def measure_withdrawal(
-    system: System, cs: CaseSet, base: PerRecord, edited: PerRecord, sample: int | None = None, seed: int = 0
-) -> tuple[float, float, dict]:
-    """rs / con as defined in evaluation/metrics.py, plus per-edit detail; on a seeded sample of
-    `sample` edits when given."""
-    n = len(cs.queries)
-    chosen = list(range(n))
-    if sample is not None and sample < n:
-        chosen = sorted(random.Random(seed).sample(chosen, sample))
-    changed = back = total = same_as_base = 0
-    detail, fired_after = {}, {}
-    for k in tqdm(chosen, desc="withdraw one edit at a time", leave=False):
-        got = system.predict_withdrawn(k, cs, base)
-        if got is None:
-            continue
-        w = got[0]
-        owners = system.last_fired_owner or [None] * len(w)
-        for (pb, _), (pe, _), (pw, _), who in zip(base[k], edited[k], w, owners):
-            total += 1
-            same_as_base += pw == pb
-            if pe != pb:
-                changed += 1
-                back += pw != pe
-            if system.last_fired_owner is not None:
-                mine = system.subjects.get(system.ids[k])
-                g = (
-                    "none"
-                    if who is None
-                    else (
-                        "other edit, same subject"
-                        if mine is not None and system.subjects.get(who) == mine
-                        else "other edit"
-                    )
-                )
-                slot = fired_after.setdefault(g, {"cases": 0, "as_unedited": 0})
-                slot["cases"] += 1
-                slot["as_unedited"] += pw == pb
-        # a token the withdrawn path lacks counts as inconsistent
-        total += max(0, len(base[k]) - len(w))
-        detail[k] = [pw for pw, _ in w]
-    rs = back / changed if changed else 1.0
-    con = same_as_base / total if total else 1.0
-    info = {
-        "edits": len(detail),
-        "changed_tokens": changed,
-        "tokens": total,
-        "sampled": len(chosen) < n,
-        "fired_after": fired_after,
-    }
-    # numeric check: per-edit predictions (small batches) vs the batched ones the metrics used
-    noise = chosen[:NOISE_SAMPLE]
-    info["batch_noise_mismatches"] = sum(
-        p != e
-        for k in noise
-        if k not in system.rejected
-        for (p, _), (e, _) in zip(system.predict_one(k, cs), edited[k])
-    )
-    info["batch_noise_sample"] = len(noise)
-    # the paper's literal RS: share of all prompt tokens whose prediction changes on withdrawal
-    lit = [pw != pe for k, w in detail.items() for pw, (pe, _) in zip(w, edited[k])]
-    info["rs_all_tokens"] = sum(lit) / len(lit) if lit else None
-    info["per_edit"] = detail
-    return rs, con, info
+    return metrics
 
 
 # -- sweeps ------------------------------------------------------------------------------------------------

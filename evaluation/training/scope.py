@@ -453,6 +453,44 @@ def _report(out: Path, fingerprint: str, meta: dict, timing: dict, all_seconds: 
     )
 
 
+def _data(args):
+    """The train units, NQ questions, dev and test sets (seeded), and their counts for the log."""
+    par = sd.Pararel.load(args.seed)
+    train_units = sd.units("train", args.seed, par, args.pararel_n, args.cf_n, args.limit, args.ke_n)
+    n0, n1 = sd.RANGES["nq"]["train"]
+    nq = sd.nq_questions(n0, n1 if args.limit is None else n0 + args.limit)
+    dev = sd.eval_set("dev", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
+    test = sd.eval_set("test", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
+    counts = {
+        "train_units": {s: sum(u.source == s for u in train_units) for s in ("pararel", "zsre", "cf", "ke")},
+        "nq_train": len(nq),
+        "dev": {"memory": len(dev.memory), "queries": len(dev.queries)},
+        "test": {"memory": len(test.memory), "queries": len(test.queries)},
+        "pararel_subjects": {k: len({s for _, s in v}) for k, v in sorted(par.facts.items())},
+    }
+    return train_units, nq, dev, test, counts
+
+
+def _heldout(tmp: Path, config: ScopeConfig, test, meta: dict):
+    """The held-out table (meta["heldout"]), measured through the saved model as a server loads it;
+    returns the trained and untrained models and their memories, for the timing."""
+    trained = ScopeModel.from_dir(tmp, config)
+    found, _, memory = decisions(trained, test)
+    untrained = ScopeModel.untrained(config)
+    found_u, _, memory_u = decisions(untrained, test)
+    trained.config = ScopeConfig(**{**vars(config), "subject_anchor": False})
+    found_plain, _, _ = decisions(trained, test)
+    trained.config = config
+    meta["heldout"] = {
+        "memory": len(test.memory),
+        "trained": table(test, found),
+        "untrained": table(test, found_u),
+        "trained_without_anchor": table(test, found_plain),
+        "untrained_threshold": config.untrained_threshold,
+    }
+    return trained, untrained, memory, memory_u
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     if args.steps is not None:
@@ -469,20 +507,7 @@ def main(argv=None) -> int:
     out = Path(args.out).expanduser() if args.out else default_scope_dir(cache)
     base = package_model_dir(args.package)
     t_start = time.time()
-
-    par = sd.Pararel.load(args.seed)
-    train_units = sd.units("train", args.seed, par, args.pararel_n, args.cf_n, args.limit, args.ke_n)
-    n0, n1 = sd.RANGES["nq"]["train"]
-    nq = sd.nq_questions(n0, n1 if args.limit is None else n0 + args.limit)
-    dev = sd.eval_set("dev", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
-    test = sd.eval_set("test", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
-    counts = {
-        "train_units": {s: sum(u.source == s for u in train_units) for s in ("pararel", "zsre", "cf", "ke")},
-        "nq_train": len(nq),
-        "dev": {"memory": len(dev.memory), "queries": len(dev.queries)},
-        "test": {"memory": len(test.memory), "queries": len(test.queries)},
-        "pararel_subjects": {k: len({s for _, s in v}) for k, v in sorted(par.facts.items())},
-    }
+    train_units, nq, dev, test, counts = _data(args)
     log.info("data %s (%.0fs)", json.dumps(counts), time.time() - t_start)
 
     rng = random.Random(args.seed)
@@ -512,21 +537,7 @@ def main(argv=None) -> int:
     meta = _meta(args, fitted, embed_log, pairs, mined, counts)
     (tmp / META).write_text(json.dumps(meta, indent=1))
 
-    # The table is measured through the saved model, as a server would load it.
-    trained = ScopeModel.from_dir(tmp, config)
-    found, _, memory = decisions(trained, test)
-    untrained = ScopeModel.untrained(config)
-    found_u, _, memory_u = decisions(untrained, test)
-    trained.config = ScopeConfig(**{**vars(config), "subject_anchor": False})
-    found_plain, _, _ = decisions(trained, test)
-    trained.config = config
-    meta["heldout"] = {
-        "memory": len(test.memory),
-        "trained": table(test, found),
-        "untrained": table(test, found_u),
-        "trained_without_anchor": table(test, found_plain),
-        "untrained_threshold": config.untrained_threshold,
-    }
+    trained, untrained, memory, memory_u = _heldout(tmp, config, test, meta)
     (tmp / META).write_text(json.dumps(meta, indent=1))
     n_time = 40 if args.limit is None else 4
     timing = {

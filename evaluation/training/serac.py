@@ -64,9 +64,7 @@ def batches(encoded, batch_size: int, pad: int, rng: random.Random):
             yield ids, labels, mask
 
 
-def main(argv=None) -> int:
-    from peft import LoraConfig, get_peft_model
-
+def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="editserve train-serac", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -89,10 +87,11 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    args = options.resolve(ap.parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    return options.resolve(ap.parse_args(argv))
+
+
+def out_dir(args) -> Path:
+    """Where the adapter goes: --out, else the shared cache (--shared), else the server's data dir."""
     if args.out is None and args.shared:
         args.out = shared_adapter_dir(args.cache_dir, args.model)
     if args.out is None:
@@ -102,15 +101,12 @@ def main(argv=None) -> int:
 
             data_dir = Settings().data_dir
         args.out = default_adapter_dir(data_dir)
-    out = Path(args.out).expanduser()
+    return Path(args.out).expanduser()
 
-    template = SeracConfig().template
-    records = train_records(args.zsre_start, args.cf_count)
-    backbone = load_backbone(args.model, args.cache_dir, torch.device("cpu"))
-    tok = backbone.tokenizer
-    newline = tok("\n", add_special_tokens=False)["input_ids"]
-    encoded = [encode(tok, text, target, newline) for text, target in examples(records, template)]
-    log.info("%d records -> %d examples; %d steps of %d", len(records), len(encoded), args.steps, args.batch)
+
+def train(args, backbone, encoded: list) -> tuple[object, float | None, float]:
+    """LoRA on the backbone over the encoded examples; returns the model, the running loss, the start."""
+    from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
         r=args.rank,
@@ -125,7 +121,7 @@ def main(argv=None) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / args.steps))
-    stream = batches(encoded, args.batch, tok.pad_token_id, random.Random(args.seed))
+    stream = batches(encoded, args.batch, backbone.tokenizer.pad_token_id, random.Random(args.seed))
     t0, running = time.time(), None
     for step in range(args.steps):
         ids, labels, mask = next(stream)
@@ -138,9 +134,35 @@ def main(argv=None) -> int:
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % 20 == 0 or step == args.steps - 1:
             log.info("step %d/%d loss %.4f (avg %.4f) %.0fs", step, args.steps, loss.item(), running, time.time() - t0)
+    return model, running, t0
+
+
+def save(model, out: Path, meta: dict) -> None:
     # Written beside the target and renamed, so a server never starts on half an adapter.
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     model.save_pretrained(str(tmp))
+    (tmp / META).write_text(json.dumps(meta, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, out)
+    log.info("adapter saved to %s", out)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = out_dir(args)
+    template = SeracConfig().template
+    records = train_records(args.zsre_start, args.cf_count)
+    backbone = load_backbone(args.model, args.cache_dir, torch.device("cpu"))
+    tok = backbone.tokenizer
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    encoded = [encode(tok, text, target, newline) for text, target in examples(records, template)]
+    log.info("%d records -> %d examples; %d steps of %d", len(records), len(encoded), args.steps, args.batch)
+    model, running, t0 = train(args, backbone, encoded)
     meta = {
         "template": template,
         "records": {"zsre_start": args.zsre_start, "cf_count": args.cf_count},
@@ -155,12 +177,7 @@ def main(argv=None) -> int:
         "seconds": round(time.time() - t0),
         "model": args.model,
     }
-    (tmp / META).write_text(json.dumps(meta, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tmp, out)
-    log.info("adapter saved to %s", out)
+    save(model, out, meta)
     return 0
 
 
