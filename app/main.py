@@ -79,6 +79,14 @@ def create_app(settings: Settings | None = None, exit_on_load_failure: bool = Fa
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, import_limit=settings.max_import_bytes)
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: it also sees the 413s
 
+    handle_errors(app)
+    return app
+
+
+def handle_errors(app: FastAPI) -> None:
+    """Every refusal as one JSON shape: {"detail": ...} on the native routes, an OpenAI error object on
+    /v1, with the status the refusal carries."""
+
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError):
         status = 400 if exc.status_code == 422 and _openai(request) else exc.status_code
@@ -104,8 +112,6 @@ def create_app(settings: Settings | None = None, exit_on_load_failure: bool = Fa
         # The OpenAI API answers a bad parameter with 400; the native routes keep FastAPI's 422.
         status = 400 if _openai(request) else 422
         return _error(request, status, "; ".join(problems), param=params[0] if params else None)
-
-    return app
 
 
 def _openai(request: Request) -> bool:
