@@ -6,33 +6,25 @@ way: replicas that share a PostgreSQL database must share that directory too (e.
 
 Every write puts the blob on disk (durably) before the row that names it is committed, and removes
 a blob it wrote if that commit fails, so a failing request leaves storage as it found it. A blob
-that no row names (left by a crash between the two steps) is an orphan, removed at start.
-
-Reading 10,000 small blobs one by one takes seconds, so the server also keeps a pack: one
-safetensors file holding copies of many blobs, each under its blob's name. Blob names are never
-reused, so a pack entry is valid exactly when a row still names that blob; the pack is a cache
-that can be stale, torn or missing without losing anything, and the blobs stay the source of truth.
+that no row names (left by a crash between the two steps) is an orphan, removed at start. The
+caches that make a start fast (the pack of blobs, the prompts' scope vectors) are in caches.py.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from sqlalchemy import Engine, create_engine, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
-from storage import changes
+from storage import caches, changes
 from storage.blobs import SUFFIX, BlobStore
 from storage.models import ACTIVE, CORRUPT, WITHDRAWN, EditorState, EditRecord, EditVersion, prompt_key, utcnow
 
@@ -40,8 +32,7 @@ log = logging.getLogger(__name__)
 
 DB_FILE = "editserve.db"
 BLOB_DIR = "blobs"
-PACK_FILE = "pack.safetensors"
-SCOPE_FILE = "scope-vectors.safetensors"
+PACK_FILE, SCOPE_FILE = caches.PACK_FILE, caches.SCOPE_FILE
 
 
 # Schemes EDITSERVE_DATABASE_URL may use; PostgreSQL always goes through psycopg 3.
@@ -235,79 +226,18 @@ class Repository:
         return out, misses
 
     def write_pack(self, records: builtins.list, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Replace the pack with these records' tensors (record id -> tensors).
-
-        Tensors of the same name, dtype and trailing shape are stacked into one (10,000 edits make a
-        few large tensors, quick to load, not 20,000 small ones); the safetensors metadata says which
-        rows of which stack each blob's tensor is."""
-        stacks: dict[str, builtins.list[torch.Tensor]] = {}
-        index: dict[str, dict[str, list]] = {}
-        filled: dict[str, int] = {}  # rows stacked so far under each key
-        for r in records:
-            blob_tensors = tensors.get(r.id)
-            if not isinstance(blob_tensors, dict):
-                continue
-            entry = index[r.blob] = {}
-            for name, t in blob_tensors.items():
-                t = t.detach().cpu()
-                key = f"{name}|{str(t.dtype).removeprefix('torch.')}|{'x'.join(map(str, t.shape[1:]))}|{t.dim()}"
-                flat = t.reshape(1) if t.dim() == 0 else t
-                start = filled.get(key, 0)
-                stacks.setdefault(key, []).append(flat)
-                filled[key] = start + len(flat)
-                entry[name] = [key, start, start + len(flat), list(t.shape)]
-        final = self.data_dir / PACK_FILE
-        tmp = final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")  # servers may share the dir
-        save_file(
-            {key: torch.cat(rows).contiguous() for key, rows in stacks.items()},
-            str(tmp),
-            metadata={"index": json.dumps(index)},
-        )
-        os.replace(tmp, final)  # readers see the old pack or the new one, never half of one
+        """Replace the pack with these records' tensors (record id -> tensors)."""
+        caches.write_pack(self.data_dir, records, tensors)
 
     def _read_pack(self) -> dict[str, dict[str, torch.Tensor]]:
-        path = self.data_dir / PACK_FILE
-        if not path.exists():
-            return {}
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                index = json.loads(f.metadata()["index"])
-                stacks = {key: f.get_tensor(key) for key in f.keys()}
-            return {
-                blob: {name: stacks[key][start:end].reshape(shape) for name, (key, start, end, shape) in entry.items()}
-                for blob, entry in index.items()
-            }
-        except Exception as exc:  # noqa: BLE001 - a torn or foreign pack only costs time
-            log.warning("pack %s is unreadable (%s); reading every blob", path, exc)
-            return {}
+        return caches.read_pack(self.data_dir)
 
     def read_scope_vectors(self, fingerprint: str) -> dict[str, torch.Tensor]:
-        """The scope model's embeddings of edit prompts saved by write_scope_vectors (prompt -> vector),
-        if they were made by the model with this fingerprint; a cache, like the pack."""
-        path = self.data_dir / SCOPE_FILE
-        if not path.exists():
-            return {}
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata()
-                if meta.get("fingerprint") != fingerprint:
-                    return {}
-                return dict(zip(json.loads(meta["prompts"]), f.get_tensor("vectors")))
-        except Exception as exc:  # noqa: BLE001 - a torn cache only costs time
-            log.warning("scope vectors %s are unreadable (%s); embedding every prompt", path, exc)
-            return {}
+        """The scope model's embeddings of edit prompts (prompt -> vector), if made by this model."""
+        return caches.read_scope_vectors(self.data_dir, fingerprint)
 
     def write_scope_vectors(self, fingerprint: str, vectors: dict[str, torch.Tensor]) -> None:
-        final = self.data_dir / SCOPE_FILE
-        tmp = final.with_name(f"{final.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")  # servers may share the dir
-        prompts = list(vectors)
-        stacked = torch.stack([vectors[p] for p in prompts]) if prompts else torch.zeros(0, 1)
-        save_file(
-            {"vectors": stacked.contiguous()},
-            str(tmp),
-            metadata={"fingerprint": fingerprint, "prompts": json.dumps(prompts)},
-        )
-        os.replace(tmp, final)
+        caches.write_scope_vectors(self.data_dir, fingerprint, vectors)
 
     # -- writes ------------------------------------------------------------------------------------
     def create(
