@@ -31,6 +31,22 @@ and prints the metrics as the last line of stdout. Unedited predictions are cach
 """
 
 
+def _sweep_options(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--sweep",
+        choices=("edits", "layer"),
+        default=None,
+        help="edits: N in 10, 100, 1000 and the whole file; layer: every --layer-step-th layer",
+    )
+    ap.add_argument("--points", default=None, help="sweep points, comma-separated (N values or layers)")
+    ap.add_argument("--layer-step", type=int, default=3)
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="sweeps: keep a point whose directory holds metrics.json made by the same command (argv.json)",
+    )
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="editserve eval",
@@ -57,24 +73,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "train_batch, seed); repeatable",
     )
     ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument(
-        "--sweep",
-        choices=("edits", "layer"),
-        default=None,
-        help="edits: N in 10, 100, 1000 and the whole file; layer: every --layer-step-th layer",
-    )
-    ap.add_argument("--points", default=None, help="sweep points, comma-separated (N values or layers)")
-    ap.add_argument("--layer-step", type=int, default=3)
+    _sweep_options(ap)
     ap.add_argument(
         "--eval-sample",
         type=int,
         default=None,
         help="insert all N edits but measure on a random sample of this many of them (large N)",
-    )
-    ap.add_argument(
-        "--resume",
-        action="store_true",
-        help="sweeps: keep a point whose directory holds metrics.json made by the same command (argv.json)",
     )
     ap.add_argument(
         "--withdraw-sample",
