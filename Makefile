@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 
 # Pure unit tests: no packaged model, no server on a port, no browser, no database server.
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration and not service"
+	EDITSERVE_CACHE_DIR="$(CACHE)" EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/python -m pytest -m "not integration and not service"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
