@@ -13,6 +13,10 @@ rs, con    withdrawable methods only (null otherwise): each edit k is withdrawn 
            share of all the prompt's tokens predicted as by the unedited model (withdrawn == unedited)
 chat_es, chat_ps  the prompt / paraphrase asked as one chat turn (the model's chat template, the
            question as the user's message): the generated answer contains the target (case-insensitive)
+chat_coherent  the prompt asked as one chat turn, a 40-token greedy answer judged whole
+           (evaluation/judge.py): it states the target whole, does not state the true (old) answer
+           outside the subject's own name, and does not splice the new name into the old; null where
+           the file gives no true answer or the model has no chat template
 same_subject  share of the teacher-forced tokens of the subject's other relations (KnowEdit
            Relation_Specificity) whose prediction equals the unedited model's; null where the file has none
 neighbourhood  the same for prompts of the same relation about other subjects (CounterFact ROME
@@ -42,6 +46,7 @@ METRIC_KEYS = (
     "con",
     "chat_es",
     "chat_ps",
+    "chat_coherent",
     "same_subject",
     "neighbourhood",
     "portability",

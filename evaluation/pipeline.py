@@ -25,6 +25,7 @@ import torch
 from editors.backbone import Backbone, encode_target
 from evaluation import datasets
 from evaluation.build import build
+from evaluation.judge import coherent
 from evaluation.metrics import (
     METRIC_KEYS,
     contains_target,
@@ -38,6 +39,7 @@ from evaluation.withdrawal import measure_withdrawal
 
 GEN_EXTRA_TOKENS = 3  # generation budget: the target's token count plus this
 CHAT_EXTRA_TOKENS = 12  # a chat answer may say a few words before the fact
+WILD_TOKENS = 40  # chat_coherent judges a whole answer: long enough to restate the old fact after the new
 PROBE_SETS = ("same_subject", "neighbourhood", "portability")  # per-record probe lists (datasets.Probe)
 
 
@@ -59,6 +61,8 @@ class Results:
     gen_ok: dict[str, list[bool]]  # ... that start with the target
     chat_texts: dict[str, list[str]]  # es, ps: the answers to the prompt / paraphrase as a chat turn
     chat_ok: dict[str, list[bool]]  # ... that contain the target
+    wild_texts: list[str]  # the prompt as a chat turn, 40 tokens: the answers chat_coherent judged
+    wild_ok: list[bool]  # ... coherent (evaluation/judge.py)
     probes: dict[str, list[tuple[int, datasets.Probe]]]  # same_subject, ...: (record, probe) per case-set pair
     withdrawal: dict  # rs/con detail (evaluation.withdrawal.measure_withdrawal); {} when not withdrawable
     rejected: dict[int, str]  # measured record -> why the editor refused its edit
@@ -180,6 +184,15 @@ def _chats(system: System, records: list[datasets.Record], tok) -> tuple[dict, d
     return texts, ok
 
 
+def _wild(system: System, records: list[datasets.Record], tok) -> tuple[list[str], list[bool]]:
+    """The prompts asked as chat turns, each answer judged whole (chat_coherent); none where no record
+    has a true answer to compare with, or the model has no chat template."""
+    if getattr(tok, "chat_template", None) is None or not any(r.truth for r in records):
+        return [], []
+    texts = system.chat([r.prompt for r in records], [WILD_TOKENS] * len(records))
+    return texts, [coherent(t, r.target, r.truth, r.subject) for t, r in zip(texts, records)]
+
+
 def _probes(records: list[datasets.Record]) -> dict[str, list[tuple[int, datasets.Probe]]]:
     return {name: [(k, p) for k, r in enumerate(records) for p in getattr(r, name)] for name in PROBE_SETS}
 
@@ -208,6 +221,8 @@ class Measured:
     gen_ok: dict[str, list[bool]]
     chat_texts: dict[str, list[str]]
     chat_ok: dict[str, list[bool]]
+    wild_texts: list[str]  # the chat answers chat_coherent judged
+    wild_ok: list[bool]
     rs: float | None
     con: float | None
     withdrawal: dict
@@ -238,6 +253,8 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         gen_ok=measured.gen_ok,
         chat_texts=measured.chat_texts,
         chat_ok=measured.chat_ok,
+        wild_texts=measured.wild_texts,
+        wild_ok=measured.wild_ok,
         probes=cases.probes,
         withdrawal=measured.withdrawal,
         rejected=measured.rejected,
@@ -295,6 +312,7 @@ def measure(args, backbone: Backbone, cases: Cases) -> Measured:
             fired_by[name] = system.last_fired_owner
         gen_texts, gen_ok = _generations(system, records, tok)
         chat_texts, chat_ok = _chats(system, records, tok)
+        wild_texts, wild_ok = _wild(system, records, tok)
         rs = con = None
         withdrawal: dict = {}
         if system.withdrawable:
@@ -304,7 +322,8 @@ def measure(args, backbone: Backbone, cases: Cases) -> Measured:
         diagnostics = firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, system.ids, system.subjects)
         decide_ms = 1000 * sum(system.decide_seconds) / len(system.decide_seconds) if system.decide_seconds else None
         return Measured(
-            *(insert_seconds, edited, gen_texts, gen_ok, chat_texts, chat_ok, rs, con, withdrawal, diagnostics),
+            *(insert_seconds, edited, gen_texts, gen_ok, chat_texts, chat_ok, wild_texts, wild_ok),
+            *(rs, con, withdrawal, diagnostics),
             description=system.describe(),
             rejected=dict(system.rejected),
             decide_ms=decide_ms,
@@ -331,6 +350,7 @@ def score(args, cases: Cases, m: Measured, started: float) -> dict:
         "con": m.con,
         "chat_es": sum(m.chat_ok["es"]) / n if m.chat_ok else None,
         "chat_ps": sum(m.chat_ok["ps"]) / n if m.chat_ok else None,
+        "chat_coherent": sum(m.wild_ok) / n if m.wild_ok else None,
         "same_subject": unchanged("same_subject"),
         "neighbourhood": unchanged("neighbourhood"),
         "portability": token_accuracy(edited["portability"]) if "portability" in cases.sets else None,

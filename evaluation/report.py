@@ -135,6 +135,8 @@ def _metric_table(r: Results) -> list[str]:
         f"| con | {fmt(m['con'])} | prompt tokens predicted as unedited after withdrawing the edit |",
         f"| chat_es | {fmt(m['chat_es'])} | the prompt asked as a chat turn: the answer contains the target |",
         f"| chat_ps | {fmt(m['chat_ps'])} | the paraphrase asked as a chat turn: the answer contains the target |",
+        f"| chat_coherent | {fmt(m['chat_coherent'])} | the prompt as a chat turn, 40 tokens judged whole: the "
+        "target stated, the old fact not, no splice |",
         f"| same_subject | {fmt(m['same_subject'])} | the subject's other relations: tokens predicted as unedited |",
         f"| neighbourhood | {fmt(m['neighbourhood'])} | same relation, other subjects: tokens predicted as unedited |",
         f"| portability | {fmt(m['portability'])} | answers that follow from the edit, tokens right |",
@@ -244,6 +246,13 @@ def _failures(r: Results) -> list[str]:
         lines += [
             f"- #{k} {records[k].loc_prompt!r}: {pred('locality', k, base)} | {pred('locality', k)}"
             for k in fails[:FAILURES_SHOWN]
+        ]
+    fails = [k for k, ok in enumerate(r.wild_ok) if not ok][:FAILURES_SHOWN]
+    if fails:
+        lines += ["", "First chat_coherent failures (prompt as a chat turn -> target, old fact: the answer):"]
+        lines += [
+            f"- #{k} {records[k].prompt!r} -> {records[k].target!r}, {records[k].truth!r}: {r.wild_texts[k]!r}"
+            for k in fails
         ]
     for name, asked in (("es", "prompt"), ("ps", "paraphrase")):
         fails = [k for k, ok in enumerate(r.chat_ok.get(name, [])) if not ok][:FAILURES_SHOWN]
