@@ -1,5 +1,5 @@
 # Two entry points, each doing its own set-up: `make run` serves, `make test` lints and tests.
-# `make test-fast` runs the tests that need no packaged model and no set-up product (~5 min);
+# `make test-fast` runs the tests that need no packaged model and no set-up product;
 # `make test-unit` those of them that also start no server on a port, browser or database (~2 min);
 # `make lint` is ruff's check and format check, the import contract (lint-imports) and the type
 # checker (mypy on app, editors, storage, editserve); their config is in pyproject.toml.

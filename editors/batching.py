@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from editors.engine import Rows
+from editors.generation import Chooser, Sampling, Step
 
 if TYPE_CHECKING:
     from editors.method import Editor
-from editors.generation import Chooser, Sampling, Step
 
 
 class ContendedLock:
@@ -157,9 +157,15 @@ class Batcher:
         finally:
             row.cancelled = True
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 10.0) -> None:
+        """Stop the engine thread: the rows in flight are answered first (a server stops after its
+        requests), then it ends, so that no thread computes while the process exits."""
         self.stopping = True
         self.pending.put(None)
+        with self.start_lock:
+            thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(wait_s)
 
     def _ensure_running(self) -> None:
         with self.start_lock:
@@ -258,13 +264,6 @@ class Batcher:
         if not hasattr(self, "_plain"):
             self._plain = Rows.mergeable(self.backbone)
         return not rows or self._plain
-
-    def _steer(self, rows: list[Row]):
-        """One steering per editor present in the batch, each over every row (None for the others)."""
-        out = []
-        for editor in {id(r.editor): r.editor for r in rows if r.editor is not None}.values():
-            out.append(editor.steer([r.edit_id if r.editor is editor else None for r in rows]))
-        return out
 
     def _step(self, rows: list[Row], run):
         """run(steerings) under the locks of the editors present (as a change takes them, after the

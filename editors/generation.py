@@ -98,9 +98,10 @@ def decode(
             else:
                 logits, writers = rows.decode(latest, steerings, out)
             made: list[Step | None] = [None] * len(prompts)
-            latest = logits.argmax(-1).tolist()
+            latest = [0] * len(prompts)
             for i in range(len(prompts)):
                 if done[i]:
+                    latest[i] = int(logits[i].argmax())  # fed on, so the others' arithmetic stays
                     continue
                 step = choosers[i](logits[i], writers[i])
                 latest[i] = step.token_id

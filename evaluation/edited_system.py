@@ -140,4 +140,5 @@ class EditedSystem(System):
         return self.predict(cs.subset([k]), None)[0]
 
     def close(self) -> None:
+        self.model.close()  # the batch engine, if an answer started it
         self.editor.close()

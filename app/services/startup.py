@@ -184,6 +184,7 @@ def stop(service: EditingService) -> None:
         records = [r for r in service.repo.to_load() if r.status == ACTIVE]
         _write_pack(service.repo, records, service.repo.read_many(records)[0])
         _write_scope_vectors(service)
+    service.model.close()  # the batch engine ends before the editors take their hooks out
     for editor in service.model.editors.values():
         editor.close()
     service.repo.close()
