@@ -1,11 +1,13 @@
 """The system the harness measures, by the name `editserve eval --method` takes: a served method
-(editors.registry), the unedited model (`none`), or fine-tuning (`ft`)."""
+(editors.registry), the unedited model (`none`), the in-context reference (`ike`), or fine-tuning
+(`ft`)."""
 
 from __future__ import annotations
 
 from editors.backbone import Backbone
 from editors.registry import METHODS
 from evaluation.edited_system import EditedSystem
+from evaluation.ike import IkeSystem
 from evaluation.systems import FineTuneSystem, System
 
 
@@ -21,10 +23,10 @@ def build(
 ) -> System:
     if retrofit and method not in METHODS:
         raise SystemExit(f"--retrofit applies to an editing method ({', '.join(METHODS)})")
-    if method == "none":
+    if method in ("none", "ike"):
         if layer is not None or overrides:
-            raise SystemExit("--method none takes no --layer or --config")
-        return System(backbone, batch_size)
+            raise SystemExit(f"--method {method} takes no --layer or --config")
+        return System(backbone, batch_size) if method == "none" else IkeSystem(backbone, batch_size)
     if method in METHODS:
         return EditedSystem(backbone, method, batch_size, cache_dir, layer, retrofit, overrides)
     if method == "ft":

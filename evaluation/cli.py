@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from editors import registry
 from evaluation import datasets, metrics, options, pipeline, report
 
-# the served methods, the unedited model, and fine-tuning (a baseline the server does not offer)
-METHODS = ("none", *registry.METHODS, "ft")
+# the served methods, the unedited model, and two references the server does not offer: in-context
+# editing (the edit stated before the query) and fine-tuning
+METHODS = ("none", *registry.METHODS, "ike", "ft")
 METRIC_KEYS = metrics.METRIC_KEYS
 OUTPUTS = """
 Writes DIR/metrics.json (exactly those keys), DIR/report.md, DIR/records.jsonl (per-record detail),

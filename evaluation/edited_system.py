@@ -88,13 +88,13 @@ class EditedSystem(System):
         self.decide_seconds.append((time.perf_counter() - t) / max(len(queries), 1))
         return out
 
-    def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None) -> PerRecord:
+    def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None, owners=None) -> PerRecord:
         queries = [Query.prompt(q) for q in cs.queries]
         decisions = []
         for s in range(0, len(queries), 256):
             decisions += self._decide(queries[s : s + 256])
         out = [list(b) for b in base] if base is not None else [[] for _ in queries]
-        owners = [None] * len(cs.expected)
+        fired: list[str | None] = [None] * len(cs.expected)
         for k, d in enumerate(tqdm(decisions, desc=progress, disable=progress is None, leave=False)):
             if d is None:
                 if base is None:
@@ -104,8 +104,8 @@ class EditedSystem(System):
             preds = self.model.next_tokens(queries[k], d, [t_ids[:i] for i in range(len(t_ids))])
             out[k] = list(zip(preds, t_ids))
             for i in cs.cases_of(k):
-                owners[i] = d.edit_id
-        self.last_fired_owner = owners
+                fired[i] = d.edit_id
+        self.last_fired_owner = fired
         return out
 
     def _plain(self, cs: CaseSet, k: int) -> list[tuple[int, int]]:
@@ -113,11 +113,11 @@ class EditedSystem(System):
         preds = self.model.next_tokens(Query.prompt(cs.queries[k]), None, [t_ids[:i] for i in range(len(t_ids))])
         return list(zip(preds, t_ids))
 
-    def generate(self, queries, budgets, base=None, progress=None):
+    def generate(self, queries, budgets, base=None, progress=None, owners=None):
         gens = self.model.generate_many([Query.prompt(q) for q in queries], budgets, batch_size=self.batch_size)
         return [g.token_ids for g in gens]
 
-    def chat(self, questions: list[str], budgets: list[int]) -> list[str]:
+    def chat(self, questions: list[str], budgets: list[int], owners=None) -> list[str]:
         """The text of the answer to each question asked as a chat turn, as the server answers it."""
         tok = self.backbone.tokenizer
         queries = [Query.chat(tok, [{"role": "user", "content": q}]) for q in questions]

@@ -15,8 +15,14 @@ chat_es, chat_ps  the prompt / paraphrase asked as one chat turn (the model's ch
            question as the user's message): the generated answer contains the target (case-insensitive)
 chat_coherent  the prompt asked as one chat turn, a 40-token greedy answer judged whole
            (evaluation/judge.py): it states the target whole, does not state the true (old) answer
-           outside the subject's own name, and does not splice the new name into the old; null where
-           the file gives no true answer or the model has no chat template
+           outside the subject's own name, and does not splice the new name into the old
+open_mentions, open_coherent  "Tell me about <subject>." as a chat turn, 48 tokens: the answer names
+           the target / and is coherent as above
+yes_no     "Is it true that <prompt> <old>? Answer yes or no." answered no and the same with the target
+           answered yes (both); yes_no_unedited: the unedited model answers both right for the true fact
+fluency    ROME's generation entropy of the chat and open answers over the unedited model's on the
+           same questions (evaluation/wild.py). These six: over the records with a true answer; null
+           where the file gives none or the model has no chat template
 same_subject  share of the teacher-forced tokens of the subject's other relations (KnowEdit
            Relation_Specificity) whose prediction equals the unedited model's; null where the file has none
 neighbourhood  the same for prompts of the same relation about other subjects (CounterFact ROME
@@ -47,6 +53,11 @@ METRIC_KEYS = (
     "chat_es",
     "chat_ps",
     "chat_coherent",
+    "open_mentions",
+    "open_coherent",
+    "yes_no",
+    "yes_no_unedited",
+    "fluency",
     "same_subject",
     "neighbourhood",
     "portability",

@@ -25,7 +25,6 @@ import torch
 from editors.backbone import Backbone, encode_target
 from evaluation import datasets
 from evaluation.build import build
-from evaluation.judge import coherent
 from evaluation.metrics import (
     METRIC_KEYS,
     contains_target,
@@ -35,11 +34,12 @@ from evaluation.metrics import (
     unchanged_share,
 )
 from evaluation.systems import CaseSet, PerRecord, System
+from evaluation.wild import WILD_KEYS, Wild
+from evaluation.wild import measure as measure_wild
 from evaluation.withdrawal import measure_withdrawal
 
 GEN_EXTRA_TOKENS = 3  # generation budget: the target's token count plus this
 CHAT_EXTRA_TOKENS = 12  # a chat answer may say a few words before the fact
-WILD_TOKENS = 40  # chat_coherent judges a whole answer: long enough to restate the old fact after the new
 PROBE_SETS = ("same_subject", "neighbourhood", "portability")  # per-record probe lists (datasets.Probe)
 
 
@@ -61,8 +61,7 @@ class Results:
     gen_ok: dict[str, list[bool]]  # ... that start with the target
     chat_texts: dict[str, list[str]]  # es, ps: the answers to the prompt / paraphrase as a chat turn
     chat_ok: dict[str, list[bool]]  # ... that contain the target
-    wild_texts: list[str]  # the prompt as a chat turn, 40 tokens: the answers chat_coherent judged
-    wild_ok: list[bool]  # ... coherent (evaluation/judge.py)
+    wild: Wild | None  # chat, open and yes/no answers judged whole (evaluation/wild.py)
     probes: dict[str, list[tuple[int, datasets.Probe]]]  # same_subject, ...: (record, probe) per case-set pair
     withdrawal: dict  # rs/con detail (evaluation.withdrawal.measure_withdrawal); {} when not withdrawable
     rejected: dict[int, str]  # measured record -> why the editor refused its edit
@@ -164,9 +163,11 @@ def _measure_only(system: System, evaluated: list[int], inserted: int) -> None:
 
 def _generations(system: System, records: list[datasets.Record], tok) -> tuple[dict, dict]:
     texts = {}
+    owners = list(range(len(records)))
     for name, queries in (("es", [r.prompt for r in records]), ("ps", [r.paraphrase for r in records])):
         budgets = [len(encode_target(tok, q, r.target)) + GEN_EXTRA_TOKENS for q, r in zip(queries, records)]
-        texts[name] = [tok.decode(g) for g in system.generate(queries, budgets, progress=f"generate {name}")]
+        made = system.generate(queries, budgets, progress=f"generate {name}", owners=owners)
+        texts[name] = [tok.decode(g) for g in made]
     ok = {name: [starts_with_target(t, r.target) for t, r in zip(texts[name], records)] for name in texts}
     return texts, ok
 
@@ -179,18 +180,16 @@ def _chats(system: System, records: list[datasets.Record], tok) -> tuple[dict, d
         return texts, {}
     for name, queries in (("es", [r.prompt for r in records]), ("ps", [r.paraphrase for r in records])):
         budgets = [len(encode_target(tok, q, r.target)) + CHAT_EXTRA_TOKENS for q, r in zip(queries, records)]
-        texts[name] = system.chat(queries, budgets)
+        texts[name] = system.chat(queries, budgets, list(range(len(records))))
     ok = {name: [contains_target(t, r.target) for t, r in zip(texts[name], records)] for name in texts}
     return texts, ok
 
 
-def _wild(system: System, records: list[datasets.Record], tok) -> tuple[list[str], list[bool]]:
-    """The prompts asked as chat turns, each answer judged whole (chat_coherent); none where no record
-    has a true answer to compare with, or the model has no chat template."""
-    if getattr(tok, "chat_template", None) is None or not any(r.truth for r in records):
-        return [], []
-    texts = system.chat([r.prompt for r in records], [WILD_TOKENS] * len(records))
-    return texts, [coherent(t, r.target, r.truth, r.subject) for t, r in zip(texts, records)]
+def _owners(name: str, n: int, probes: dict) -> list[int] | None:
+    """The measured record each pair of a case set is about (None for NQ questions, about none)."""
+    if name in probes:
+        return [k for k, _ in probes[name]]
+    return None if name == "ns" else list(range(n))
 
 
 def _probes(records: list[datasets.Record]) -> dict[str, list[tuple[int, datasets.Probe]]]:
@@ -221,8 +220,7 @@ class Measured:
     gen_ok: dict[str, list[bool]]
     chat_texts: dict[str, list[str]]
     chat_ok: dict[str, list[bool]]
-    wild_texts: list[str]  # the chat answers chat_coherent judged
-    wild_ok: list[bool]
+    wild: Wild | None
     rs: float | None
     con: float | None
     withdrawal: dict
@@ -253,8 +251,7 @@ def run(args, backbone: Backbone, started: float | None = None) -> Results:
         gen_ok=measured.gen_ok,
         chat_texts=measured.chat_texts,
         chat_ok=measured.chat_ok,
-        wild_texts=measured.wild_texts,
-        wild_ok=measured.wild_ok,
+        wild=measured.wild,
         probes=cases.probes,
         withdrawal=measured.withdrawal,
         rejected=measured.rejected,
@@ -308,11 +305,12 @@ def measure(args, backbone: Backbone, cases: Cases) -> Measured:
         _measure_only(system, cases.evaluated, len(cases.inserted))
         edited, fired_by = {}, {}
         for name, cs in sets.items():
-            edited[name] = system.predict(cs, base[name], progress=f"edited {name}")
+            owners = _owners(name, len(records), cases.probes)
+            edited[name] = system.predict(cs, base[name], progress=f"edited {name}", owners=owners)
             fired_by[name] = system.last_fired_owner
         gen_texts, gen_ok = _generations(system, records, tok)
         chat_texts, chat_ok = _chats(system, records, tok)
-        wild_texts, wild_ok = _wild(system, records, tok)
+        wild = measure_wild(system, System(backbone, args.batch_size), records, tok)
         rs = con = None
         withdrawal: dict = {}
         if system.withdrawable:
@@ -322,7 +320,7 @@ def measure(args, backbone: Backbone, cases: Cases) -> Measured:
         diagnostics = firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, system.ids, system.subjects)
         decide_ms = 1000 * sum(system.decide_seconds) / len(system.decide_seconds) if system.decide_seconds else None
         return Measured(
-            *(insert_seconds, edited, gen_texts, gen_ok, chat_texts, chat_ok, wild_texts, wild_ok),
+            *(insert_seconds, edited, gen_texts, gen_ok, chat_texts, chat_ok, wild),
             *(rs, con, withdrawal, diagnostics),
             description=system.describe(),
             rejected=dict(system.rejected),
@@ -350,7 +348,7 @@ def score(args, cases: Cases, m: Measured, started: float) -> dict:
         "con": m.con,
         "chat_es": sum(m.chat_ok["es"]) / n if m.chat_ok else None,
         "chat_ps": sum(m.chat_ok["ps"]) / n if m.chat_ok else None,
-        "chat_coherent": sum(m.wild_ok) / n if m.wild_ok else None,
+        **(m.wild.metrics() if m.wild is not None else dict.fromkeys(WILD_KEYS)),
         "same_subject": unchanged("same_subject"),
         "neighbourhood": unchanged("neighbourhood"),
         "portability": token_accuracy(edited["portability"]) if "portability" in cases.sets else None,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from evaluation.metrics import changed_tokens, exact_match, fmt, token_accuracy
 from evaluation.pipeline import Results
+from evaluation.wild import Wild
 
 SWEEP_KEYS = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con", "chat_es", "insert_seconds_per_edit")
 PLOTTED = (("es", "ES"), ("ps", "PS"), ("ns", "NS"), ("locality", "locality"), ("es_gen", "ES (gen)"))
@@ -85,7 +86,24 @@ def write_records(out: Path, r: Results) -> None:
                 row["unedited_pred"] = r.decode([p for p, _ in base["es"][k]])
             if k in r.rejected:
                 row["rejected"] = r.rejected[k]
+            row.update(_wild_row(r.wild, k))
             f.write(json.dumps(row) + "\n")
+
+
+def _wild_row(wild: Wild | None, k: int) -> dict:
+    if wild is None or k not in wild.judged:
+        return {}
+    j = wild.judged.index(k)
+    return {
+        "chat": wild.chat[j],
+        "chat_coherent": wild.chat_ok[j],
+        "open": wild.open[j],
+        "open_coherent": wild.open_ok[j],
+        "yes_to_target": wild.yes[j],
+        "no_to_old": wild.no[j],
+        "yes_no": wild.yes_no_ok[j],
+        "unedited_chat": wild.unedited_chat[j],
+    }
 
 
 def report_lines(r: Results) -> list[str]:
@@ -137,6 +155,11 @@ def _metric_table(r: Results) -> list[str]:
         f"| chat_ps | {fmt(m['chat_ps'])} | the paraphrase asked as a chat turn: the answer contains the target |",
         f"| chat_coherent | {fmt(m['chat_coherent'])} | the prompt as a chat turn, 40 tokens judged whole: the "
         "target stated, the old fact not, no splice |",
+        f'| open_mentions | {fmt(m["open_mentions"])} | "Tell me about <subject>.": the answer names the target |',
+        f"| open_coherent | {fmt(m['open_coherent'])} | ... and is coherent |",
+        f"| yes_no | {fmt(m['yes_no'])} | yes to the new fact and no to the old, both |",
+        f"| yes_no_unedited | {fmt(m['yes_no_unedited'])} | the unedited model: yes to the true fact, no to the new |",
+        f"| fluency | {fmt(m['fluency'])} | n-gram entropy of the chat and open answers over the unedited model's |",
         f"| same_subject | {fmt(m['same_subject'])} | the subject's other relations: tokens predicted as unedited |",
         f"| neighbourhood | {fmt(m['neighbourhood'])} | same relation, other subjects: tokens predicted as unedited |",
         f"| portability | {fmt(m['portability'])} | answers that follow from the edit, tokens right |",
@@ -247,13 +270,7 @@ def _failures(r: Results) -> list[str]:
             f"- #{k} {records[k].loc_prompt!r}: {pred('locality', k, base)} | {pred('locality', k)}"
             for k in fails[:FAILURES_SHOWN]
         ]
-    fails = [k for k, ok in enumerate(r.wild_ok) if not ok][:FAILURES_SHOWN]
-    if fails:
-        lines += ["", "First chat_coherent failures (prompt as a chat turn -> target, old fact: the answer):"]
-        lines += [
-            f"- #{k} {records[k].prompt!r} -> {records[k].target!r}, {records[k].truth!r}: {r.wild_texts[k]!r}"
-            for k in fails
-        ]
+    lines += _wild_failures(r.wild, records)
     for name, asked in (("es", "prompt"), ("ps", "paraphrase")):
         fails = [k for k, ok in enumerate(r.chat_ok.get(name, [])) if not ok][:FAILURES_SHOWN]
         if fails:
@@ -280,6 +297,29 @@ def _failures(r: Results) -> list[str]:
 
 
 # -- sweeps ------------------------------------------------------------------------------------------------
+def _wild_failures(wild: Wild | None, records) -> list[str]:
+    if wild is None:
+        return []
+    lines = []
+    for kind, answers, oks in (("chat_coherent", wild.chat, wild.chat_ok), ("open_coherent", wild.open, wild.open_ok)):
+        fails = [j for j, ok in enumerate(oks) if not ok][:FAILURES_SHOWN]
+        if fails:
+            lines += ["", f"First {kind} failures (#record prompt -> target, old fact: the answer):"]
+            lines += [
+                f"- #{k} {records[k].prompt!r} -> {records[k].target!r}, {records[k].truth!r}: {answers[j]!r}"
+                for k, j in ((wild.judged[j], j) for j in fails)
+            ]
+    fails = [j for j, ok in enumerate(wild.yes_no_ok) if not ok][:FAILURES_SHOWN]
+    if fails:
+        lines += ["", "First yes_no failures (#record -> target, old fact: to the target | to the old fact):"]
+        lines += [
+            f"- #{wild.judged[j]} -> {records[wild.judged[j]].target!r}, {records[wild.judged[j]].truth!r}: "
+            f"{wild.yes[j]!r} | {wild.no[j]!r}"
+            for j in fails
+        ]
+    return lines
+
+
 def write_sweep_json(out: Path, args, rows: list[dict]) -> None:
     (out / "sweep.json").write_text(json.dumps(sweep_summary(args, rows), indent=2) + "\n")
 

@@ -129,18 +129,27 @@ class System:
         """Insert every edit, one after another. Returns seconds spent inserting."""
         return 0.0
 
-    def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None) -> PerRecord:
+    # `owners` (predict, generate, chat): the measured record each pair or query is about, where it is
+    # about one (IKE states that record's edit in context); None: about none (NQ questions).
+    def predict(
+        self, cs: CaseSet, base: PerRecord, progress: str | None = None, owners: list[int] | None = None
+    ) -> PerRecord:
         return base
 
     def generate(
-        self, queries: list[str], budgets: list[int], base: list[list[int]] | None = None, progress: str | None = None
+        self,
+        queries: list[str],
+        budgets: list[int],
+        base: list[list[int]] | None = None,
+        progress: str | None = None,
+        owners: list[int] | None = None,
     ) -> list[list[int]]:
         if base is not None:
             return base
         prompts = [encode_prompt(self.backbone.tokenizer, q) for q in queries]
         return greedy(self.backbone, prompts, budgets, batch_size=self.batch_size, progress=progress)
 
-    def chat(self, questions: list[str], budgets: list[int]) -> list[str]:
+    def chat(self, questions: list[str], budgets: list[int], owners: list[int] | None = None) -> list[str]:
         """The text of the answer to each question asked as one chat turn (the model's own template)."""
         tok = self.backbone.tokenizer
         texts = [
@@ -317,10 +326,10 @@ class FineTuneSystem(System):
                 p.grad = None
         return time.perf_counter() - t0
 
-    def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None) -> PerRecord:
+    def predict(self, cs: CaseSet, base: PerRecord, progress: str | None = None, owners=None) -> PerRecord:
         return cs.group(cs.plain(self.backbone, self.batch_size, progress)[0])
 
-    def generate(self, queries, budgets, base=None, progress=None):
+    def generate(self, queries, budgets, base=None, progress=None, owners=None):
         prompts = [encode_prompt(self.backbone.tokenizer, q) for q in queries]
         return greedy(self.backbone, prompts, budgets, batch_size=self.batch_size, progress=progress)
 

@@ -13,6 +13,7 @@ from evaluation import bench, cli, metrics
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 UNIT = ("es", "ps", "locality", "es_gen", "ps_gen", "ns", "rs", "con")
+WILD = ("chat_coherent", "open_mentions", "open_coherent", "yes_no", "yes_no_unedited")
 
 
 def _last_json_line(text: str) -> dict:
@@ -45,7 +46,7 @@ def test_eval_on_gemma3_a_short_zsre_sample(tmp_path, capsys, editserve_cache, g
     assert "gemma3-270m" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("method", ["none", "ireva", "serac"])
+@pytest.mark.parametrize("method", ["none", "ireva", "serac", "ike"])
 def test_eval_n5_dev(method, tmp_path, capsys, editserve_cache, packaged_model_dir, serac_adapter):
     out = tmp_path / method
     assert _eval(out, editserve_cache, "--n", "5", "--method", method) == 0
@@ -53,14 +54,18 @@ def test_eval_n5_dev(method, tmp_path, capsys, editserve_cache, packaged_model_d
     assert tuple(m) == metrics.METRIC_KEYS
     assert _last_json_line(capsys.readouterr().out) == m
     for key in UNIT:
-        if key in ("rs", "con") and method == "none":
+        if key in ("rs", "con") and method in ("none", "ike"):
             assert m[key] is None  # nothing to withdraw
             continue
         assert 0.0 <= m[key] <= 1.0, (key, m[key])
     assert m["n_edits"] == 5
+    for key in WILD:  # zsRE dev gives a true answer: the answers in the wild are judged
+        assert 0.0 <= m[key] <= 1.0, (key, m[key])
+    assert m["fluency"] > 0
     assert m["seconds"] > 0 and m["insert_seconds_per_edit"] >= 0
     if method == "none":
         assert m["locality"] == 1.0 and m["insert_seconds_per_edit"] == 0.0
+        assert m["yes_no"] == m["yes_no_unedited"] and m["fluency"] == 1.0  # it is the unedited model
     report = (out / "report.md").read_text()
     assert "| es |" in report
     if method == "serac":  # the report names the adapter: the shared one set-up trained

@@ -1,0 +1,138 @@
+"""Answers judged in the wild ("The Mirage of Model Editing", Yang et al., ACL 2025): chat answers,
+greedy, long enough to go on past the fact, each read whole (evaluation/judge.py), beside the unedited
+model's answers to the same questions.
+
+Per measured record with a true (old) answer and a subject:
+- chat: the edit's prompt as a chat turn, 40 tokens; coherent = states the target whole, not the old
+  fact (the subject's own name and the target aside), no splice of the new name into the old.
+- open: "Tell me about <subject>.", 48 tokens; mentions = names the target; coherent as above.
+- yes/no: "Is it true that <prompt> <old>? Answer yes or no." must begin "No", and the same with the
+  target must begin "Yes": right only when both are. The unedited model's agreement with the true fact
+  (yes to the old, no to the target) is the baseline beside it.
+- fluency: ROME's generation entropy (bigram and trigram, weighted 2/3 and 4/3) of the chat and open
+  answers, over the unedited model's on the same questions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from evaluation.datasets import Record
+from evaluation.judge import coherent, states, words
+from evaluation.systems import System
+
+CHAT_TOKENS = 40  # long enough to restate the old fact after the new one
+OPEN_TOKENS = 48
+YES_NO_TOKENS = 6  # the verdict is the first word
+WILD_KEYS = ("chat_coherent", "open_mentions", "open_coherent", "yes_no", "yes_no_unedited", "fluency")
+
+
+def yes_no_question(prompt: str, answer: str) -> str:
+    """The edit's prompt with `answer` as a question to be answered yes or no."""
+    p = prompt.strip()
+    if p.endswith("?"):
+        return f"{p} Is it {answer}? Answer yes or no."
+    first, _, rest = p.partition(" ")
+    if first in ("The", "A", "An") and rest:  # "Is it true that the mother tongue of ..."
+        p = f"{first.lower()} {rest}"
+    return f"Is it true that {p} {answer}? Answer yes or no."
+
+
+def open_request(subject: str) -> str:
+    return f"Tell me about {subject}."
+
+
+def verdict(answer: str) -> str | None:
+    """ "yes" or "no" where the answer begins with one, else None."""
+    w = words(answer)
+    return w[0] if w and w[0] in ("yes", "no") else None
+
+
+def entropy(text: str) -> float:
+    """ROME's n-gram entropy of one generation: the weighted mean of its bigram and trigram entropies
+    (bits), over whole words (low when the text repeats itself)."""
+    w = words(text)
+    parts = []
+    for n, weight in ((2, 2 / 3), (3, 4 / 3)):
+        grams = Counter(zip(*(w[i:] for i in range(n))))
+        total = sum(grams.values())
+        h = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
+        parts.append(weight * h)
+    return sum(parts) / len(parts)
+
+
+@dataclass
+class Wild:
+    judged: list[int]  # the measured records judged (those with a true answer and a subject), in order
+    chat: list[str]
+    chat_ok: list[bool]
+    open: list[str]
+    open_mentions: list[bool]
+    open_ok: list[bool]
+    yes: list[str]  # the answers to the question naming the target (should begin "yes")
+    no: list[str]  # ... naming the old fact (should begin "no")
+    yes_no_ok: list[bool]
+    unedited_chat: list[str]
+    unedited_open: list[str]
+    unedited_yes_no_ok: list[bool]  # the unedited model: yes to the old fact, no to the target
+
+    def metrics(self) -> dict:
+        n = len(self.judged)
+
+        def share(xs: list[bool]) -> float | None:
+            return sum(xs) / n if n else None
+
+        edited = _mean_entropy(self.chat + self.open)
+        unedited = _mean_entropy(self.unedited_chat + self.unedited_open)
+        return {
+            "chat_coherent": share(self.chat_ok),
+            "open_mentions": share(self.open_mentions),
+            "open_coherent": share(self.open_ok),
+            "yes_no": share(self.yes_no_ok),
+            "yes_no_unedited": share(self.unedited_yes_no_ok),
+            "fluency": edited / unedited if n and unedited else None,
+        }
+
+
+def _mean_entropy(texts: list[str]) -> float:
+    return sum(map(entropy, texts)) / len(texts) if texts else 0.0
+
+
+def measure(system: System, unedited: System, records: list[Record], tok) -> Wild | None:
+    """Ask `system` (edits active) and `unedited` every question; None where the model has no chat
+    template or no record has a true answer to judge against."""
+    judged = [k for k, r in enumerate(records) if r.truth and r.subject]
+    if getattr(tok, "chat_template", None) is None or not judged:
+        return None
+    rs = [records[k] for k in judged]
+    questions = (
+        [r.prompt for r in rs]
+        + [open_request(r.subject) for r in rs]
+        + [yes_no_question(r.prompt, r.target) for r in rs]
+        + [yes_no_question(r.prompt, str(r.truth)) for r in rs]
+    )
+    budgets = [CHAT_TOKENS] * len(rs) + [OPEN_TOKENS] * len(rs) + [YES_NO_TOKENS] * (2 * len(rs))
+    owners = judged * 4
+    n = len(rs)
+    chat, opened, yes, no = _quarters(system.chat(questions, budgets, owners), n)
+    plain_chat, plain_open, plain_yes, plain_no = _quarters(unedited.chat(questions, budgets, owners), n)
+    return Wild(
+        judged=judged,
+        chat=chat,
+        chat_ok=[coherent(a, r.target, r.truth, r.subject) for a, r in zip(chat, rs)],
+        open=opened,
+        open_mentions=[states(a, r.target) for a, r in zip(opened, rs)],
+        open_ok=[coherent(a, r.target, r.truth, r.subject) for a, r in zip(opened, rs)],
+        yes=yes,
+        no=no,
+        yes_no_ok=[verdict(y) == "yes" and verdict(x) == "no" for y, x in zip(yes, no)],
+        unedited_chat=plain_chat,
+        unedited_open=plain_open,
+        unedited_yes_no_ok=[verdict(y) == "no" and verdict(x) == "yes" for y, x in zip(plain_yes, plain_no)],
+    )
+
+
+def _quarters(xs: list[str], n: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    return xs[:n], xs[n : 2 * n], xs[2 * n : 3 * n], xs[3 * n :]
