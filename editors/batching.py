@@ -112,6 +112,7 @@ class Row:
     sampling: Sampling
     use_edits: bool
     earlier: str = ""  # editors/edited.py Query.earlier
+    question: str | None = None  # editors/edited.py Query.question
     out: queue.Queue = field(default_factory=queue.Queue)
     cancelled: bool = False
     # set by the engine
@@ -139,10 +140,12 @@ class Batcher:
         self.submitted = 0  # rows ever asked for (the tests wait on it)
 
     # -- the caller's side -------------------------------------------------------------------------
-    def steps(self, ids, about, budget, sampling, use_edits, earlier: str = "") -> Generator[Step, None, None]:
+    def steps(
+        self, ids, about, budget, sampling, use_edits, earlier: str = "", question: str | None = None
+    ) -> Generator[Step, None, None]:
         """The answer's steps as the batch makes them; raises NotBatched before the first step when the
         edit that answers must answer alone. Closing the iterator takes the row out of the batch."""
-        row = Row(ids, about, budget, sampling, use_edits, earlier)
+        row = Row(ids, about, budget, sampling, use_edits, earlier, question)
         self.submitted += 1
         self.pending.put(row)
         self._ensure_running()  # after the put: an engine going idle now sees the row, or is gone
@@ -272,7 +275,10 @@ class Batcher:
         with contextlib.ExitStack() as held:
             for editor in editors:
                 held.enter_context(editor.lock)
-            steerings = [e.steer([r.edit_id if r.editor is e else None for r in rows]) for e in editors]
+            steerings = [
+                e.steer([r.edit_id if r.editor is e else None for r in rows], [r.question for r in rows])
+                for e in editors
+            ]
             try:
                 return run(steerings)
             finally:

@@ -32,6 +32,12 @@ class Query:
     text: str
     about: str
     earlier: str = ""  # a chat's latest earlier user message naming a subject: what "it" may refer to
+    is_chat: bool = False  # a chat turn: the answer is the assistant's, to the question `about`
+
+    @property
+    def question(self) -> str | None:
+        """The user's question, where the answer is an assistant turn (None: a prompt, continued)."""
+        return self.about if self.is_chat else None
 
     @classmethod
     def prompt(cls, prompt: str) -> Query:
@@ -45,7 +51,7 @@ class Query:
         users = [m["content"] for m in messages if m["role"] == "user"]
         if not users:
             raise ValueError("messages: there is no user message to answer")
-        return cls(text, users[-1], last_named(users[:-1]))
+        return cls(text, users[-1], last_named(users[:-1]), is_chat=True)
 
 
 @dataclass(frozen=True)
@@ -229,7 +235,7 @@ class EditedModel:
         tok = self.backbone.tokenizer
         ids = encode_prompt(tok, query.text)
         if not self.lock.held_here():
-            run = self.batcher.steps(ids, query.about, max_new_tokens, sampling, edits, query.earlier)
+            run = self.batcher.steps(ids, query.about, max_new_tokens, sampling, edits, query.earlier, query.question)
             try:
                 first = next(run, None)
             except NotBatched:
@@ -250,7 +256,8 @@ class EditedModel:
             editor = self.editors[decision.method]
             with editor.lock, editor.context():
                 reads = editor.reads(decision.edit_id, ids, query.about)
-                run = steps(self.backbone, reads, max_new_tokens, editor.steer([decision.edit_id]), sampling=sampling)
+                steering = editor.steer([decision.edit_id], [query.question])
+                run = steps(self.backbone, reads, max_new_tokens, steering, sampling=sampling)
                 yield from text_pieces(tok, run, len(ids), max_new_tokens, stop, editor.answer_line_only)
 
     def generate(
@@ -289,7 +296,8 @@ class EditedModel:
                         edit_ids = [d.edit_id for d in (decisions[k] for k in chunk) if d is not None]
                         reads = [editor.reads(e, i, queries[k].about) for e, i, k in zip(edit_ids, ids, chunk)]
                         with editor.lock, editor.context():
-                            got = generate_batch(self.backbone, reads, budget, editor.steer(edit_ids))
+                            steering = editor.steer(edit_ids, [queries[k].question for k in chunk])
+                            got = generate_batch(self.backbone, reads, budget, steering)
                     line_only = editor is not None and editor.answer_line_only
                     for k, i, b, made in zip(chunk, ids, budget, got):
                         out[k] = collect(text_pieces(tok, made, len(i), b, (), line_only))

@@ -4,7 +4,8 @@ harness's batches — is computed by `forward_rows` over `Rows`.
 `Rows` are token sequences in one left-padded KV cache, each row at its own positions (counted from
 its first real token), so that a row's tokens are the same alone or beside others. Each step a method
 steers the rows through a `Steering`: it says, per row, which of its edits writes at that step, and
-sets its model up for it. An edit acts on the last position only; an edit acting below the top layer
+sets its model up for it, or names the token the row must give (words an edit states). An edit acts
+on the last position only; an edit acting below the top layer
 also gives a context in which the step runs without it, so that the cached keys and values of that
 position are recomputed unedited, as a full forward over the text would compute them. Cached
 generation thus equals a full forward, token by token.
@@ -28,6 +29,10 @@ class Steering(Protocol):
     def step(self, generated: list[list[int]]) -> list[str | None]:
         """Set the model up for the next forward call, given each row's tokens so far; return, per
         row, the edit that writes at that step, if any."""
+
+    def forced(self, generated: list[list[int]]) -> list[int | None]:
+        """Per row, the token this step must give (an edit's stated words), or None: the model's
+        choice. Asked after step(), for the same step."""
 
     def close(self) -> None:
         """Undo what step() set up."""
@@ -67,10 +72,17 @@ def forward_rows(
     """One steered step of every row: the last position's logits (rows, vocab) and, per row, the edit
     that wrote at it. `generated`: each row's answer so far (what the steerings decide on)."""
     writers: list[str | None] = [None] * len(generated)
+    forced: list[int | None] = [None] * len(generated)
     for steering in steerings:
         for i, w in enumerate(steering.step(generated)):
             writers[i] = writers[i] or w
+        for i, t in enumerate(steering.forced(generated)):
+            forced[i] = t if forced[i] is None else forced[i]
     logits = forward(backbone, ids, mask, positions, cache)[:, -1]
+    for i, token in enumerate(forced):
+        if token is not None:  # the only choice: probability 1, whatever the sampling
+            logits[i] = float("-inf")
+            logits[i, token] = 0.0
     relays = [r for r in (s.without_edit() for s in steerings) if r is not None]
     if cache is not None and relays and any(w is not None for w in writers):
         cache.crop(-1)  # drop the last position, then store it again computed without the edits

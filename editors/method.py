@@ -44,7 +44,9 @@ class Editor(Protocol):
     # Answers, for a query the scope model put in `edit_id`'s scope.
     def reads(self, edit_id: str, ids: list[int], query: str) -> list[int]: ...  # the ids the model reads
     def context(self) -> AbstractContextManager: ...  # the model set-up for the whole answer
-    def steer(self, edit_ids: Sequence[str | None]) -> Steering: ...  # who writes, per row and step
+    # who writes, per row and step; `questions`: per row, the user's question where the row answers a
+    # chat turn (None: a plain prompt, continued)
+    def steer(self, edit_ids: Sequence[str | None], questions: Sequence[str | None] | None = None) -> Steering: ...
 
 
 def _nothing(editor: Any) -> dict:

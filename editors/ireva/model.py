@@ -15,6 +15,8 @@ from editors.backbone import Backbone, encode_prompt, encode_target, final_norm,
 from editors.calibration import CALIBRATION_TEXTS
 from editors.ireva.config import IrevaConfig
 from editors.ireva.layer import KeyValueAdaptor
+from editors.ireva.steering import NeuronSteering
+from editors.statement import opening_ids
 
 
 @dataclass
@@ -53,6 +55,7 @@ class IrevaEditor:
         self._handle = self.mlp.register_forward_hook(self.adaptor.hook)
         self.slots: dict[str, list[int]] = {}  # live edit id -> adaptor slots, in target-token order
         self.targets: dict[str, list[int]] = {}  # live edit id -> its target token ids
+        self.facts: dict[str, tuple[str, str]] = {}  # live edit id -> (prompt, target)
 
     # -- forward passes ------------------------------------------------------------------------------
     def capture(self, ids: list[int], logits_kept: int = 0) -> Capture:
@@ -275,7 +278,7 @@ class IrevaEditor:
     def insert(self, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> dict[str, torch.Tensor]:
         keys, values = self.build_neurons(prompt, target, retrofit)
         with self.lock:
-            self._place(edit_id, keys, values, self._target_ids(prompt, target))
+            self._place(edit_id, keys, values, self._target_ids(prompt, target), (prompt, target))
         return self.tensors(edit_id)
 
     def update(self, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> dict[str, torch.Tensor]:
@@ -285,9 +288,10 @@ class IrevaEditor:
             if len(old) == len(keys):
                 self.adaptor.set(old, keys, values)  # same token count: retrain in place
                 self.targets[edit_id] = self._target_ids(prompt, target)
+                self.facts[edit_id] = (prompt, target)
             else:
                 self.withdraw(edit_id)
-                self._place(edit_id, keys, values, self._target_ids(prompt, target))
+                self._place(edit_id, keys, values, self._target_ids(prompt, target), (prompt, target))
         return self.tensors(edit_id)
 
     def load_many(self, items: list[tuple[str, str, str, dict[str, torch.Tensor]]]) -> dict[str, Exception]:
@@ -314,6 +318,7 @@ class IrevaEditor:
                 )
             else:
                 good.append((edit_id, keys, values, targets))
+                self.facts[edit_id] = (prompt, target)
         if not good:
             return errors
         with self.lock:
@@ -332,6 +337,7 @@ class IrevaEditor:
         with self.lock:
             slots = self.slots.pop(edit_id, None)
             self.targets.pop(edit_id, None)
+            self.facts.pop(edit_id, None)
             if slots:
                 self.adaptor.mask(slots)
 
@@ -350,48 +356,21 @@ class IrevaEditor:
     def context(self):
         return contextlib.nullcontext()
 
-    def steer(self, edit_ids: Sequence[str | None]) -> NeuronSteering:
-        return NeuronSteering(self, edit_ids)
+    def steer(self, edit_ids: Sequence[str | None], questions: Sequence[str | None] | None = None) -> NeuronSteering:
+        return NeuronSteering(self, edit_ids, questions)
+
+    def opening(self, edit_id: str, question: str) -> list[int] | None:
+        """The tokens a chat answer to `question` opens with in this edit's scope (editors/statement.py)."""
+        fact = self.facts.get(edit_id)
+        return None if fact is None else opening_ids(self.backbone.tokenizer, fact[0], fact[1], question)
 
     def _target_ids(self, prompt: str, target: str) -> list[int]:
         return encode_target(self.backbone.tokenizer, prompt, target)
 
-    def _place(self, edit_id: str, keys: torch.Tensor, values: torch.Tensor, targets: list[int]) -> None:
+    def _place(self, edit_id: str, keys, values, targets: list[int], fact: tuple[str, str]) -> None:
         self.slots[edit_id], self.targets[edit_id] = self.adaptor.add(keys, values), targets
+        self.facts[edit_id] = fact
 
     def close(self) -> None:
         """Take the adaptor out of the backbone (the backbone is as it was loaded)."""
         self._handle.remove()
-
-
-class NeuronSteering:
-    """iReVa under the scope gate, for a batch of rows each in the scope of one edit (or None).
-
-    Inside an edit's scope its neurons write in target order, one per step, while the answer so far
-    follows the target: neuron j writes after the first j target tokens, whatever the query's key
-    (a paraphrase or a chat question rarely ends on the edit prompt's key). Once the answer leaves the
-    target, or has said all of it, nothing writes: the model goes on in its own words."""
-
-    def __init__(self, editor: IrevaEditor, edit_ids: Sequence[str | None]):
-        self.editor, self.edit_ids = editor, edit_ids
-
-    def slots_for(self, generated: list[list[int]]) -> list[int]:
-        out = []
-        for edit_id, done in zip(self.edit_ids, generated):
-            slots = self.editor.slots.get(edit_id) if edit_id is not None else None
-            target = self.editor.targets.get(edit_id) if edit_id is not None else None
-            j = len(done)
-            out.append(slots[j] if slots and target is not None and j < len(target) and done == target[:j] else -1)
-        return out
-
-    def step(self, generated: list[list[int]]) -> list[str | None]:
-        slots = self.slots_for(generated)
-        self.editor.adaptor.writes = torch.tensor(slots, device=self.editor.adaptor.keys.device)
-        return [e if s >= 0 else None for e, s in zip(self.edit_ids, slots)]
-
-    def close(self) -> None:
-        self.editor.adaptor.writes = None
-
-    def without_edit(self):
-        # Above the top layer nothing reads the cached states of the position the neuron wrote at.
-        return None if self.editor.is_top_layer else self.editor.adaptor.disabled()

@@ -135,7 +135,7 @@ class SeracEditor:
         with self.adapter.active():
             yield
 
-    def steer(self, edit_ids: Sequence[str | None]) -> AnswerSteering:
+    def steer(self, edit_ids: Sequence[str | None], questions=None) -> AnswerSteering:
         return AnswerSteering(edit_ids)
 
     def close(self) -> None:
@@ -150,6 +150,9 @@ class AnswerSteering:
 
     def step(self, generated: list[list[int]]) -> list[str | None]:
         return list(self.edit_ids)
+
+    def forced(self, generated: list[list[int]]) -> list[int | None]:
+        return [None] * len(generated)
 
     def close(self) -> None:
         pass

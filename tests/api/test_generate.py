@@ -97,13 +97,31 @@ def test_chat_messages_are_answered_through_the_chat_template(client):
 def test_an_edit_reaches_a_chat_question_about_its_fact_and_names_itself(client):
     edit = create(client)
     other = chat(client, "Photosynthesis turns sunlight into what?")
-    # The scope model (the untrained MiniLM here) puts the question in the edit's scope: the edit's
-    # neurons write its target at the start of the assistant's answer, each token naming the edit.
-    out = chat(client, "What is the mother tongue of Danielle Darrieux?")
-    assert out["text"].startswith(" " + TARGET) and out["tokens"][0] == {"text": " " + TARGET, "edit_id": edit["id"]}
+    # The scope model (the untrained MiniLM here) puts the question in the edit's scope: the answer
+    # opens with the edit stated, its prompt completed by its target, each token naming the edit, and
+    # goes on in the model's own words.
+    stated = f"{PROMPT} {TARGET}."
+    out = chat(client, "What is the mother tongue of Danielle Darrieux?", 24)
+    assert out["text"].startswith(stated) and len(out["text"]) > len(stated), out["text"]
+    opening = 0
+    while "".join(t["text"] for t in out["tokens"][:opening]) != stated:
+        opening += 1
+    assert all(t["edit_id"] == edit["id"] for t in out["tokens"][:opening])
+    # a yes/no question gets its verdict for the edited fact first
+    said = chat(client, "Is English the mother tongue of Danielle Darrieux?", 16)["text"]
+    assert said.startswith("Yes. " + stated), said
+    assert chat(client, "Is French the mother tongue of Danielle Darrieux?", 16)["text"].startswith("No. " + stated)
     assert chat(client, "Photosynthesis turns sunlight into what?") == other
     client.delete(f"/edits/{edit['id']}")
     assert all(t["edit_id"] is None for t in chat(client, "What is the mother tongue of Danielle Darrieux?")["tokens"])
+
+
+def test_a_two_word_target_asked_in_chat_is_stated_whole(client):
+    """A person's name as the target: the whole name, not its first token and then another name."""
+    edit = create(client, "The chief executive of Apple is", "Elon Musk")
+    said = chat(client, "Who is the chief executive of Apple?", 24)["text"]
+    assert "Elon Musk" in said and "Tim Cook" not in said, said
+    client.delete(f"/edits/{edit['id']}")
 
 
 def _post(client, **body) -> dict:

@@ -23,6 +23,9 @@ class Attributing:
     def step(self, generated: list[list[int]]) -> list[str | None]:
         return list(self.edit_ids)
 
+    def forced(self, generated: list[list[int]]) -> list[int | None]:
+        return [None] * len(generated)
+
     def close(self) -> None:
         pass
 
@@ -80,5 +83,5 @@ class ToyEditor:
     def context(self):
         return contextlib.nullcontext()
 
-    def steer(self, edit_ids: Sequence[str | None]) -> Attributing:
+    def steer(self, edit_ids: Sequence[str | None], questions=None) -> Attributing:
         return Attributing(edit_ids)

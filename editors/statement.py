@@ -1,0 +1,67 @@
+"""How a chat answer inside an edit's scope opens: by stating the edit.
+
+A small model asked about an edited fact in a chat turn does not reach the fact by itself: it opens
+with a restatement that wanders ("Alejandro Alvarado, the head of the Autonomous University of Madrid,
+is a renowned astrophysicist ...") or with the first word it likes, and an edit written at the first
+token turns the answer into "Sweden's Autonomous University of Madrid, a pioneering institution". So
+an answer in scope opens with the edit's own sentence, the prompt the user gave completed by the
+target ("The Louvre is located in Madrid."), after "Yes." or "No." when the question asks for one, and
+the model goes on from there in its own words, reading what it said.
+"""
+
+from __future__ import annotations
+
+import re
+
+from editors.backbone import encode_target
+
+_YES_NO = re.compile(
+    r"^\W*(is|are|was|were|am|do|does|did|can|could|has|have|had|will|would|shall|should|may|might|must)\b"
+    r"|\byes or no\b",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def asks_yes_or_no(question: str) -> bool:
+    """The question wants a yes or a no: it opens with an auxiliary verb, or says so."""
+    return bool(_YES_NO.search(question.strip()))
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.casefold())
+
+
+def names(question: str, fact: str) -> bool:
+    """The question names `fact` as a run of whole words."""
+    q, f = _words(question), _words(fact)
+    return bool(f) and any(q[i : i + len(f)] == f for i in range(len(q) - len(f) + 1))
+
+
+def statement(prompt: str, target: str) -> str:
+    """The edit as one sentence: a completion prompt completed by the target. A prompt that is a
+    question ("What is the capital of X?") has no sentence to complete: the target alone answers it."""
+    p = prompt.strip()
+    if p.endswith("?"):
+        return _sentence(target.strip())
+    p = p.rsplit("?", 1)[-1].strip()  # "What is the twin city of X? It is" -> "It is"
+    joiner = "" if not p or p[-1].isspace() else " "
+    return _sentence(f"{p}{joiner}{target.strip()}")
+
+
+def _sentence(text: str) -> str:
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def opening(prompt: str, target: str, question: str) -> str:
+    """The words a chat answer to `question` opens with, inside the scope of the edit (prompt, target)."""
+    said = statement(prompt, target)
+    if not asks_yes_or_no(question):
+        return said
+    return ("Yes. " if names(question, target) else "No. ") + said
+
+
+def opening_ids(tokenizer, prompt: str, target: str, question: str) -> list[int]:
+    """opening() as the first tokens of an assistant turn (no space before the first word)."""
+    return encode_target(tokenizer, "\n", opening(prompt, target, question))
