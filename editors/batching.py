@@ -138,6 +138,7 @@ class Batcher:
         self.stopping = False
         self.peak_rows = 0  # the most rows one step has decoded (the metrics and the tests read it)
         self.submitted = 0  # rows ever asked for (the tests wait on it)
+        self._steered: tuple[list[Row], list] = ([], [])  # the rows last steered, and their steerings
 
     # -- the caller's side -------------------------------------------------------------------------
     def steps(
@@ -204,6 +205,7 @@ class Batcher:
         requests that arrived but were not admitted."""
         rows: list[Row] = []
         batch = Rows(self.backbone)
+        self._steered = ([], [])  # steerings made under another hold of the lock may be stale
         waited = 0  # decode steps the oldest waiting request has waited through
         while True:
             backlog += self._drain()
@@ -275,15 +277,25 @@ class Batcher:
         with contextlib.ExitStack() as held:
             for editor in editors:
                 held.enter_context(editor.lock)
-            steerings = [
-                e.steer([r.edit_id if r.editor is e else None for r in rows], [r.question for r in rows])
-                for e in editors
-            ]
+            steerings = self._steerings(rows, editors)
             try:
                 return run(steerings)
             finally:
                 for steering in steerings:
                     steering.close()
+
+    def _steerings(self, rows: list[Row], editors) -> list:
+        """The steerings over these rows, made again only when the rows change: the edit set cannot
+        change under running rows (the engine holds the model's lock), and a steering is undone after
+        each step and set up again by the next."""
+        last_rows, last = self._steered
+        if len(last_rows) == len(rows) and all(a is b for a, b in zip(last_rows, rows)):
+            return last
+        steerings = [
+            e.steer([r.edit_id if r.editor is e else None for r in rows], [r.question for r in rows]) for e in editors
+        ]
+        self._steered = (list(rows), steerings)
+        return steerings
 
     def _join(self, joining: list[Row], batch: Rows) -> list[Row]:
         """The joining rows' prompts in one left-padded prefill; each row's first token goes out. The
@@ -297,8 +309,9 @@ class Batcher:
             for row in joining:
                 row.out.put(exc)
             return []
+        top = logits.argmax(-1).tolist()
         for i, row in enumerate(joining):
-            self._emit(row, logits[i], writers[i])
+            self._emit(row, logits[i], writers[i], top[i])
         keep = [i for i, r in enumerate(joining) if not self._finished(r)]
         joined.keep(keep)
         batch.merge(joined)
@@ -307,13 +320,14 @@ class Batcher:
     def _decode(self, rows: list[Row], batch: Rows) -> None:
         tokens, generated = [r.generated[-1] for r in rows], [r.generated for r in rows]
         logits, writers = self._step(rows, lambda steerings: batch.decode(tokens, steerings, generated))
+        top = logits.argmax(-1).tolist()
         for i, row in enumerate(rows):
-            self._emit(row, logits[i], writers[i])
+            self._emit(row, logits[i], writers[i], top[i])
 
-    def _emit(self, row: Row, logits: torch.Tensor, writer: str | None) -> None:
+    def _emit(self, row: Row, logits: torch.Tensor, writer: str | None, greedy: int) -> None:
         if row.cancelled:
             return
-        step = row.chooser(logits, writer)
+        step = row.chooser(logits, writer, greedy)
         if step.token_id == self.backbone.tokenizer.eos_token_id:
             row.budget = len(row.generated)  # ended
             return

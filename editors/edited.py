@@ -293,14 +293,14 @@ class EditedModel:
                     if editor is None:
                         got = generate_batch(self.backbone, ids, budget)
                     else:
-                        edit_ids = [d.edit_id for d in (decisions[k] for k in chunk) if d is not None]
+                        edit_ids = [cast(Decision, decisions[k]).edit_id for k in chunk]  # the group has a method
                         reads = [editor.reads(e, i, queries[k].about) for e, i, k in zip(edit_ids, ids, chunk)]
                         with editor.lock, editor.context():
                             steering = editor.steer(edit_ids, [queries[k].question for k in chunk])
                             got = generate_batch(self.backbone, reads, budget, steering)
                     line_only = editor is not None and editor.answer_line_only
                     for k, i, b, made in zip(chunk, ids, budget, got):
-                        out[k] = collect(text_pieces(tok, made, len(i), b, (), line_only))
+                        out[k] = collect(text_pieces(tok, (s for s in made), len(i), b, (), line_only))
         return cast(list[Generation], out)  # every query's answer is in
 
     @torch.no_grad()

@@ -30,9 +30,9 @@ class Steering(Protocol):
         """Set the model up for the next forward call, given each row's tokens so far; return, per
         row, the edit that writes at that step, if any."""
 
-    def forced(self, generated: list[list[int]]) -> list[int | None]:
-        """Per row, the token this step must give (an edit's stated words), or None: the model's
-        choice. Asked after step(), for the same step."""
+    def forced(self, generated: list[list[int]]) -> list[tuple[int, str] | None]:
+        """Per row, the token this step must give and the edit that states it (its words are given,
+        not computed: the model's states are not touched), or None: the model's choice."""
 
     def close(self) -> None:
         """Undo what step() set up."""
@@ -70,19 +70,15 @@ def forward_rows(
     backbone: Backbone, ids, mask, positions, cache, steerings: Sequence[Steering], generated: list[list[int]]
 ) -> tuple[torch.Tensor, list[str | None]]:
     """One steered step of every row: the last position's logits (rows, vocab) and, per row, the edit
-    that wrote at it. `generated`: each row's answer so far (what the steerings decide on)."""
+    that wrote or gave its token. `generated`: each row's answer so far (what the steerings decide on)."""
     writers: list[str | None] = [None] * len(generated)
-    forced: list[int | None] = [None] * len(generated)
+    forced: list[tuple[int, str] | None] = [None] * len(generated)
     for steering in steerings:
         for i, w in enumerate(steering.step(generated)):
             writers[i] = writers[i] or w
-        for i, t in enumerate(steering.forced(generated)):
-            forced[i] = t if forced[i] is None else forced[i]
+        for i, f in enumerate(steering.forced(generated)):
+            forced[i] = forced[i] or f
     logits = forward(backbone, ids, mask, positions, cache)[:, -1]
-    for i, token in enumerate(forced):
-        if token is not None:  # the only choice: probability 1, whatever the sampling
-            logits[i] = float("-inf")
-            logits[i, token] = 0.0
     relays = [r for r in (s.without_edit() for s in steerings) if r is not None]
     if cache is not None and relays and any(w is not None for w in writers):
         cache.crop(-1)  # drop the last position, then store it again computed without the edits
@@ -90,6 +86,11 @@ def forward_rows(
             for relay in relays:
                 unedited.enter_context(relay)
             forward(backbone, ids[:, -1:], mask, positions[:, -1:], cache)
+    for i, given in enumerate(forced):
+        if given is not None:  # the only choice: probability 1, whatever the sampling
+            logits[i] = float("-inf")
+            logits[i, given[0]] = 0.0
+            writers[i] = writers[i] or given[1]
     return logits, writers
 
 
@@ -116,7 +117,7 @@ class Rows:
         return 0 if self.mask is None else self.mask.shape[0]
 
     @torch.no_grad()
-    def prefill(self, prompts: list[list[int]], steerings: Sequence[Steering] = (), generated=None):
+    def prefill(self, prompts: list[list[int]], steerings: Sequence[Steering] = ()):
         """Start these rows: their prompts in one left-padded pass. Returns the last position's logits
         and the writers, as forward_rows. The rows must be the only ones (merge() adds to a batch)."""
         from transformers import DynamicCache
@@ -124,7 +125,7 @@ class Rows:
         assert self.mask is None, "prefill starts rows; merge() joins them to others"
         ids, mask, positions = left_padded(self.backbone, prompts)
         self.cache = DynamicCache(config=self.backbone.model.config)
-        generated = [[] for _ in prompts] if generated is None else generated
+        generated: list[list[int]] = [[] for _ in prompts]
         logits, writers = forward_rows(self.backbone, ids, mask, positions, self.cache, steerings, generated)
         self.mask, self.next = mask, positions[:, -1:] + 1
         return logits, writers

@@ -50,10 +50,14 @@ class Chooser:
             self.rng = torch.Generator()
             self.rng.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
 
-    def __call__(self, logits: torch.Tensor, edit_id: str | None) -> Step:
+    def __call__(self, logits: torch.Tensor, edit_id: str | None, greedy: int) -> Step:
+        """`greedy`: the row's most likely token, taken for the whole batch at once (one copy from the
+        device a step); a greedy choice without log-probabilities reads nothing else."""
         s = self.sampling
+        if self.rng is None and s.logprobs is None:
+            return Step(greedy, edit_id)
         logits = logits.float().cpu()
-        token = int(logits.argmax())
+        token = greedy
         if self.rng is not None:
             # In float64, and greedy where the temperature is so small that the softmax overflows: the
             # limit of sampling as the temperature goes to 0.
@@ -94,16 +98,15 @@ def decode(
     try:
         while not all(done):
             if latest is None:
-                logits, writers = rows.prefill(prompts, steerings, out)
+                logits, writers = rows.prefill(prompts, steerings)
             else:
                 logits, writers = rows.decode(latest, steerings, out)
             made: list[Step | None] = [None] * len(prompts)
-            latest = [0] * len(prompts)
+            latest = logits.argmax(-1).tolist()  # a row that has ended is fed on, so the others' arithmetic stays
             for i in range(len(prompts)):
                 if done[i]:
-                    latest[i] = int(logits[i].argmax())  # fed on, so the others' arithmetic stays
                     continue
-                step = choosers[i](logits[i], writers[i])
+                step = choosers[i](logits[i], writers[i], latest[i])
                 latest[i] = step.token_id
                 if step.token_id == eos:
                     done[i] = True

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import re
 
-from editors.backbone import encode_target
-
 _YES_NO = re.compile(
     r"^\W*(is|are|was|were|am|do|does|did|can|could|has|have|had|will|would|shall|should|may|might|must)\b"
     r"|\byes or no\b",
@@ -28,14 +26,22 @@ def asks_yes_or_no(question: str) -> bool:
     return bool(_YES_NO.search(question.strip()))
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+    """Case-folded whole words: what "names" compares (evaluation/judge.py judges answers with it too)."""
     return _WORD.findall(text.casefold())
 
 
+def starts(haystack: list[str], needle: list[str]) -> list[int]:
+    """Where `needle` begins in `haystack`, as a run of whole words."""
+    if not needle:
+        return []
+    n = len(needle)
+    return [i for i in range(len(haystack) - n + 1) if haystack[i : i + n] == needle]
+
+
 def names(question: str, fact: str) -> bool:
-    """The question names `fact` as a run of whole words."""
-    q, f = _words(question), _words(fact)
-    return bool(f) and any(q[i : i + len(f)] == f for i in range(len(q) - len(f) + 1))
+    """The question names `fact` as a run of whole words ("Madrid" is not named by "Madridville")."""
+    return bool(starts(words(question), words(fact)))
 
 
 def statement(prompt: str, target: str) -> str:
@@ -45,8 +51,7 @@ def statement(prompt: str, target: str) -> str:
     if p.endswith("?"):
         return _sentence(target.strip())
     p = p.rsplit("?", 1)[-1].strip()  # "What is the twin city of X? It is" -> "It is"
-    joiner = "" if not p or p[-1].isspace() else " "
-    return _sentence(f"{p}{joiner}{target.strip()}")
+    return _sentence(" ".join(part for part in (p, target.strip()) if part))
 
 
 def _sentence(text: str) -> str:
@@ -64,4 +69,4 @@ def opening(prompt: str, target: str, question: str) -> str:
 
 def opening_ids(tokenizer, prompt: str, target: str, question: str) -> list[int]:
     """opening() as the first tokens of an assistant turn (no space before the first word)."""
-    return encode_target(tokenizer, "\n", opening(prompt, target, question))
+    return tokenizer(opening(prompt, target, question), add_special_tokens=False)["input_ids"]

@@ -6,7 +6,7 @@ shows text that a stop string later takes back; the pieces of an answer concaten
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from editors.generation import Step
@@ -45,7 +45,7 @@ Answer = Generator["Piece | End", None, None]
 
 def text_pieces(
     tokenizer,
-    steps: Iterable[Step],
+    steps: Generator[Step, None, None],
     prompt_tokens: int,
     max_new_tokens: int,
     stop: tuple[str, ...] = (),
@@ -77,8 +77,7 @@ def text_pieces(
         yield from held
         yield End("length" if len(ids) >= max_new_tokens else "stop", prompt_tokens, len(ids))
     finally:
-        if isinstance(steps, Generator):  # let it undo its steering
-            steps.close()
+        steps.close()  # let it undo its steering
 
 
 def _cut(text: str, stop: tuple[str, ...], line_only: bool, start: int) -> int | None:

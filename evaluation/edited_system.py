@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from app.services.startup import build_model
 from editors.backbone import Backbone
-from editors.edited import Query, Restore
+from editors.edited import Query
 from editors.registry import METHODS
 from evaluation.datasets import Record
 from evaluation.systems import CaseSet, PerRecord, System, set_config
@@ -129,7 +129,7 @@ class EditedSystem(System):
             return None
         edit_id = self.ids[k]
         prompt, target = self.prompts[edit_id]
-        before = Restore(edit_id, self.name, prompt, target, self.editor.tensors(edit_id), self.subjects[edit_id])
+        before = self.model.snapshot(edit_id, self.name, prompt, target, self.subjects[edit_id])
         self.model.withdraw(edit_id, self.name)
         try:
             return self.predict(cs.subset([k]), None)

@@ -9,21 +9,7 @@ Sydney Opera House may be named in an answer that moves it to Melbourne) or of t
 
 from __future__ import annotations
 
-import re
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.casefold())
-
-
-def _starts(haystack: list[str], needle: list[str]) -> list[int]:
-    """Where `needle` begins in `haystack`, as a run of whole words."""
-    if not needle:
-        return []
-    n = len(needle)
-    return [i for i in range(len(haystack) - n + 1) if haystack[i : i + n] == needle]
+from editors.statement import starts, words
 
 
 def _covered(answer: list[str], phrases: list[str]) -> set[int]:
@@ -31,7 +17,7 @@ def _covered(answer: list[str], phrases: list[str]) -> set[int]:
     out: set[int] = set()
     for phrase in phrases:
         p = words(phrase)
-        for i in _starts(answer, p):
+        for i in starts(answer, p):
             out.update(range(i, i + len(p)))
     return out
 
@@ -40,7 +26,7 @@ def states(answer: str, fact: str, besides: tuple[str, ...] = ()) -> bool:
     """The answer names `fact` (whole) somewhere other than inside one of `besides`."""
     a, f = words(answer), words(fact)
     taken = _covered(a, list(besides))
-    return any(not set(range(i, i + len(f))) <= taken for i in _starts(a, f))
+    return any(not set(range(i, i + len(f))) <= taken for i in starts(a, f))
 
 
 def spliced(answer: str, target: str, old: str) -> bool:
@@ -50,7 +36,7 @@ def spliced(answer: str, target: str, old: str) -> bool:
     if len(t) < 2 or not o:
         return False
     for k in range(1, len(t)):  # a proper start of the new name...
-        for i in _starts(a, t[:k]):
+        for i in starts(a, t[:k]):
             if a[i + k : i + k + len(o)] == o:  # ...followed at once by the old name
                 return True
     return False

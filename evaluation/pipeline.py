@@ -310,7 +310,8 @@ def measure(args, backbone: Backbone, cases: Cases) -> Measured:
             fired_by[name] = system.last_fired_owner
         gen_texts, gen_ok = _generations(system, records, tok)
         chat_texts, chat_ok = _chats(system, records, tok)
-        wild = measure_wild(system, System(backbone, args.batch_size), records, tok)
+        unedited = system if args.method == "none" else System(backbone, args.batch_size)
+        wild = measure_wild(system, unedited, records, tok)
         rs = con = None
         withdrawal: dict = {}
         if system.withdrawable:

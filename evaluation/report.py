@@ -64,6 +64,7 @@ def write(out: Path, r: Results) -> None:
 def write_records(out: Path, r: Results) -> None:
     per_edit = r.withdrawal.get("per_edit", {})
     edited, base = r.edited, r.base
+    judged = {k: j for j, k in enumerate(r.wild.judged)} if r.wild is not None else {}
     with (out / "records.jsonl").open("w") as f:
         for k, rec in enumerate(r.records):
             row = {
@@ -86,14 +87,13 @@ def write_records(out: Path, r: Results) -> None:
                 row["unedited_pred"] = r.decode([p for p, _ in base["es"][k]])
             if k in r.rejected:
                 row["rejected"] = r.rejected[k]
-            row.update(_wild_row(r.wild, k))
+            if r.wild is not None and k in judged:
+                row.update(_wild_row(r.wild, judged[k]))
             f.write(json.dumps(row) + "\n")
 
 
-def _wild_row(wild: Wild | None, k: int) -> dict:
-    if wild is None or k not in wild.judged:
-        return {}
-    j = wild.judged.index(k)
+def _wild_row(wild: Wild, j: int) -> dict:
+    """The answers in the wild to the j-th judged record."""
     return {
         "chat": wild.chat[j],
         "chat_coherent": wild.chat_ok[j],

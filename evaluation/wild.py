@@ -2,7 +2,7 @@
 greedy, long enough to go on past the fact, each read whole (evaluation/judge.py), beside the unedited
 model's answers to the same questions.
 
-Per measured record with a true (old) answer and a subject:
+Per measured record with a true (old) answer other than its target, and a subject:
 - chat: the edit's prompt as a chat turn, 40 tokens; coherent = states the target whole, not the old
   fact (the subject's own name and the target aside), no splice of the new name into the old.
 - open: "Tell me about <subject>.", 48 tokens; mentions = names the target; coherent as above.
@@ -101,9 +101,10 @@ def _mean_entropy(texts: list[str]) -> float:
 
 
 def measure(system: System, unedited: System, records: list[Record], tok) -> Wild | None:
-    """Ask `system` (edits active) and `unedited` every question; None where the model has no chat
-    template or no record has a true answer to judge against."""
-    judged = [k for k, r in enumerate(records) if r.truth and r.subject]
+    """Ask `system` (edits active) and `unedited` every question (once, when they are one system);
+    None where the model has no chat template or no record has a true answer to judge against."""
+    # A record whose target is its true answer edits nothing: neither fact can be told from the other.
+    judged = [k for k, r in enumerate(records) if r.truth and r.subject and words(r.truth) != words(r.target)]
     if getattr(tok, "chat_template", None) is None or not judged:
         return None
     rs = [records[k] for k in judged]
@@ -116,8 +117,10 @@ def measure(system: System, unedited: System, records: list[Record], tok) -> Wil
     budgets = [CHAT_TOKENS] * len(rs) + [OPEN_TOKENS] * len(rs) + [YES_NO_TOKENS] * (2 * len(rs))
     owners = judged * 4
     n = len(rs)
-    chat, opened, yes, no = _quarters(system.chat(questions, budgets, owners), n)
-    plain_chat, plain_open, plain_yes, plain_no = _quarters(unedited.chat(questions, budgets, owners), n)
+    answers = system.chat(questions, budgets, owners)
+    plain = answers if unedited is system else unedited.chat(questions, budgets, owners)
+    chat, opened, yes, no = _quarters(answers, n)
+    plain_chat, plain_open, plain_yes, plain_no = _quarters(plain, n)
     return Wild(
         judged=judged,
         chat=chat,

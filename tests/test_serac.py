@@ -129,7 +129,7 @@ def test_a_line_only_answer_keeps_its_first_line():
             return "".join(self.texts[i] for i in ids)
 
     def answer(texts):
-        run = iter([Step(i, "e") for i in range(len(texts))])
+        run = (Step(i, "e") for i in range(len(texts)))
         return collect(text_pieces(Pieces(texts), run, 0, 16, line_only=True))
 
     got = answer([" Lyon", "\n", "Question"])

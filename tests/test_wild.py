@@ -66,8 +66,9 @@ def test_a_system_that_knows_the_edit_scores_and_the_unedited_baseline_is_beside
 
     edited, plain = _Recording(backbone, knows), _Recording(backbone, unedited)
     no_truth = Record("p", "t", "pp", "q", "a", "s", None)
-    wild = measure(edited, plain, [no_truth, LOUVRE], backbone.tokenizer)
-    assert wild is not None and wild.judged == [1]  # a record without a true answer is not judged
+    no_change = Record("Prague is a twin city of", "Prague", "pp", "q", "a", "Prague", "prague")
+    wild = measure(edited, plain, [no_truth, LOUVRE, no_change], backbone.tokenizer)
+    assert wild is not None and wild.judged == [1]  # without a true answer, or with the target as it: not judged
     m = wild.metrics()
     assert m["chat_coherent"] == m["open_coherent"] == m["yes_no"] == m["yes_no_unedited"] == 1.0
     assert m["fluency"] == pytest.approx(1.0, abs=0.2)
@@ -83,23 +84,20 @@ def test_a_system_that_knows_the_edit_scores_and_the_unedited_baseline_is_beside
     assert said_both is not None and said_both.metrics()["chat_coherent"] == 0.0
 
 
-def test_ike_states_the_records_edit_before_the_query(backbone):
+def test_ike_states_the_records_edit_before_the_query(backbone, monkeypatch):
     ike = IkeSystem(backbone)
     ike.insert_all([LOUVRE])
     seen = []
-    ike_generate = System.generate
+    plain_generate = System.generate
 
     def spy(self, queries, budgets, base=None, progress=None, owners=None):
         seen.extend(queries)
-        return ike_generate(self, queries, budgets, base, progress)
+        return plain_generate(self, queries, budgets, base, progress)
 
-    System.generate = spy  # type: ignore[method-assign]
-    try:
-        ike.chat(["Where is it?"], [2], [0])
-        ike.generate(["The Louvre is in"], [2], owners=[0])
-        ike.chat(["Who wrote Hamlet?"], [2])  # about no record: asked plainly
-    finally:
-        System.generate = ike_generate  # type: ignore[method-assign]
+    monkeypatch.setattr(System, "generate", spy)
+    ike.chat(["Where is it?"], [2], [0])
+    ike.generate(["The Louvre is in"], [2], owners=[0])
+    ike.chat(["Who wrote Hamlet?"], [2])  # about no record: asked plainly
     assert "The Louvre is located in Madrid." in seen[0] and "Where is it?" in seen[0]
     assert seen[1] == "Fact: The Louvre is located in Madrid.\nThe Louvre is in"
     assert "Madrid" not in seen[2]

@@ -22,7 +22,6 @@ from app.services.errors import (
     Conflict,
     Invalid,
     NotFound,
-    ServiceError,
     Unavailable,
     check_retrofit,
     check_text,
@@ -42,8 +41,6 @@ from storage.repository import Repository
 Records = list[EditRecord]  # (inside the class `list` is the method)
 Messages = list[dict]
 Versions = list[EditVersion]
-
-__all__ = ["EditingService", "ServiceError", "check_retrofit", "check_text", "invalid_input"]
 
 
 class EditingService:

@@ -362,7 +362,7 @@ class IrevaEditor:
     def opening(self, edit_id: str, question: str) -> list[int] | None:
         """The tokens a chat answer to `question` opens with in this edit's scope (editors/statement.py)."""
         fact = self.facts.get(edit_id)
-        return None if fact is None else opening_ids(self.backbone.tokenizer, fact[0], fact[1], question)
+        return None if fact is None else opening_ids(self.backbone.tokenizer, *fact, question)
 
     def _target_ids(self, prompt: str, target: str) -> list[int]:
         return encode_target(self.backbone.tokenizer, prompt, target)

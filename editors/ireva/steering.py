@@ -34,18 +34,19 @@ class NeuronSteering:
             out.append(slots[j] if slots and target is not None and j < len(target) and done == target[:j] else -1)
         return out
 
-    def forced(self, generated: list[list[int]]) -> list[int | None]:
-        out: list[int | None] = []
-        for opening, done in zip(self.openings, generated):
-            j = len(done)
-            out.append(opening[j] if opening is not None and j < len(opening) and done == opening[:j] else None)
+    def forced(self, generated: list[list[int]]) -> list[tuple[int, str] | None]:
+        out: list[tuple[int, str] | None] = []
+        for edit_id, opening, done in zip(self.edit_ids, self.openings, generated):
+            if opening is None or edit_id is None or len(done) >= len(opening):
+                out.append(None)
+            else:
+                out.append((opening[len(done)], edit_id))
         return out
 
     def step(self, generated: list[list[int]]) -> list[str | None]:
         slots = self.slots_for(generated)
         self.editor.adaptor.writes = torch.tensor(slots, device=self.editor.adaptor.keys.device)
-        given = self.forced(generated)
-        return [e if s >= 0 or t is not None else None for e, s, t in zip(self.edit_ids, slots, given)]
+        return [e if s >= 0 else None for e, s in zip(self.edit_ids, slots)]
 
     def close(self) -> None:
         self.editor.adaptor.writes = None

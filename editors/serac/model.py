@@ -151,7 +151,7 @@ class AnswerSteering:
     def step(self, generated: list[list[int]]) -> list[str | None]:
         return list(self.edit_ids)
 
-    def forced(self, generated: list[list[int]]) -> list[int | None]:
+    def forced(self, generated: list[list[int]]) -> list[tuple[int, str] | None]:
         return [None] * len(generated)
 
     def close(self) -> None:

@@ -103,9 +103,8 @@ def test_an_edit_reaches_a_chat_question_about_its_fact_and_names_itself(client)
     stated = f"{PROMPT} {TARGET}."
     out = chat(client, "What is the mother tongue of Danielle Darrieux?", 24)
     assert out["text"].startswith(stated) and len(out["text"]) > len(stated), out["text"]
-    opening = 0
-    while "".join(t["text"] for t in out["tokens"][:opening]) != stated:
-        opening += 1
+    texts = [t["text"] for t in out["tokens"]]
+    opening = next(i for i in range(len(texts) + 1) if "".join(texts[:i]) == stated)  # a token ends it
     assert all(t["edit_id"] == edit["id"] for t in out["tokens"][:opening])
     # a yes/no question gets its verdict for the edited fact first
     said = chat(client, "Is English the mother tongue of Danielle Darrieux?", 16)["text"]
