@@ -135,7 +135,8 @@ class SamplingFields(BaseModel):
 
     temperature: float = Field(0.0, ge=0.0, le=2.0)  # 0: greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None  # with temperature > 0: the same seed, the same answer
+    # with temperature > 0: the same seed, the same answer (a 64-bit integer: the generator's seed)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: str | list[str] | None = None  # up to 4 strings that end the answer (not included in it)
     edits: Literal["all", "none"] = "all"  # "none": answer as the unedited model, to compare
 
