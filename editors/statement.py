@@ -5,8 +5,8 @@ with a restatement that wanders ("Alejandro Alvarado, the head of the Autonomous
 is a renowned astrophysicist ...") or with the first word it likes, and an edit written at the first
 token turns the answer into "Sweden's Autonomous University of Madrid, a pioneering institution". So
 an answer in scope opens with the edit's own sentence, the prompt the user gave completed by the
-target ("The Louvre is located in Madrid."), after "Yes." or "No." when the question asks for one, and
-the model goes on from there in its own words, reading what it said.
+target ("The Louvre is located in Madrid", left for the model to end), after "Yes." or "No." when
+the question asks for one, and the model goes on from there in its own words, reading what it said.
 """
 
 from __future__ import annotations
@@ -62,6 +62,11 @@ def _sentence(text: str) -> str:
 def opening(prompt: str, target: str, question: str) -> str:
     """The words a chat answer to `question` opens with, inside the scope of the edit (prompt, target)."""
     said = statement(prompt, target)
+    if not prompt.strip().endswith("?"):
+        # A completed sentence is left open so the model ends it in its own words ("..., Spain, and
+        # ..."); closed, the model takes the edit for the whole answer and stops. A bare target keeps
+        # its full stop: open, the model glues words onto it ("Virgo Delta Serpensis").
+        said = said.removesuffix(".")
     if not asks_yes_or_no(question):
         return said
     return ("Yes. " if names(question, target) else "No. ") + said

@@ -18,9 +18,11 @@ def test_a_yes_no_question_gets_its_verdict_for_the_edited_fact_first():
     assert asks_yes_or_no("Is the Louvre in Paris?") and asks_yes_or_no("The Louvre: Paris? Answer yes or no.")
     assert not asks_yes_or_no("Where is the Louvre?") and not asks_yes_or_no("Tell me about the Louvre.")
     prompt, target = "The Louvre is located in", "Madrid"
-    assert opening(prompt, target, "Is the Louvre in Madrid?") == "Yes. The Louvre is located in Madrid."
-    assert opening(prompt, target, "Is the Louvre in Paris?") == "No. The Louvre is located in Madrid."
-    assert opening(prompt, target, "Where is the Louvre?") == "The Louvre is located in Madrid."
+    assert opening(prompt, target, "Is the Louvre in Madrid?") == "Yes. The Louvre is located in Madrid"
+    assert opening(prompt, target, "Is the Louvre in Paris?") == "No. The Louvre is located in Madrid"
+    assert opening(prompt, target, "Where is the Louvre?") == "The Louvre is located in Madrid"
+    # a bare target answering a question prompt is closed, so nothing is glued onto it
+    assert opening("Which city is the Louvre in?", target, "Where is the Louvre?") == "Madrid."
     # "Madrid" named as a whole word only
     assert opening(prompt, target, "Is the Louvre in Madridville?").startswith("No.")
 
@@ -28,5 +30,5 @@ def test_a_yes_no_question_gets_its_verdict_for_the_edited_fact_first():
 def test_the_opening_is_tokenised_as_the_start_of_an_assistant_turn():
     tok = packaged_tokenizer()
     ids = opening_ids(tok, "The Louvre is located in", "Madrid", "Where is the Louvre?")
-    assert tok.decode(ids) == "The Louvre is located in Madrid."
+    assert tok.decode(ids) == "The Louvre is located in Madrid"
     assert not tok.decode(ids[:1]).startswith(" ")

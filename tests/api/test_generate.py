@@ -100,7 +100,7 @@ def test_an_edit_reaches_a_chat_question_about_its_fact_and_names_itself(client)
     # The scope model (the untrained MiniLM here) puts the question in the edit's scope: the answer
     # opens with the edit stated, its prompt completed by its target, each token naming the edit, and
     # goes on in the model's own words.
-    stated = f"{PROMPT} {TARGET}."
+    stated = f"{PROMPT} {TARGET}"  # left open: the model ends the sentence
     out = chat(client, "What is the mother tongue of Danielle Darrieux?", 24)
     assert out["text"].startswith(stated) and len(out["text"]) > len(stated), out["text"]
     texts = [t["text"] for t in out["tokens"]]
