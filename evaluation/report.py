@@ -103,6 +103,10 @@ def _wild_row(wild: Wild, j: int) -> dict:
         "no_to_old": wild.no[j],
         "yes_no": wild.yes_no_ok[j],
         "unedited_chat": wild.unedited_chat[j],
+        "unrelated": wild.unrelated[j],
+        "unrelated_same": wild.unrelated_same[j],
+        "distracted": wild.distracted[j],
+        "distracted_same": wild.distracted_same[j],
     }
 
 
@@ -160,6 +164,8 @@ def _metric_table(r: Results) -> list[str]:
         f"| yes_no | {fmt(m['yes_no'])} | yes to the new fact and no to the old, both |",
         f"| yes_no_unedited | {fmt(m['yes_no_unedited'])} | the unedited model: yes to the true fact, no to the new |",
         f"| fluency | {fmt(m['fluency'])} | n-gram entropy of the chat and open answers over the unedited model's |",
+        f"| unrelated_same | {fmt(m['unrelated_same'])} | an unrelated chat answer, byte-identical to unedited |",
+        f"| distracted_same | {fmt(m['distracted_same'])} | the edit stated, then another question: unedited |",
         f"| same_subject | {fmt(m['same_subject'])} | the subject's other relations: tokens predicted as unedited |",
         f"| neighbourhood | {fmt(m['neighbourhood'])} | same relation, other subjects: tokens predicted as unedited |",
         f"| portability | {fmt(m['portability'])} | answers that follow from the edit, tokens right |",
@@ -309,6 +315,10 @@ def _wild_failures(wild: Wild | None, records) -> list[str]:
                 f"- #{k} {records[k].prompt!r} -> {records[k].target!r}, {records[k].truth!r}: {answers[j]!r}"
                 for k, j in ((wild.judged[j], j) for j in fails)
             ]
+    fails = [j for j, ok in enumerate(wild.distracted_same) if not ok][:FAILURES_SHOWN]
+    if fails:
+        lines += ["", "First distracted_same failures (#record -> target: the continuation, changed):"]
+        lines += [f"- #{wild.judged[j]} -> {records[wild.judged[j]].target!r}: {wild.distracted[j]!r}" for j in fails]
     fails = [j for j, ok in enumerate(wild.yes_no_ok) if not ok][:FAILURES_SHOWN]
     if fails:
         lines += ["", "First yes_no failures (#record -> target, old fact: to the target | to the old fact):"]

@@ -11,6 +11,11 @@ Per measured record with a true (old) answer other than its target, and a subjec
   (yes to the old, no to the target) is the baseline beside it.
 - fluency: ROME's generation entropy (bigram and trigram, weighted 2/3 and 4/3) of the chat and open
   answers, over the unedited model's on the same questions.
+- unrelated_same: the record's out-of-scope probe asked as a chat turn, 40 tokens: the answer is the
+  unedited model's, byte for byte.
+- distracted_same: "<prompt> <target>. <out-of-scope probe>" continued, 16 tokens: a prompt that states
+  the edited fact in passing and then asks about something else gets the unedited continuation (the
+  reverse leak: the edit must not answer a question about another subject).
 """
 
 from __future__ import annotations
@@ -26,7 +31,17 @@ from evaluation.systems import System
 CHAT_TOKENS = 40  # long enough to restate the old fact after the new one
 OPEN_TOKENS = 48
 YES_NO_TOKENS = 6  # the verdict is the first word
-WILD_KEYS = ("chat_coherent", "open_mentions", "open_coherent", "yes_no", "yes_no_unedited", "fluency")
+DISTRACTED_TOKENS = 16
+WILD_KEYS = (
+    "chat_coherent",
+    "open_mentions",
+    "open_coherent",
+    "yes_no",
+    "yes_no_unedited",
+    "fluency",
+    "unrelated_same",
+    "distracted_same",
+)
 
 
 def yes_no_question(prompt: str, answer: str) -> str:
@@ -38,6 +53,11 @@ def yes_no_question(prompt: str, answer: str) -> str:
     if first in ("The", "A", "An") and rest:  # "Is it true that the mother tongue of ..."
         p = f"{first.lower()} {rest}"
     return f"Is it true that {p} {answer}? Answer yes or no."
+
+
+def distracted_prompt(prompt: str, target: str, probe: str) -> str:
+    """The edited fact stated in passing, then a question about something else."""
+    return f"{prompt.strip()} {target.strip()}. {probe.strip()}"
 
 
 def open_request(subject: str) -> str:
@@ -77,6 +97,10 @@ class Wild:
     unedited_chat: list[str]
     unedited_open: list[str]
     unedited_yes_no_ok: list[bool]  # the unedited model: yes to the old fact, no to the target
+    unrelated: list[str]  # the answers to the out-of-scope probe asked as a chat turn
+    unrelated_same: list[bool]  # ... byte-identical to the unedited model's
+    distracted: list[str]  # the continuations of distracted_prompt()
+    distracted_same: list[bool]  # ... identical to the unedited model's, token for token
 
     def metrics(self) -> dict:
         n = len(self.judged)
@@ -93,6 +117,8 @@ class Wild:
             "yes_no": share(self.yes_no_ok),
             "yes_no_unedited": share(self.unedited_yes_no_ok),
             "fluency": edited / unedited if n and unedited else None,
+            "unrelated_same": share(self.unrelated_same),
+            "distracted_same": share(self.distracted_same),
         }
 
 
@@ -108,19 +134,17 @@ def measure(system: System, unedited: System, records: list[Record], tok) -> Wil
     if getattr(tok, "chat_template", None) is None or not judged:
         return None
     rs = [records[k] for k in judged]
-    questions = (
-        [r.prompt for r in rs]
-        + [open_request(r.subject) for r in rs]
-        + [yes_no_question(r.prompt, r.target) for r in rs]
-        + [yes_no_question(r.prompt, str(r.truth)) for r in rs]
-    )
-    budgets = [CHAT_TOKENS] * len(rs) + [OPEN_TOKENS] * len(rs) + [YES_NO_TOKENS] * (2 * len(rs))
-    owners = judged * 4
     n = len(rs)
+    questions, budgets = _chat_questions(rs)
+    owners = judged * 5
     answers = system.chat(questions, budgets, owners)
     plain = answers if unedited is system else unedited.chat(questions, budgets, owners)
-    chat, opened, yes, no = _quarters(answers, n)
-    plain_chat, plain_open, plain_yes, plain_no = _quarters(plain, n)
+    chat, opened, yes, no, unrelated = _parts(answers, n)
+    plain_chat, plain_open, plain_yes, plain_no, plain_unrelated = _parts(plain, n)
+    distracted = [distracted_prompt(r.prompt, r.target, r.loc_prompt) for r in rs]
+    budgets = [DISTRACTED_TOKENS] * n
+    went_on = system.generate(distracted, budgets, owners=judged)
+    plain_went_on = went_on if unedited is system else unedited.generate(distracted, budgets, owners=judged)
     return Wild(
         judged=judged,
         chat=chat,
@@ -134,8 +158,26 @@ def measure(system: System, unedited: System, records: list[Record], tok) -> Wil
         unedited_chat=plain_chat,
         unedited_open=plain_open,
         unedited_yes_no_ok=[verdict(y) == "no" and verdict(x) == "yes" for y, x in zip(plain_yes, plain_no)],
+        unrelated=unrelated,
+        unrelated_same=[a == b for a, b in zip(unrelated, plain_unrelated)],
+        distracted=[tok.decode(g) for g in went_on],
+        distracted_same=[a == b for a, b in zip(went_on, plain_went_on)],
     )
 
 
-def _quarters(xs: list[str], n: int) -> tuple[list[str], list[str], list[str], list[str]]:
-    return xs[:n], xs[n : 2 * n], xs[2 * n : 3 * n], xs[3 * n :]
+def _chat_questions(rs: list[Record]) -> tuple[list[str], list[int]]:
+    """Five chat questions per record, kind by kind: its prompt, the open request, yes/no naming the
+    target, yes/no naming the old fact, and its out-of-scope probe; and their token budgets."""
+    n = len(rs)
+    questions = (
+        [r.prompt for r in rs]
+        + [open_request(r.subject) for r in rs]
+        + [yes_no_question(r.prompt, r.target) for r in rs]
+        + [yes_no_question(r.prompt, str(r.truth)) for r in rs]
+        + [r.loc_prompt for r in rs]
+    )
+    return questions, [CHAT_TOKENS] * n + [OPEN_TOKENS] * n + [YES_NO_TOKENS] * (2 * n) + [CHAT_TOKENS] * n
+
+
+def _parts(xs: list[str], n: int) -> list[list[str]]:
+    return [xs[i : i + n] for i in range(0, len(xs), n)]

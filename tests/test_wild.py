@@ -48,6 +48,13 @@ class _Recording(System):
         return [self.answers(q) for q in questions]
 
 
+class _Leaking(_Recording):
+    """Continues every plain prompt with one fixed token: the edit answers whatever comes after it."""
+
+    def generate(self, queries, budgets, base=None, progress=None, owners=None):
+        return [[5] for _ in queries]
+
+
 @pytest.fixture(scope="module")
 def backbone():
     return tiny_backbone("llama", packaged_tokenizer())
@@ -73,11 +80,19 @@ def test_a_system_that_knows_the_edit_scores_and_the_unedited_baseline_is_beside
     assert m["chat_coherent"] == m["open_coherent"] == m["yes_no"] == m["yes_no_unedited"] == 1.0
     assert m["fluency"] == pytest.approx(1.0, abs=0.2)
     questions, budgets, owners = edited.asked[0]
-    assert owners == [1, 1, 1, 1] and questions[1] == "Tell me about Louvre." and budgets[0] >= 40
+    assert owners == [1] * 5 and questions[1] == "Tell me about Louvre." and budgets[0] >= 40
+    assert questions[4] == "q"  # the out-of-scope probe, asked as a chat turn
+    assert m["unrelated_same"] == 0.0  # the two systems answer it differently
+    assert m["distracted_same"] == 1.0  # both continue it unedited (System.generate)
 
     stamped = measure(_Recording(backbone, lambda q: " Madrid."), plain, [LOUVRE], backbone.tokenizer)
     assert stamped is not None
     assert stamped.metrics()["yes_no"] == 0.0  # an answer that is not yes or no is not right
+    same = measure(plain, _Recording(backbone, unedited), [LOUVRE], backbone.tokenizer)
+    assert same is not None and same.metrics()["unrelated_same"] == 1.0
+    leaks = measure(_Leaking(backbone, knows), plain, [LOUVRE], backbone.tokenizer)
+    assert leaks is not None and leaks.metrics()["distracted_same"] == 0.0
+    assert leaks.distracted == [backbone.tokenizer.decode([5])]
     said_both = measure(
         _Recording(backbone, lambda q: " Madrid, but the Louvre is in Paris."), plain, [LOUVRE], backbone.tokenizer
     )
