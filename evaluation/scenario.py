@@ -11,10 +11,20 @@ tried five ways, with 16-token greedy answers:
   same_relation  the same relation about another subject: the answer is exactly as before the edits
   same_subject   another relation of the same subject: the answer is exactly as before the edits
 
+A set that also gives each edit's subject, old fact (`truth`), open request and yes/no question
+(evaluation/entity_edits_wild.json) is judged in the wild too (evaluation/judge.py), chat answers of
+40 tokens read whole:
+
+  chat_coherent  the chat question: the answer states the target, not the old fact, no splice
+  open_coherent  "Tell me about <subject>." (48 tokens): coherent as above
+  yes_no         the yes/no question asked with the target and with the old fact: "Yes" to the
+                 first and "No" to the second, both
+
 then the same after a restart, and the first --withdraw edits withdrawn: their prompts and chat
 questions answered exactly as before the edits again. Prints one JSON line with the shares.
 
-    editserve scenario [--method ireva|serac] [--data-dir DIR] [--env KEY=VALUE ...]
+    editserve scenario [--method ireva|serac] [--edits FILE] [--data-dir DIR] [--env KEY=VALUE ...]
+    editserve scenario --edits evaluation/entity_edits_wild.json   # judged in the wild too
 """
 
 from __future__ import annotations
@@ -25,31 +35,54 @@ import tempfile
 import time
 from pathlib import Path
 
+from evaluation.judge import coherent
 from evaluation.server import Server
+from evaluation.wild import CHAT_TOKENS, OPEN_TOKENS, verdict
 
 EDITS_FILE = Path(__file__).with_name("entity_edits.json")
 KINDS = ("prompt", "paraphrase", "chat", "same_relation", "same_subject")
+WILD_KINDS = ("chat_coherent", "open_coherent", "yes_no")
 TOKENS = 16
+
+
+def chat(server: Server, question: str, tokens: int = TOKENS) -> dict:
+    body = {"messages": [{"role": "user", "content": question}], "max_new_tokens": tokens}
+    return server.call("POST", "/generate", body)
 
 
 def ask(server: Server, kind: str, edit: dict) -> dict:
     if kind == "chat":
-        body = {"messages": [{"role": "user", "content": edit["question"]}], "max_new_tokens": TOKENS}
-    else:
-        body = {"prompt": edit[kind], "max_new_tokens": TOKENS}
-    return server.call("POST", "/generate", body)
+        return chat(server, edit["question"])
+    if kind == "chat_coherent":
+        return chat(server, edit["question"], CHAT_TOKENS)
+    if kind == "open_coherent":
+        return chat(server, edit["open"], OPEN_TOKENS)
+    if kind == "yes_no":  # two answers: to the question naming the target, then the old fact
+        yes, no = (chat(server, edit["yes_no"].format(fact))["text"] for fact in (edit["target"], edit["truth"]))
+        return {"text": f"{yes} | {no}", "verdicts": [verdict(yes), verdict(no)]}
+    return server.call("POST", "/generate", {"prompt": edit[kind], "max_new_tokens": TOKENS})
 
 
 def check(kind: str, edit: dict, out: dict, before: dict, edit_id: str) -> bool:
     if kind in ("same_relation", "same_subject"):
         return out == before[kind, edit["prompt"]]
+    if kind in ("chat_coherent", "open_coherent"):
+        return coherent(out["text"], edit["target"], edit["truth"], edit["subject"])
+    if kind == "yes_no":
+        return out["verdicts"] == ["yes", "no"]
     ok = edit["target"].lower() in out["text"].lower()
     return ok and (kind != "prompt" or out["tokens"][0]["edit_id"] == edit_id)
 
 
+def kinds(edits: list[dict]) -> tuple[str, ...]:
+    """The kinds the set can be judged on: the wild ones where every edit gives what they need."""
+    wild = all(all(e.get(f) for f in ("subject", "truth", "open", "yes_no")) for e in edits)
+    return KINDS + WILD_KINDS if edits and wild else KINDS
+
+
 def measure(server: Server, edits: list[dict], ids: list[str], before: dict) -> tuple[dict, list]:
     shares, misses = {}, []
-    for kind in KINDS:
+    for kind in kinds(edits):
         good = 0
         for edit, edit_id in zip(edits, ids):
             out = ask(server, kind, edit)
