@@ -79,3 +79,21 @@ def test_tiny_training_loads_decides_and_is_reproducible(tmp_path):
     asked = ["What is the twin city of Athens? It is", "What is the twin city of Jeddah? It is", PROMPTS[0]]
     found = model.decide(model.embed(asked), asked, memory(model, twins), twins)
     assert found == [(1, 1.0), (0, 1.0), (3, 1.0)]
+
+
+def test_a_fact_stated_in_passing_does_not_bring_the_next_question_into_its_scope(untrained):
+    """The reverse leak: "<edited fact>. <a question about another subject>" is read by its question."""
+    from editors.scope.subject import AnchorIndex, anchor_for
+
+    prompts = ["The Louvre is located in", "The Prado is located in"]
+    anchors = AnchorIndex()
+    for row, p in enumerate(prompts):
+        anchors.add(row, anchor_for(p))
+    mem = memory(untrained, prompts)
+    queries = [
+        "The Louvre is located in Madrid. The Prado is located in",  # asks about the Prado
+        "The Louvre is located in Madrid. The Uffizi is located in",  # about neither edit
+        "Zeus decides to pardon Clio. The Louvre is located in",  # the last sentence asks: the Louvre
+    ]
+    found = untrained.decide(untrained.embed(queries), queries, mem, prompts, anchors)
+    assert [f[0] if f else None for f in found] == [1, None, 0]

