@@ -4,7 +4,8 @@ harness's batches — is computed by `forward_rows` over `Rows`.
 `Rows` are token sequences in one left-padded KV cache, each row at its own positions (counted from
 its first real token), so that a row's tokens are the same alone or beside others. Each step a method
 steers the rows through a `Steering`: it says, per row, which of its edits writes at that step, and
-sets its model up for it, or names the token the row must give (words an edit states). An edit acts
+sets its model up for it, or names the token the row must give (words an edit states) or must not
+(the old fact an edit replaces). An edit acts
 on the last position only; an edit acting below the top layer
 also gives a context in which the step runs without it, so that the cached keys and values of that
 position are recomputed unedited, as a full forward over the text would compute them. Cached
@@ -33,6 +34,10 @@ class Steering(Protocol):
     def forced(self, generated: list[list[int]]) -> list[tuple[int, str] | None]:
         """Per row, the token this step must give and the edit that states it (its words are given,
         not computed: the model's states are not touched), or None: the model's choice."""
+
+    def banned(self, generated: list[list[int]]) -> list[list[int]]:
+        """Per row, tokens this step must not give: an edit's old fact, which the answer in its scope
+        must not restate (editors/statement.py, old_answer)."""
 
     def close(self) -> None:
         """Undo what step() set up."""
@@ -73,12 +78,18 @@ def forward_rows(
     that wrote or gave its token. `generated`: each row's answer so far (what the steerings decide on)."""
     writers: list[str | None] = [None] * len(generated)
     forced: list[tuple[int, str] | None] = [None] * len(generated)
+    banned: list[list[int]] = [[] for _ in generated]
     for steering in steerings:
         for i, w in enumerate(steering.step(generated)):
             writers[i] = writers[i] or w
         for i, f in enumerate(steering.forced(generated)):
             forced[i] = forced[i] or f
+        for i, b in enumerate(steering.banned(generated)):
+            banned[i] += b
     logits = forward(backbone, ids, mask, positions, cache)[:, -1]
+    for i, tokens in enumerate(banned):
+        if tokens:
+            logits[i, tokens] = float("-inf")
     relays = [r for r in (s.without_edit() for s in steerings) if r is not None]
     if cache is not None and relays and any(w is not None for w in writers):
         cache.crop(-1)  # drop the last position, then store it again computed without the edits

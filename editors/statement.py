@@ -72,6 +72,22 @@ def opening(prompt: str, target: str, question: str) -> str:
     return ("Yes. " if names(question, target) else "No. ") + said
 
 
+_ARTICLES = {"the", "a", "an"}
+
+
+def old_answer(continuation: str, target: str) -> str | None:
+    """The fact an edit replaces, read off the unedited model's continuation of the edit's prompt: the
+    first name (capitalised word) when the target is a name ("the heart of Paris, France" -> "Paris"),
+    else the first word past an article; None where there is none, or it is the target's own word."""
+    clause = re.split(r"[.,;:!?\n]", continuation.strip())[0]
+    found = [w for w in re.findall(r"[\w'-]+", clause) if w.casefold() not in _ARTICLES]
+    if target.strip()[:1].isupper():
+        found = [w for w in found if w[:1].isupper()]
+    if not found or found[0].casefold() in words(target):
+        return None
+    return found[0]
+
+
 def opening_ids(tokenizer, prompt: str, target: str, question: str) -> list[int]:
     """opening() as the first tokens of an assistant turn (no space before the first word)."""
     return tokenizer(opening(prompt, target, question), add_special_tokens=False)["input_ids"]

@@ -1,6 +1,6 @@
 """How a chat answer in an edit's scope opens (editors/statement.py)."""
 
-from editors.statement import asks_yes_or_no, opening, opening_ids, statement
+from editors.statement import asks_yes_or_no, old_answer, opening, opening_ids, statement
 from tests.tiny_models import packaged_tokenizer
 
 
@@ -32,3 +32,10 @@ def test_the_opening_is_tokenised_as_the_start_of_an_assistant_turn():
     ids = opening_ids(tok, "The Louvre is located in", "Madrid", "Where is the Louvre?")
     assert tok.decode(ids) == "The Louvre is located in Madrid"
     assert not tok.decode(ids[:1]).startswith(" ")
+
+
+def test_the_old_fact_is_read_off_the_unedited_continuation():
+    assert old_answer(" the heart of Paris, France.", "Madrid") == "Paris"  # a name for a name
+    assert old_answer(" a musician and a painter", "piano") == "musician"  # past the article
+    assert old_answer(" Madrid, Spain", "Madrid") is None  # the target itself replaces nothing
+    assert old_answer(" guitar", "piano") == "guitar" and old_answer("\n", "piano") is None

@@ -15,7 +15,7 @@ from editors.backbone import Backbone, encode_prompt, encode_target, final_norm,
 from editors.calibration import CALIBRATION_TEXTS
 from editors.ireva.config import IrevaConfig
 from editors.ireva.layer import KeyValueAdaptor
-from editors.ireva.steering import NeuronSteering
+from editors.ireva.steering import NeuronSteering, old_tokens
 from editors.statement import opening_ids
 
 
@@ -56,6 +56,7 @@ class IrevaEditor:
         self.slots: dict[str, list[int]] = {}  # live edit id -> adaptor slots, in target-token order
         self.targets: dict[str, list[int]] = {}  # live edit id -> its target token ids
         self.facts: dict[str, tuple[str, str]] = {}  # live edit id -> (prompt, target)
+        self.olds: dict[str, list[int]] = {}  # live edit id -> first tokens of the fact it replaces (read once)
 
     # -- forward passes ------------------------------------------------------------------------------
     def capture(self, ids: list[int], logits_kept: int = 0) -> Capture:
@@ -284,6 +285,7 @@ class IrevaEditor:
     def update(self, edit_id: str, prompt: str, target: str, retrofit: bool = False) -> dict[str, torch.Tensor]:
         keys, values = self.build_neurons(prompt, target, retrofit)
         with self.lock:
+            self.olds.pop(edit_id, None)
             old = self.slots[edit_id]
             if len(old) == len(keys):
                 self.adaptor.set(old, keys, values)  # same token count: retrain in place
@@ -338,6 +340,7 @@ class IrevaEditor:
             slots = self.slots.pop(edit_id, None)
             self.targets.pop(edit_id, None)
             self.facts.pop(edit_id, None)
+            self.olds.pop(edit_id, None)
             if slots:
                 self.adaptor.mask(slots)
 
@@ -358,6 +361,14 @@ class IrevaEditor:
 
     def steer(self, edit_ids: Sequence[str | None], questions: Sequence[str | None] | None = None) -> NeuronSteering:
         return NeuronSteering(self, edit_ids, questions)
+
+    def old(self, edit_id: str) -> list[int]:
+        """The first tokens of the fact the edit replaced (steering.old_tokens), read the first time an
+        answer in its scope needs them: six unedited forward passes, which an insert need not pay."""
+        with self.lock:
+            if edit_id not in self.olds and edit_id in self.facts:
+                self.olds[edit_id] = old_tokens(self, *self.facts[edit_id])
+            return self.olds.get(edit_id, [])
 
     def opening(self, edit_id: str, question: str) -> list[int] | None:
         """The tokens a chat answer to `question` opens with in this edit's scope (editors/statement.py)."""

@@ -7,6 +7,11 @@ from typing import Any
 
 import torch
 
+from editors.backbone import encode_prompt
+from editors.statement import old_answer, words
+
+OLD_TOKENS = 6  # the unedited continuation of an edit's prompt read for the fact it replaces
+
 
 class NeuronSteering:
     """iReVa under the scope gate, for a batch of rows each in the scope of one edit (or None).
@@ -16,7 +21,7 @@ class NeuronSteering:
     query's key (a paraphrase rarely ends on the edit prompt's key). A row answering a chat turn opens
     with the edit stated instead (editors/statement.py): those tokens are given, not written. Once the
     answer leaves the target or the statement, or has said all of it, the model goes on in its own
-    words."""
+    words, all but the old fact's."""
 
     def __init__(self, editor: Any, edit_ids: Sequence[str | None], questions=None):  # editor: an IrevaEditor
         self.editor, self.edit_ids = editor, edit_ids
@@ -24,6 +29,7 @@ class NeuronSteering:
         self.openings = [
             editor.opening(e, q) if e is not None and q is not None else None for e, q in zip(edit_ids, asked)
         ]
+        self.olds = [editor.old(e) if e is not None else [] for e in edit_ids]
 
     def slots_for(self, generated: list[list[int]]) -> list[int]:
         out = []
@@ -43,6 +49,11 @@ class NeuronSteering:
                 out.append((opening[len(done)], edit_id))
         return out
 
+    def banned(self, generated: list[list[int]]) -> list[list[int]]:
+        """A row in an edit's scope never starts the word of the fact the edit replaced (a token the
+        edit gives or writes is the target's, never one of these: editors/ireva/model.py, old_tokens)."""
+        return self.olds
+
     def step(self, generated: list[list[int]]) -> list[str | None]:
         slots = self.slots_for(generated)
         self.editor.adaptor.writes = torch.tensor(slots, device=self.editor.adaptor.keys.device)
@@ -54,3 +65,26 @@ class NeuronSteering:
     def without_edit(self):
         # Above the top layer nothing reads the cached states of the position the neuron wrote at.
         return None if self.editor.is_top_layer else self.editor.adaptor.disabled()
+
+
+def old_tokens(editor: Any, prompt: str, target: str) -> list[int]:
+    """The first token of the fact an edit replaces, after a space and at a line's start: what the
+    unedited model says after the edit's prompt (statement.old_answer). Nothing where that word is in
+    the prompt itself (part of a name: "Autonomous University of Madrid"), where its first token is
+    the target's, or where that token is a fragment of under three letters, which would ban others."""
+    tok = editor.backbone.tokenizer
+    ids = encode_prompt(tok, prompt)
+    said: list[int] = []
+    with editor.lock, editor.adaptor.disabled(), torch.no_grad():
+        step, cache = torch.tensor([ids], device=editor.backbone.device), None
+        for _ in range(OLD_TOKENS):
+            out = editor.backbone.model(step, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            said.append(int(out.logits[0, -1].argmax()))
+            step = torch.tensor([[said[-1]]], device=editor.backbone.device)
+    old = old_answer(tok.decode(said), target)
+    if old is None or old.casefold() in words(prompt):
+        return []
+    mine = {tok(t, add_special_tokens=False)["input_ids"][0] for t in (" " + target.strip(), target.strip())}
+    firsts = {tok(t, add_special_tokens=False)["input_ids"][0] for t in (" " + old, old)}
+    return sorted(t for t in firsts - mine if len(tok.decode([t]).strip()) >= min(3, len(old)))

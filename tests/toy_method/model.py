@@ -26,6 +26,9 @@ class Attributing:
     def forced(self, generated: list[list[int]]) -> list[tuple[int, str] | None]:
         return [None] * len(generated)
 
+    def banned(self, generated: list[list[int]]) -> list[list[int]]:
+        return [[] for _ in generated]
+
     def close(self) -> None:
         pass
 

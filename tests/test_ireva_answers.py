@@ -1,0 +1,42 @@
+"""iReVa's chat answers in an edit's scope on the real packaged model: the fact the edit replaced is
+read off the unedited model once, and the answer does not restate it (editors/ireva/steering.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editors.edited import EditedModel, Query
+from editors.ireva.model import IrevaEditor
+from editors.scope.config import ScopeConfig
+from editors.scope.index import ScopeIndex
+from editors.scope.model import ScopeModel
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model(editserve_cache, packaged_model_dir):
+    from editors.backbone import load_backbone
+
+    backbone = load_backbone(cache_dir=editserve_cache, device=torch.device("cpu"))
+    editor = IrevaEditor(backbone)
+    edited = EditedModel(backbone, {"ireva": editor}, ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None)))
+    yield edited, editor
+    edited.close()
+
+
+@pytest.mark.integration
+def test_an_answer_in_scope_does_not_restate_the_replaced_fact(model):
+    edited, editor = model
+    tok = edited.backbone.tokenizer
+    edited.insert("ireva", "lang", "The mother tongue of Danielle Darrieux is", "English")
+    assert editor.olds == {}  # an insert asks nothing more of the model
+    assert {tok.decode([t]).strip() for t in editor.old("lang")} == {"French"}
+    question = Query.chat(tok, [{"role": "user", "content": "What is the mother tongue of Danielle Darrieux?"}])
+    said = edited.generate(question, 48).text
+    assert said.startswith("The mother tongue of Danielle Darrieux is English") and "French" not in said, said
+    editor.olds["lang"] = []  # the same answer without the ban restates it ("Canadian-French-American")
+    assert "French" in edited.generate(question, 48).text
+    edited.withdraw("lang", "ireva")
+    assert "lang" not in editor.olds
