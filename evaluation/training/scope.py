@@ -37,6 +37,7 @@ from editors.scope.model import META, RECIPE, SLUG, ScopeModel, default_scope_di
 from editors.scope.subject import anchor_for, mask, normalise
 from evaluation import options
 from evaluation.training import scope_data as sd
+from evaluation.training.scope_eval_set import eval_set
 from evaluation.training.scope_measure import decisions, fit_thresholds, print_table, table, time_decide
 
 log = logging.getLogger(__name__)
@@ -356,8 +357,8 @@ def _data(args):
     train_units = sd.units("train", args.seed, par, args.pararel_n, args.cf_n, args.limit, args.ke_n)
     n0, n1 = sd.RANGES["nq"]["train"]
     nq = sd.nq_questions(n0, n1 if args.limit is None else n0 + args.limit)
-    dev = sd.eval_set("dev", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
-    test = sd.eval_set("test", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
+    dev = eval_set("dev", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
+    test = eval_set("test", args.seed, par, args.eval_pararel_n, args.eval_cf_n, args.eval_per_kind, args.limit)
     counts = {
         "train_units": {s: sum(u.source == s for u in train_units) for s in ("pararel", "zsre", "cf", "ke")},
         "nq_train": len(nq),

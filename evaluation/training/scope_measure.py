@@ -10,12 +10,12 @@ import torch
 
 from editors.scope.model import ScopeModel
 from editors.scope.subject import AnchorIndex, anchor_for
-from evaluation.training import scope_data as sd
+from evaluation.training.scope_eval_set import IN_KINDS, OUT_KINDS, EvalSet
 
 NEG_WEIGHTS = {"srel": 2.0, "ssubj": 2.0, "nq": 1.0}  # hard negatives count double in the threshold fit
 
 
-def decisions(scope: ScopeModel, ev: sd.EvalSet, batch: int = 64):
+def decisions(scope: ScopeModel, ev: EvalSet, batch: int = 64):
     memory = scope.embed(ev.memory, batch_size=128)
     texts = [q[0] for q in ev.queries]
     qv = scope.embed(texts, batch_size=128)
@@ -25,7 +25,7 @@ def decisions(scope: ScopeModel, ev: sd.EvalSet, batch: int = 64):
     return found, qv, memory
 
 
-def table(ev: sd.EvalSet, found, threshold: float = -1.0) -> dict:
+def table(ev: EvalSet, found, threshold: float = -1.0) -> dict:
     """In-scope: the right edit decided. Out-of-scope: nothing decided. Per kind and per kind x source."""
     ok: dict[str, list[bool]] = {}
     by_source: dict[str, list[bool]] = {}
@@ -38,13 +38,13 @@ def table(ev: sd.EvalSet, found, threshold: float = -1.0) -> dict:
         ok.setdefault(kind, []).append(good)
         by_source.setdefault(f"{kind}/{source}", []).append(good)
     rate = {k: round(sum(v) / len(v), 4) for k, v in ok.items()}
-    pos = statistics.mean(rate[k] for k in sd.IN_KINDS if k in rate)
+    pos = statistics.mean(rate[k] for k in IN_KINDS if k in rate)
     neg = sum(rate[k] * w for k, w in NEG_WEIGHTS.items() if k in rate) / sum(
         w for k, w in NEG_WEIGHTS.items() if k in rate
     )
     return {
-        "in_scope_hit": {k: rate[k] for k in sd.IN_KINDS if k in rate},
-        "out_of_scope_rejected": {k: rate[k] for k in sd.OUT_KINDS if k in rate},
+        "in_scope_hit": {k: rate[k] for k in IN_KINDS if k in rate},
+        "out_of_scope_rejected": {k: rate[k] for k in OUT_KINDS if k in rate},
         "balanced": round((pos + neg) / 2, 4),
         "wrong_edit": round(sum(wrong) / max(1, len(wrong)), 4),
         "n": {k: len(v) for k, v in ok.items()},
@@ -52,7 +52,7 @@ def table(ev: sd.EvalSet, found, threshold: float = -1.0) -> dict:
     }
 
 
-def fit_thresholds(scope: ScopeModel, dev: sd.EvalSet, recall: float) -> dict:
+def fit_thresholds(scope: ScopeModel, dev: EvalSet, recall: float) -> dict:
     """embed_floor: the cosine that keeps `recall` of dev's in-scope queries' right edits; then
     cross_threshold: the probability that maximises the balanced dev score (hard negatives x2)."""
     scope.embed_floor, scope.cross_threshold = -1.0, -1.0
@@ -84,7 +84,7 @@ def fit_thresholds(scope: ScopeModel, dev: sd.EvalSet, recall: float) -> dict:
     }
 
 
-def time_decide(scope: ScopeModel, ev: sd.EvalSet, memory: torch.Tensor, rows: int = 10_000, n: int = 40) -> dict:
+def time_decide(scope: ScopeModel, ev: EvalSet, memory: torch.Tensor, rows: int = 10_000, n: int = 40) -> dict:
     """ms per query: embed one query, then decide over `rows` edits (the test memory, repeated)."""
     reps = -(-rows // memory.shape[0])
     mem = memory.repeat(reps, 1)[:rows].contiguous()
