@@ -65,6 +65,7 @@ class Restore:
     tensors: Tensors | None  # None: the edit was not live
     subject: str | None = None
     version: str | None = None  # the stored copy `tensors` came from (Live.version)
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,36 +107,51 @@ class EditedModel:
         """The live edit's change is stored, as `version`."""
         self.live[edit_id] = Live(self.live[edit_id].method, version)
 
-    def snapshot(self, edit_id: str, method: str, prompt: str, target: str, subject: str | None) -> Restore:
+    def snapshot(
+        self, edit_id: str, method: str, prompt: str, target: str, subject: str | None, aliases: tuple[str, ...] = ()
+    ) -> Restore:
         """The edit as it is now, to restore() if a change to it is refused."""
         with self.lock:
             live = self.live.get(edit_id)
             tensors = self.editors[method].tensors(edit_id) if live is not None else None
-            return Restore(edit_id, method, prompt, target, tensors, subject, None if live is None else live.version)
+            version = None if live is None else live.version
+            return Restore(edit_id, method, prompt, target, tensors, subject, version, tuple(aliases))
 
     # -- changes -----------------------------------------------------------------------------------
     def editor(self, method: str) -> Editor:
         return self.editors[method]
 
     def insert(
-        self, method: str, edit_id: str, prompt: str, target: str, retrofit: bool = False, subject: str | None = None
+        self,
+        method: str,
+        edit_id: str,
+        prompt: str,
+        target: str,
+        retrofit: bool = False,
+        subject: str | None = None,
+        aliases: tuple[str, ...] = (),
     ) -> Tensors:
-        """`subject`: what the prompt is about, if the user said (it anchors the edit's scope)."""
+        """`subject`: what the prompt is about, if the user said (it anchors the edit's scope); `aliases`:
+        its other names, which a query may name instead."""
         editor = self.editors[method]
         with self.lock, editor.lock:
             tensors = editor.insert(edit_id, prompt, target, **_retrofit(retrofit))
-            self.scope.put(edit_id, method, prompt, subject=subject)
+            self.scope.put(edit_id, method, prompt, subject=subject, aliases=aliases)
             self.live[edit_id] = Live(method)
         return tensors
 
-    def update(self, before: Restore, prompt: str, target: str, retrofit: bool = False) -> Tensors:
+    def update(
+        self, before: Restore, prompt: str, target: str, retrofit: bool = False, aliases: tuple[str, ...] | None = None
+    ) -> Tensors:
+        """`aliases`: the subject's other names from now on (None: as before)."""
         editor = self.editors[before.method]
         with self.lock, editor.lock:
             if before.tensors is None:  # not live (a corrupt edit being rebuilt): a fresh insert
                 tensors = editor.insert(before.edit_id, prompt, target, **_retrofit(retrofit))
             else:
                 tensors = editor.update(before.edit_id, prompt, target, **_retrofit(retrofit))
-            self.scope.put(before.edit_id, before.method, prompt, subject=before.subject)
+            names = before.aliases if aliases is None else aliases
+            self.scope.put(before.edit_id, before.method, prompt, subject=before.subject, aliases=names)
             self.live[before.edit_id] = Live(before.method)
         return tensors
 
@@ -161,7 +177,7 @@ class EditedModel:
                 if before.edit_id in self.scope:
                     self.scope.remove(before.edit_id)
                 return errors
-            self.scope.put(before.edit_id, before.method, before.prompt, subject=before.subject)
+            self.scope.put(before.edit_id, before.method, before.prompt, subject=before.subject, aliases=before.aliases)
             self.live[before.edit_id] = Live(before.method, before.version)
             return errors
 
@@ -172,13 +188,15 @@ class EditedModel:
             if edit_id in self.scope:
                 self.scope.remove(edit_id)
 
-    def remember_withdrawn(self, edit_id: str, method: str, prompt: str, subject: str | None = None) -> None:
+    def remember_withdrawn(
+        self, edit_id: str, method: str, prompt: str, subject: str | None = None, aliases: tuple[str, ...] = ()
+    ) -> None:
         """A withdrawn edit this model never held (another server made and withdrew it): its prompt keeps
         the unedited answer, as load() keeps withdrawn prompts, unless a live edit has that prompt."""
         with self.lock:
             owned = any(e is not None and e.live and e.prompt == prompt for e in self.scope.rows)
             if not owned:
-                self.scope.put(edit_id, method, prompt, live=False, subject=subject)
+                self.scope.put(edit_id, method, prompt, live=False, subject=subject, aliases=aliases)
 
     def drop_shadows(self, prompt: str) -> None:
         """A live edit now owns this prompt: withdrawn edits' rows for it would only shadow it."""
@@ -192,11 +210,13 @@ class EditedModel:
         withdrawn: list[tuple[str, str, str]],
         known: dict[str, torch.Tensor] | None = None,
         subjects: dict[str, str] | None = None,
+        aliases: dict[str, tuple[str, ...]] | None = None,
     ) -> tuple[dict[str, Exception], int]:
         """A start: live edits (id, method, prompt, target, tensors, version) act again; withdrawn ones
         (id, method, prompt), oldest first, keep their prompts on the unedited answer where no live
         edit has the prompt (the newest of each prompt only, as the running server held them).
-        `known`: prompts' scope vectors saved by an earlier start; `subjects`: the edits' given subjects.
+        `known`: prompts' scope vectors saved by an earlier start; `subjects`, `aliases`: the edits' given
+        subjects and their other names.
         Returns the edits that failed to
         load, with why, and how many prompts had to be embedded."""
         errors: dict[str, Exception] = {}
@@ -207,10 +227,10 @@ class EditedModel:
             self.live.update({i: Live(m, v) for i, m, _, v in loaded})
             owned = {p for _, _, p, _ in loaded}
             newest = {p: (i, m) for i, m, p in withdrawn if p not in owned}
-            subject = (subjects or {}).get
+            subject, names = (subjects or {}).get, aliases or {}
             embedded = self.scope.put_many(
-                [Entry(i, m, p, True, subject(i)) for i, m, p, _ in loaded]
-                + [Entry(i, m, p, False, subject(i)) for p, (i, m) in newest.items()],
+                [Entry(i, m, p, True, subject(i), names.get(i, ())) for i, m, p, _ in loaded]
+                + [Entry(i, m, p, False, subject(i), names.get(i, ())) for p, (i, m) in newest.items()],
                 known,
             )
         return errors, embedded

@@ -9,7 +9,8 @@ of the same subject or question). Its row goes when a newer edit of the same pro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,6 +25,7 @@ class Entry:
     prompt: str
     live: bool
     subject: str | None = None  # as the user gave it; the anchor is read off the prompt without it
+    aliases: tuple[str, ...] = ()  # other names of the subject: a query naming one names the subject
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ScopeIndex:
         self.rows: list[Entry | None] = []  # in insertion order: among equal scores the later row wins
         self.slot: dict[str, int] = {}
         self.anchors = AnchorIndex()  # editors/scope/subject.py
+        self.aliases: dict[str, tuple[re.Pattern, str]] = {}  # edit id -> (its aliases, its subject's name)
 
     def __len__(self) -> int:
         return sum(1 for e in self.rows if e is not None and e.live)
@@ -75,25 +78,48 @@ class ScopeIndex:
         for i, e in enumerate(entries):
             self.rows.append(e)
             self.slot[e.edit_id] = start + i
-            self.anchors.add(start + i, anchor_for(e.prompt, e.subject))
+            anchor = anchor_for(e.prompt, e.subject)
+            if e.aliases and anchor is not None:
+                # A query naming an alias is read with the subject's name; with its names all given,
+                # any other longer name holding the subject's words is another entity.
+                anchor = replace(anchor, named_fully=True)
+                self.aliases[e.edit_id] = (_any_of(e.aliases), anchor.subject)
+            self.anchors.add(start + i, anchor)
         return len(missing)
 
     def vectors(self) -> dict[str, torch.Tensor]:
         """Each prompt's vector, for saving (put_many's `known` at the next start)."""
         return {e.prompt: self.matrix[row].clone() for row, e in enumerate(self.rows) if e is not None}
 
-    def put(self, edit_id: str, method: str, prompt: str, live: bool = True, subject: str | None = None) -> None:
-        self.put_many([Entry(edit_id, method, prompt, live, subject)])
+    def put(
+        self,
+        edit_id: str,
+        method: str,
+        prompt: str,
+        live: bool = True,
+        subject: str | None = None,
+        aliases: tuple[str, ...] = (),
+    ) -> None:
+        self.put_many([Entry(edit_id, method, prompt, live, subject, tuple(aliases))])
 
     def retire(self, edit_id: str) -> None:
         e = self.entry(edit_id)
-        self.rows[self.slot[edit_id]] = Entry(e.edit_id, e.method, e.prompt, False, e.subject)
+        self.rows[self.slot[edit_id]] = Entry(e.edit_id, e.method, e.prompt, False, e.subject, e.aliases)
 
     def remove(self, edit_id: str) -> None:
         row = self.slot.pop(edit_id)
         self.rows[row] = None
         self.matrix[row] = 0.0
         self.anchors.remove(row)
+        self.aliases.pop(edit_id, None)
+
+    def unaliased(self, query: str) -> str:
+        """The query with every edit's alias it names written as that edit's subject ("Where is the
+        Musée du Louvre?" -> "Where is the Louvre?"): the anchor, the retriever and the cross-encoder
+        then read it as they read the subject's own name."""
+        for pattern, name in self.aliases.values():
+            query = pattern.sub(lambda _, name=name: name, query)
+        return query
 
     def withdrawn_with_prompt(self, prompt: str) -> list[str]:
         return [e.edit_id for e in self.rows if e is not None and not e.live and e.prompt == prompt]
@@ -107,6 +133,9 @@ class ScopeIndex:
             return [None] * len(queries)  # nothing to decide: no embedding, no cost
         n = len(self.rows)
         prompts = [e.prompt if e is not None else None for e in self.rows]
+        if self.aliases:
+            queries = [self.unaliased(q) for q in queries]
+            earlier = [self.unaliased(e) for e in earlier] if earlier else None
         seen = [in_context(q, e) for q, e in zip(queries, earlier or [""] * len(queries))]
         vecs = self.model.embed(seen)
         found = self.model.decide(vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen)
@@ -125,3 +154,10 @@ class ScopeIndex:
         sims = self.matrix[live] @ self.model.embed([text])[0]
         top = sims.topk(min(k, len(live))).indices.tolist()
         return [self.rows[live[i]] for i in top]
+
+
+def _any_of(names: tuple[str, ...]) -> re.Pattern:
+    """Any of the names, as whole words, in any case; the longest first, so that a name inside a longer
+    one is not found in its place."""
+    ordered = sorted({n.strip() for n in names if n.strip()}, key=len, reverse=True)
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in ordered) + r")(?!\w)", re.IGNORECASE)

@@ -90,6 +90,9 @@ class Anchor:
     # of two or more, unless it is a GENERIC head noun. None: only the whole name will do.
     last: str | None
     proper: bool = True  # written with a capital ("The Who"), not a common noun ("fish and chips")
+    # The subject's other names were given (aliases): a longer name holding its words and others is
+    # another entity's ("Louvre Abu Dhabi" for "Louvre"), not the subject's under a fuller name.
+    named_fully: bool = False
 
     @classmethod
     def of(cls, subject: str) -> Anchor | None:
@@ -128,10 +131,11 @@ class Anchor:
 
     def _other(self, name: set[str]) -> bool:
         """A name of the query that is another entity's: it shares words with this subject, holds words
-        this subject lacks and lacks some of its words ("Michel Rocard" for "Yves Rocard")."""
+        this subject lacks and lacks some of its words ("Michel Rocard" for "Yves Rocard"), or any such
+        longer name where the subject's other names were given (named_fully)."""
         shared = {w for w in name if _near(w, self.content)}
         missing = {c for c in self.content if not any(_near(w, {c}) for w in name)}
-        return bool(shared) and len(shared) < len(name) and bool(missing)
+        return bool(shared) and len(shared) < len(name) and (bool(missing) or self.named_fully)
 
     @property
     def triggers(self) -> frozenset[str]:
