@@ -118,7 +118,7 @@ class ScopeIndex:
         Musée du Louvre?" -> "Where is the Louvre?"): the anchor, the retriever and the cross-encoder
         then read it as they read the subject's own name."""
         for pattern, name in self.aliases.values():
-            query = pattern.sub(lambda _, name=name: name, query)
+            query = pattern.sub(name.replace("\\", "\\\\"), query)  # the name as it is: no group references
         return query
 
     def withdrawn_with_prompt(self, prompt: str) -> list[str]:
