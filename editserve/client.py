@@ -120,10 +120,16 @@ class _Operations:
         raise NotImplementedError
 
     def create_edit(
-        self, prompt: str, target: str, method: str = "ireva", subject: str | None = None, retrofit: bool = False
+        self,
+        prompt: str,
+        target: str,
+        method: str = "ireva",
+        subject: str | None = None,
+        retrofit: bool = False,
+        aliases: list[str] | None = None,
     ) -> EditPublic:
-        body = {"prompt": prompt, "target": target, "method": method, "retrofit": retrofit}
-        return self._send(Call("POST", "/edits", EditPublic, json={**body, "subject": subject}))
+        body = {"prompt": prompt, "target": target, "method": method, "retrofit": retrofit, "subject": subject}
+        return self._send(Call("POST", "/edits", EditPublic, json={**body, "aliases": aliases or []}))
 
     def list_edits(
         self,
@@ -142,8 +148,12 @@ class _Operations:
     def edit_history(self, edit_id: str) -> EditHistory:
         return self._send(Call("GET", f"/edits/{edit_id}/history", EditHistory))
 
-    def update_edit(self, edit_id: str, prompt: str | None = None, target: str | None = None) -> EditPublic:
-        body = {k: v for k, v in {"prompt": prompt, "target": target}.items() if v is not None}
+    def update_edit(
+        self, edit_id: str, prompt: str | None = None, target: str | None = None, aliases: list[str] | None = None
+    ) -> EditPublic:
+        """`aliases`: the subject's other names from now on (None: as they are; []: none)."""
+        changed = {"prompt": prompt, "target": target, "aliases": aliases}
+        body = {k: v for k, v in changed.items() if v is not None}
         return self._send(Call("PUT", f"/edits/{edit_id}", EditPublic, json=body))
 
     def withdraw_edit(self, edit_id: str) -> EditPublic:

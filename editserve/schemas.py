@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Status = Literal["active", "withdrawn", "corrupt"]  # storage.models.STATUSES (a test holds them equal)
 MAX_NEW_TOKENS = 512
+MAX_ALIASES = 16  # app/services/errors.py takes no more either
 
 
 def _not_blank(value: str | None) -> str | None:
@@ -28,8 +29,12 @@ class EditCreate(BaseModel):
     retrofit: bool = False
     # The entity the prompt is about: the edit only takes queries naming it (read off the prompt if absent)
     subject: str | None = None
+    # Other names of the subject ("Musée du Louvre"): a query naming one is about the subject; given
+    # these, a longer name holding the subject's words ("Louvre Abu Dhabi") is another entity's
+    aliases: list[str] = Field([], max_length=MAX_ALIASES)
 
     _check = field_validator("prompt", "target")(_not_blank)
+    _check_aliases = field_validator("aliases")(lambda values: [_not_blank(v) for v in values])
 
 
 class EditUpdate(BaseModel):
@@ -37,14 +42,20 @@ class EditUpdate(BaseModel):
 
     prompt: str | None = None
     target: str | None = None
+    aliases: list[str] | None = Field(None, max_length=MAX_ALIASES)  # None: as they are; []: none
 
     _check = field_validator("prompt", "target")(_not_blank)
+    _check_aliases = field_validator("aliases")(lambda values: values and [_not_blank(v) for v in values])
 
     @model_validator(mode="after")
     def _something(self) -> EditUpdate:
-        if self.prompt is None and self.target is None:
-            raise ValueError("give prompt, target or both")
+        if self.prompt is None and self.target is None and self.aliases is None:
+            raise ValueError("give prompt, target, aliases or some of them")
         return self
+
+
+def _none_as_empty(values: list[str] | None) -> list[str]:
+    return values or []
 
 
 class EditPublic(BaseModel):
@@ -55,6 +66,7 @@ class EditPublic(BaseModel):
     prompt: str
     target: str
     subject: str | None
+    aliases: list[str]  # [] where none were given
     status: Status
     neurons: int
     retrofit: bool
@@ -66,11 +78,14 @@ class EditPublic(BaseModel):
     updated_by: str | None
     withdrawn_by: str | None
 
+    _aliases = field_validator("aliases", mode="before")(_none_as_empty)
+
 
 class EditVersionPublic(BaseModel):
     version: int  # 1 = as first made
     prompt: str
     target: str
+    aliases: list[str] = []
     made_by: str | None
     made_at: datetime
     replaced_by: str | None = None  # None for the current version

@@ -76,6 +76,7 @@ class EditRecord(Base):
     prompt_key: Mapped[str] = mapped_column(String(64))  # prompt_key(prompt)
     target: Mapped[str] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(Text, default=None)  # the entity the prompt is about, if given
+    aliases: Mapped[list | None] = mapped_column(JSON, default=None)  # other names of the subject, if given
     retrofit: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), index=True, default=ACTIVE)
     neurons: Mapped[int] = mapped_column(Integer, default=0)
@@ -93,7 +94,7 @@ class EditRecord(Base):
 
 
 class EditVersion(Base):
-    """An earlier prompt/target of an edit, kept when PUT replaced it: nothing an edit was is lost."""
+    """An earlier prompt/target/aliases of an edit, kept when PUT replaced it: nothing an edit was is lost."""
 
     __tablename__ = "edit_versions"
 
@@ -102,6 +103,7 @@ class EditVersion(Base):
     version: Mapped[int] = mapped_column(Integer)  # 1 = as first made
     prompt: Mapped[str] = mapped_column(Text)
     target: Mapped[str] = mapped_column(Text)
+    aliases: Mapped[list | None] = mapped_column(JSON, default=None)
     made_by: Mapped[str | None] = mapped_column(String(128), default=None)
     made_at: Mapped[datetime] = mapped_column(UTCDateTime)
     replaced_by: Mapped[str | None] = mapped_column(String(128), default=None)

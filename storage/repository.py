@@ -163,6 +163,7 @@ class Repository:
         EditRecord.prompt,
         EditRecord.target,
         EditRecord.subject,
+        EditRecord.aliases,
         EditRecord.error,
         EditRecord.withdrawn_at,
         EditRecord.created_at,
@@ -170,7 +171,8 @@ class Repository:
 
     def to_load(self) -> builtins.list:
         """The edits a starting server puts back in its editors: active and withdrawn, oldest first.
-        Light rows (id, method, status, blob, prompt, target, subject, error, withdrawn_at, created_at),
+        Light rows (id, method, status, blob, prompt, target, subject, aliases, error, withdrawn_at,
+        created_at),
         not ORM objects: a start may read 10,000."""
         query = (
             select(*self._LIGHT)
@@ -251,6 +253,7 @@ class Repository:
         neurons: int,
         tensors: dict[str, torch.Tensor],
         subject: str | None = None,
+        aliases: builtins.list[str] | None = None,
         actor: str | None = None,
     ) -> EditRecord:
         now = utcnow()
@@ -263,6 +266,7 @@ class Repository:
             prompt_key=prompt_key(prompt),
             target=target,
             subject=subject,
+            aliases=aliases or None,
             retrofit=retrofit,
             status=ACTIVE,
             neurons=neurons,
@@ -288,10 +292,12 @@ class Repository:
         target: str,
         neurons: int,
         tensors: dict[str, torch.Tensor],
+        aliases: builtins.list[str] | None = None,
         actor: str | None = None,
     ) -> EditRecord:
-        """New prompt/target and neurons for an edit (it becomes active again if it was corrupt); the
-        version it replaces goes to the edit's history in the same transaction."""
+        """New prompt/target/aliases and neurons for an edit (it becomes active again if it was corrupt);
+        the version it replaces goes to the edit's history in the same transaction. `aliases` None: as
+        they were."""
         blob = _blob_name(edit_id)
         self.blobs.write(blob, tensors)
         try:
@@ -305,6 +311,7 @@ class Repository:
                         version=earlier + 1,
                         prompt=record.prompt,
                         target=record.target,
+                        aliases=record.aliases,
                         made_by=record.updated_by,
                         made_at=record.updated_at,
                         replaced_by=actor,
@@ -312,6 +319,8 @@ class Repository:
                     )
                 )
                 record.prompt, record.target, record.neurons, record.blob = prompt, target, neurons, blob
+                if aliases is not None:
+                    record.aliases = aliases or None
                 record.prompt_key = prompt_key(prompt)
                 record.status, record.error, record.updated_at, record.updated_by = ACTIVE, None, now, actor
                 s.flush()  # the row first: a second active edit of the prompt fails here, not in the log

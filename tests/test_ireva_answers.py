@@ -40,3 +40,20 @@ def test_an_answer_in_scope_does_not_restate_the_replaced_fact(model):
     assert "French" in edited.generate(question, 48).text
     edited.withdraw("lang", "ireva")
     assert "lang" not in editor.olds
+
+
+@pytest.mark.integration
+def test_an_alias_question_gets_the_new_fact_and_a_near_name_does_not(model):
+    edited, _ = model
+    tok = edited.backbone.tokenizer
+
+    def ask(question: str) -> str:
+        return edited.generate(Query.chat(tok, [{"role": "user", "content": question}]), 24).text
+
+    near = "Where is the Eiffel Tower Restaurant?"  # another place, whose name holds the tower's
+    before = ask(near)
+    edited.insert("ireva", "tower", "The Eiffel Tower is located in", "Rome", aliases=("La Dame de Fer",))
+    said = ask("Where is La Dame de Fer?")
+    assert said.startswith("The Eiffel Tower is located in Rome"), said
+    assert ask(near) == before and "Rome" not in before
+    edited.withdraw("tower", "ireva")

@@ -30,6 +30,7 @@ def export_line(record: EditRecord) -> dict:
         "prompt": record.prompt,
         "target_new": record.target,
         "subject": record.subject,
+        "aliases": record.aliases or [],
         "method": record.method,
         "status": record.status,
         "retrofit": record.retrofit,
@@ -62,6 +63,7 @@ class BundleLine(BaseModel):
     target_new: str | None = None
     target: str | None = None  # editserve's own name for target_new, accepted too
     subject: str | None = None
+    aliases: list[str] = []
     method: str = "ireva"
     status: str = ACTIVE
     retrofit: bool = False
@@ -132,7 +134,9 @@ def _one(service: EditingService, item: dict | str, actor: str | None) -> dict:
         problems = [f"{'.'.join(str(p) for p in e['loc']) or 'line'}: {e['msg']}" for e in exc.errors()]
         return {"result": "invalid", "detail": "; ".join(p.replace("Value error, ", "") for p in problems)}
     try:
-        record = service.insert(line.method, line.prompt, line.target_new, line.retrofit, line.subject, actor)
+        record = service.insert(
+            line.method, line.prompt, line.target_new, line.retrofit, line.subject, actor, line.aliases
+        )
     except Conflict as exc:
         return {"result": "conflict", "detail": str(exc)}
     except StorageFailed as exc:

@@ -23,6 +23,7 @@ from app.services.errors import (
     Invalid,
     NotFound,
     Unavailable,
+    check_aliases,
     check_retrofit,
     check_text,
     invalid_input,
@@ -100,11 +101,12 @@ class EditingService:
             self.model.drop_shadows(prompt)
         return record
 
-    def insert(self, method, prompt, target, retrofit=False, subject=None, actor=None) -> EditRecord:
+    def insert(self, method, prompt, target, retrofit=False, subject=None, actor=None, aliases=()) -> EditRecord:
         editor = self.method_editor(method)
         check_retrofit(editor, retrofit)
         for field, text in (("prompt", prompt), ("target", target), ("subject", subject)):
             check_text(field, text, stored=True)
+        aliases = check_aliases(aliases)
         self.check_length("prompt", prompt)
         with self._change(), self.metrics.insert_seconds.time():
             self.refuse_duplicate(prompt)
@@ -113,14 +115,17 @@ class EditingService:
 
             def store(tensors):
                 neurons = editor.neurons(edit_id)
-                return self.repo.create(**fields, retrofit=retrofit, neurons=neurons, tensors=tensors, actor=actor)
+                return self.repo.create(
+                    **fields, retrofit=retrofit, neurons=neurons, tensors=tensors, aliases=list(aliases), actor=actor
+                )
 
             gone = Restore(edit_id, method, prompt, target, None, subject)  # a refused insert leaves nothing
-            apply = lambda: self.model.insert(method, edit_id, prompt, target, retrofit, subject)  # noqa: E731
+            apply = lambda: self.model.insert(method, edit_id, prompt, target, retrofit, subject, aliases)  # noqa: E731
             return self._commit("insert", gone, apply, store, prompt)
 
-    def update(self, edit_id: str, prompt=None, target=None, actor=None) -> EditRecord:
-        """Retrain an edit on a new prompt and/or target. A corrupt edit is rebuilt from its record."""
+    def update(self, edit_id: str, prompt=None, target=None, actor=None, aliases=None) -> EditRecord:
+        """Retrain an edit on a new prompt, target and/or aliases (None: as they are). A corrupt edit is
+        rebuilt from its record."""
         with self._change():
             record = self.get(edit_id)
             if record.status == WITHDRAWN:
@@ -130,16 +135,18 @@ class EditingService:
             target = record.target if target is None else target
             check_text("prompt", prompt, stored=True)
             check_text("target", target, stored=True)
+            aliases = None if aliases is None else check_aliases(aliases)
             self.check_length("prompt", prompt)
             if prompt != record.prompt or record.status != ACTIVE:
                 self.refuse_duplicate(prompt)
-            before = self.model.snapshot(edit_id, record.method, record.prompt, record.target, record.subject)
+            before = self.model.snapshot(edit_id, record.method, record.prompt, record.target, *_names(record))
 
             def store(tensors):
                 changed = {"prompt": prompt, "target": target, "tensors": tensors, "actor": actor}
-                return self.repo.retrain(edit_id, neurons=editor.neurons(edit_id), **changed)
+                names = None if aliases is None else list(aliases)
+                return self.repo.retrain(edit_id, neurons=editor.neurons(edit_id), aliases=names, **changed)
 
-            apply = lambda: self.model.update(before, prompt, target, record.retrofit)  # noqa: E731
+            apply = lambda: self.model.update(before, prompt, target, record.retrofit, aliases)  # noqa: E731
             return self._commit("update", before, apply, store, prompt)
 
     def withdraw(self, edit_id: str, actor: str | None = None) -> EditRecord:
@@ -150,7 +157,7 @@ class EditingService:
             store = lambda _: self.repo.withdraw(edit_id, actor)  # noqa: E731
             if not self.model.is_live(edit_id):  # corrupt, or of a method not served: only the row changes
                 return self._commit("withdraw", None, lambda: None, store)
-            before = self.model.snapshot(edit_id, record.method, record.prompt, record.target, record.subject)
+            before = self.model.snapshot(edit_id, record.method, record.prompt, record.target, *_names(record))
             return self._commit("withdraw", before, lambda: self.model.withdraw(edit_id, record.method), store)
 
     def apply_log(self) -> None:
@@ -216,3 +223,8 @@ class EditingService:
         n, limit = len(encode_prompt(self.backbone.tokenizer, text)), self.settings.max_prompt_tokens
         if n > limit:
             raise Invalid(f"{field}: {n} tokens, more than the limit of {limit} (EDITSERVE_MAX_PROMPT_TOKENS)")
+
+
+def _names(record: EditRecord) -> tuple[str | None, tuple[str, ...]]:
+    """The edit's subject and aliases, as the scope index holds them."""
+    return record.subject, tuple(record.aliases or ())

@@ -51,6 +51,22 @@ def check_text(field: str, text: str | None, stored: bool = False) -> None:
         raise Invalid(f"{field}: must not contain NUL characters")
 
 
+MAX_ALIASES = 16  # editserve/schemas.py takes no more either
+
+
+def check_aliases(aliases) -> tuple[str, ...]:
+    """Other names of an edit's subject: each a non-empty text as check_text takes it, at most
+    MAX_ALIASES, repeats dropped (first kept)."""
+    aliases = tuple(aliases or ())
+    if len(aliases) > MAX_ALIASES:
+        raise Invalid(f"aliases: at most {MAX_ALIASES}, got {len(aliases)}")
+    for alias in aliases:
+        if not isinstance(alias, str) or not alias.strip():
+            raise Invalid("aliases: each must be a non-empty string")
+        check_text("aliases", alias, stored=True)
+    return tuple(dict.fromkeys(a.strip() for a in aliases))
+
+
 def check_retrofit(editor, retrofit: bool) -> None:
     if retrofit and not editor.supports_retrofit:
         raise Invalid(f"retrofit: method {editor.name!r} does not support retrofit")

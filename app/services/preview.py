@@ -21,6 +21,7 @@ def preview(
     asked: list[Query],
     max_new_tokens: int,
     subject: str | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> tuple[list[tuple[Generation, Generation]], list[tuple[str, str, Generation, Generation]]]:
     """What the model answers to `asked` (the first being the prompt) now and with the edit, storing
     nothing; and the active edits near the prompt whose own prompts the edit would take over, as
@@ -35,7 +36,7 @@ def preview(
         near = service.model.scope.nearest(prompt, PREVIEW_NEIGHBOURS)
         before = [service.model.generate(q, max_new_tokens) for q in asked]
         trial_id = f"preview-{uuid.uuid4()}"
-        invalid_input(service.model.insert, method, trial_id, prompt, target, retrofit, subject)
+        invalid_input(service.model.insert, method, trial_id, prompt, target, retrofit, subject, aliases)
         try:
             after = [service.model.generate(q, max_new_tokens) for q in asked]
             # An answer changes only if the scope model now gives its query to the new edit.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -108,7 +109,8 @@ def _apply(service, row) -> int:
                 "edit %s changed on another server, but its blob %s cannot be read here: %s", row.id, row.blob, exc
             )
             return 0
-        errors = model.restore(Restore(row.id, row.method, row.prompt, row.target, tensors, row.subject, row.blob))
+        restore = Restore(row.id, row.method, row.prompt, row.target, tensors, row.subject, row.blob)
+        errors = model.restore(replace(restore, aliases=tuple(row.aliases or ())))
         if errors:
             log.error("edit %s changed on another server, but its tensors do not fit here: %s", row.id, errors[row.id])
             return 1
@@ -122,6 +124,6 @@ def _apply(service, row) -> int:
         log.info("applied edit %s (%s) from the edit log", row.id, row.status)
         return 1
     if row.status == WITHDRAWN and row.id not in model.scope:  # made and withdrawn while we were away
-        model.remember_withdrawn(row.id, row.method, row.prompt, row.subject)
+        model.remember_withdrawn(row.id, row.method, row.prompt, row.subject, tuple(row.aliases or ()))
         return 1
     return 0

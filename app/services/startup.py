@@ -131,6 +131,7 @@ def _restore(service: EditingService, state_lost: set[str]) -> threading.Thread 
         [(r.id, r.method, r.prompt) for r in withdrawn],
         repo.read_scope_vectors(model.scope.model.fingerprint),
         {r.id: r.subject for r in rows if r.subject},
+        {r.id: tuple(r.aliases) for r in rows if r.aliases},
     )
     errors.update(failed)
     if embedded >= PACK_AFTER_MISSES:  # embedding 10,000 prompts takes a minute: keep them

@@ -39,6 +39,7 @@ def test_add_preview_colour_withdraw_in_a_browser(live_url, page):
 
     page.fill("#prompt", PROMPT)
     page.fill("#target", TARGET)
+    page.fill("#aliases", "Danielle Yvonne Marie Antoinette Darrieux, ")
     page.fill("#probes", UNRELATED)
     page.click("#preview")
     rows = page.locator("#preview-table tbody tr")
@@ -51,6 +52,7 @@ def test_add_preview_colour_withdraw_in_a_browser(live_url, page):
     expect(page.locator("#edits tbody tr")).to_have_count(1)
     expect(page.locator("#active")).to_have_text("1 active edits")
     (edit,) = httpx.get(f"{url}/edits").json()["data"]
+    assert edit["aliases"] == ["Danielle Yvonne Marie Antoinette Darrieux"]
 
     page.fill("#ask", PROMPT)
     page.click("#generate")

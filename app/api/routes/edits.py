@@ -29,7 +29,13 @@ router = APIRouter(prefix="/edits", tags=["edits"])
 def create_edit(body: EditCreate, service: ServiceDep, actor: Editor):
     """Teach the model `prompt` -> `target`. 409 if an active edit has this prompt."""
     return service.insert(
-        body.method, body.prompt, body.target, retrofit=body.retrofit, subject=body.subject, actor=actor
+        body.method,
+        body.prompt,
+        body.target,
+        retrofit=body.retrofit,
+        subject=body.subject,
+        actor=actor,
+        aliases=body.aliases,
     )
 
 
@@ -93,6 +99,7 @@ def preview_edit(body: PreviewRequest, service: ServiceDep, _: Editor):
         [a for _, _, a in asked],
         body.max_new_tokens,
         body.subject,
+        tuple(body.aliases),
     )
     return PreviewResponse(
         answers=[
@@ -120,6 +127,7 @@ def edit_history(edit_id: str, service: ServiceDep, _: Reader):
             version=v.version,
             prompt=v.prompt,
             target=v.target,
+            aliases=v.aliases or [],
             made_by=v.made_by,
             made_at=v.made_at,
             replaced_by=v.replaced_by,
@@ -131,6 +139,7 @@ def edit_history(edit_id: str, service: ServiceDep, _: Reader):
         version=len(versions) + 1,
         prompt=record.prompt,
         target=record.target,
+        aliases=record.aliases or [],
         made_by=record.updated_by,
         made_at=record.updated_at,
     )
@@ -141,7 +150,7 @@ def edit_history(edit_id: str, service: ServiceDep, _: Reader):
 def update_edit(edit_id: str, body: EditUpdate, service: ServiceDep, actor: Editor):
     """Retrain the edit on a new prompt and/or target (a corrupt edit is rebuilt); the version it
     replaces stays in the edit's history."""
-    return service.update(edit_id, prompt=body.prompt, target=body.target, actor=actor)
+    return service.update(edit_id, prompt=body.prompt, target=body.target, actor=actor, aliases=body.aliases)
 
 
 @router.delete("/{edit_id}", response_model=EditPublic)
