@@ -34,6 +34,8 @@ neighbourhood  the same for prompts of the same relation about other subjects (C
            neighborhood_prompts, answer target_true); null where the file has none
 portability  teacher-forced accuracy of the answers that follow from the edit (zsRE / KnowEdit
            portability); null where the file has none
+subject_aliasing  the same for KnowEdit's Subject_Aliasing probes alone (the edit's question asked
+           about its subject by another name; no aliases are given to the edits)
 n_edits    records evaluated (edits requested; refused ones are listed in report.md)
 seconds    wall clock of the whole run; insert_seconds_per_edit: mean time of one insert (FT: training
            time / N)
@@ -68,6 +70,7 @@ METRIC_KEYS = (
     "same_subject",
     "neighbourhood",
     "portability",
+    "subject_aliasing",
     "n_edits",
     "seconds",
     "insert_seconds_per_edit",

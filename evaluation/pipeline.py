@@ -353,12 +353,20 @@ def score(args, cases: Cases, m: Measured, started: float) -> dict:
         "same_subject": unchanged("same_subject"),
         "neighbourhood": unchanged("neighbourhood"),
         "portability": token_accuracy(edited["portability"]) if "portability" in cases.sets else None,
+        "subject_aliasing": _of_kind(cases, edited, "portability", "Subject_Aliasing"),
         "n_edits": len(cases.inserted),
         "seconds": round(time.perf_counter() - started, 3),
         "insert_seconds_per_edit": (m.insert_seconds / len(cases.inserted)) if args.method != "none" else 0.0,
     }
     assert tuple(metrics) == METRIC_KEYS
     return metrics
+
+
+def _of_kind(cases: Cases, edited: dict, name: str, kind: str) -> float | None:
+    """Token accuracy of the probes of one kind in a probe set (KnowEdit's portability kinds); None
+    where the run has none of that kind."""
+    picked = [edited[name][i] for i, (_, p) in enumerate(cases.probes.get(name, [])) if p.kind == kind]
+    return token_accuracy(picked) if picked else None
 
 
 # -- sweeps ------------------------------------------------------------------------------------------------

@@ -169,6 +169,7 @@ def _metric_table(r: Results) -> list[str]:
         f"| same_subject | {fmt(m['same_subject'])} | the subject's other relations: tokens predicted as unedited |",
         f"| neighbourhood | {fmt(m['neighbourhood'])} | same relation, other subjects: tokens predicted as unedited |",
         f"| portability | {fmt(m['portability'])} | answers that follow from the edit, tokens right |",
+        f"| subject_aliasing | {fmt(m['subject_aliasing'])} | KnowEdit's probes naming the subject otherwise |",
         f"| n_edits | {m['n_edits']} | |",
         f"| seconds | {fmt(m['seconds'])} | whole run |",
         f"| insert_seconds_per_edit | {fmt(m['insert_seconds_per_edit'])} | |",

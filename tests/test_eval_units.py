@@ -193,3 +193,15 @@ def test_the_harness_scores_on_the_servers_answer_path(tokenizer, tmp_path, meth
     assert [p for p, _ in withdrawn] == plain.tolist()
     assert system.predict_one(0, cs) == batched[0]  # put back
     system.close()
+
+
+def test_subject_aliasing_is_the_accuracy_of_that_kind_of_portability_probe_alone():
+    from types import SimpleNamespace
+
+    from evaluation.pipeline import _of_kind
+
+    probes = [(0, datasets.Probe("q1", "a", "Reasoning")), (1, datasets.Probe("q2", "b", "Subject_Aliasing"))]
+    cases = SimpleNamespace(probes={"portability": probes})
+    edited = {"portability": [[(1, 1)], [(1, 2), (3, 3)]]}  # (predicted, expected) per token
+    assert _of_kind(cases, edited, "portability", "Subject_Aliasing") == 0.5
+    assert _of_kind(cases, edited, "portability", "Logical_Generalization") is None
