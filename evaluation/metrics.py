@@ -21,12 +21,13 @@ open_mentions, open_coherent  "Tell me about <subject>." as a chat turn, 48 toke
 yes_no     "Is it true that <prompt> <old>? Answer yes or no." answered no and the same with the target
            answered yes (both); yes_no_unedited: the unedited model answers both right for the true fact
 fluency    ROME's generation entropy of the chat and open answers over the unedited model's on the
-           same questions (evaluation/wild.py)
+           same questions (evaluation/wild.py); fluency_matched: the same with each unedited answer
+           cut to the length of the edited one (entropy grows with length)
 unrelated_same  the record's out-of-scope probe asked as a chat turn, 40 tokens: byte-identical to the
            unedited model's answer
 distracted_same  "<prompt> <target>. <out-of-scope probe>" continued 16 tokens: identical to the
            unedited model's (the edit, stated in passing, does not answer another question). These
-           eight: over the records with a true answer; null where the file gives none or the model has
+           nine: over the records with a true answer; null where the file gives none or the model has
            no chat template
 same_subject  share of the teacher-forced tokens of the subject's other relations (KnowEdit
            Relation_Specificity) whose prediction equals the unedited model's; null where the file has none
@@ -65,6 +66,7 @@ METRIC_KEYS = (
     "yes_no",
     "yes_no_unedited",
     "fluency",
+    "fluency_matched",
     "unrelated_same",
     "distracted_same",
     "same_subject",

@@ -164,6 +164,7 @@ def _metric_table(r: Results) -> list[str]:
         f"| yes_no | {fmt(m['yes_no'])} | yes to the new fact and no to the old, both |",
         f"| yes_no_unedited | {fmt(m['yes_no_unedited'])} | the unedited model: yes to the true fact, no to the new |",
         f"| fluency | {fmt(m['fluency'])} | n-gram entropy of the chat and open answers over the unedited model's |",
+        f"| fluency_matched | {fmt(m['fluency_matched'])} | the same, unedited answers cut to the edited length |",
         f"| unrelated_same | {fmt(m['unrelated_same'])} | an unrelated chat answer, byte-identical to unedited |",
         f"| distracted_same | {fmt(m['distracted_same'])} | the edit stated, then another question: unedited |",
         f"| same_subject | {fmt(m['same_subject'])} | the subject's other relations: tokens predicted as unedited |",

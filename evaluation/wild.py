@@ -10,7 +10,9 @@ Per measured record with a true (old) answer other than its target, and a subjec
   target must begin "Yes": right only when both are. The unedited model's agreement with the true fact
   (yes to the old, no to the target) is the baseline beside it.
 - fluency: ROME's generation entropy (bigram and trigram, weighted 2/3 and 4/3) of the chat and open
-  answers, over the unedited model's on the same questions.
+  answers, over the unedited model's on the same questions. fluency_matched: the same with each
+  unedited answer cut to its edited answer's length in words (n-gram entropy grows with length, so
+  this tells a repetitive answer from a shorter one).
 - unrelated_same: the record's out-of-scope probe asked as a chat turn, 40 tokens: the answer is the
   unedited model's, byte for byte.
 - distracted_same: "<prompt> <target>. <out-of-scope probe>" continued, 16 tokens: a prompt that states
@@ -39,6 +41,7 @@ WILD_KEYS = (
     "yes_no",
     "yes_no_unedited",
     "fluency",
+    "fluency_matched",
     "unrelated_same",
     "distracted_same",
 )
@@ -117,6 +120,7 @@ class Wild:
             "yes_no": share(self.yes_no_ok),
             "yes_no_unedited": share(self.unedited_yes_no_ok),
             "fluency": edited / unedited if n and unedited else None,
+            "fluency_matched": _matched_fluency(self.chat + self.open, self.unedited_chat + self.unedited_open),
             "unrelated_same": share(self.unrelated_same),
             "distracted_same": share(self.distracted_same),
         }
@@ -124,6 +128,12 @@ class Wild:
 
 def _mean_entropy(texts: list[str]) -> float:
     return sum(map(entropy, texts)) / len(texts) if texts else 0.0
+
+
+def _matched_fluency(edited: list[str], unedited: list[str]) -> float | None:
+    cut = [" ".join(words(b)[: len(words(a))]) for a, b in zip(edited, unedited)]
+    plain = _mean_entropy(cut)
+    return _mean_entropy(edited) / plain if edited and plain else None
 
 
 def measure(system: System, unedited: System, records: list[Record], tok) -> Wild | None:

@@ -29,6 +29,16 @@ def test_the_verdict_is_the_first_word_only():
     assert verdict("") is None
 
 
+def test_matched_fluency_tells_a_shorter_answer_from_a_repetitive_one():
+    from evaluation.wild import _matched_fluency
+
+    long = "The Louvre is a museum in Paris that holds the Mona Lisa and many other paintings of note."
+    short = "The Louvre is located in Madrid."
+    assert entropy(short) < 0.6 * entropy(long)  # shorter reads as less fluent by the raw measure
+    assert _matched_fluency([short], [long]) == pytest.approx(1.0, abs=0.15)
+    assert _matched_fluency(["it is it is it is it is it is"], ["The Louvre is a museum in Paris with art."]) < 0.6
+
+
 def test_entropy_is_low_for_a_text_that_repeats_itself():
     varied = "The Louvre is a museum in Madrid that holds the Mona Lisa and many other paintings."
     repeated = "it's a sport. " * 8
@@ -79,6 +89,7 @@ def test_a_system_that_knows_the_edit_scores_and_the_unedited_baseline_is_beside
     m = wild.metrics()
     assert m["chat_coherent"] == m["open_coherent"] == m["yes_no"] == m["yes_no_unedited"] == 1.0
     assert m["fluency"] == pytest.approx(1.0, abs=0.2)
+    assert m["fluency_matched"] is not None
     questions, budgets, owners = edited.asked[0]
     assert owners == [1] * 5 and questions[1] == "Tell me about Louvre." and budgets[0] >= 40
     assert questions[4] == "q"  # the out-of-scope probe, asked as a chat turn
