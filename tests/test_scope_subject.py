@@ -138,3 +138,14 @@ def test_the_last_sentence_of_a_prompt_is_what_it_asks():
     assert last_sentence("Zeus decides to pardon Clio. Poland's capital is") == "Poland's capital is"
     assert last_sentence("Hi! Where is the Louvre? Thanks.") is None  # "Thanks." asks nothing
     assert last_sentence("The Louvre is located in") is None
+
+
+def test_a_last_sentence_names_its_own_subject_only_by_a_real_name():
+    from editors.scope.model import _after_a_statement
+    from editors.scope.subject import names_its_own
+
+    assert names_its_own("John Lennon performs on the") and names_its_own("The Prado is located in")
+    assert not names_its_own("Just the answer, please.") and not names_its_own("Answer yes or no.")
+    # a follow-up to a question ("What is X? Is it Y?") is read with it, not alone
+    assert _after_a_statement("The Louvre is in Madrid. John Lennon performs on the", "John Lennon performs on the")
+    assert not _after_a_statement("What is the capital of Peru? Is it Lima City?", "Is it Lima City?")

