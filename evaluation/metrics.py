@@ -49,6 +49,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from evaluation.systems import PerRecord  # per record: the (predicted, expected) token of each case
 
+# What evaluation/wild.py measures of answers in the wild, in METRIC_KEYS' order.
+WILD_KEYS = (
+    "chat_coherent",
+    "open_mentions",
+    "open_coherent",
+    "yes_no",
+    "yes_no_unedited",
+    "fluency",
+    "fluency_matched",
+    "unrelated_same",
+    "distracted_same",
+)
+
 METRIC_KEYS = (
     "es",
     "ps",
@@ -60,15 +73,7 @@ METRIC_KEYS = (
     "con",
     "chat_es",
     "chat_ps",
-    "chat_coherent",
-    "open_mentions",
-    "open_coherent",
-    "yes_no",
-    "yes_no_unedited",
-    "fluency",
-    "fluency_matched",
-    "unrelated_same",
-    "distracted_same",
+    *WILD_KEYS,
     "same_subject",
     "neighbourhood",
     "portability",

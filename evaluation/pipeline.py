@@ -27,6 +27,7 @@ from evaluation import datasets
 from evaluation.build import build
 from evaluation.metrics import (
     METRIC_KEYS,
+    WILD_KEYS,
     contains_target,
     firing_diagnostics,
     starts_with_target,
@@ -34,7 +35,7 @@ from evaluation.metrics import (
     unchanged_share,
 )
 from evaluation.systems import CaseSet, PerRecord, System
-from evaluation.wild import WILD_KEYS, Wild
+from evaluation.wild import Wild
 from evaluation.wild import measure as measure_wild
 from evaluation.withdrawal import measure_withdrawal
 

@@ -34,17 +34,6 @@ CHAT_TOKENS = 40  # long enough to restate the old fact after the new one
 OPEN_TOKENS = 48
 YES_NO_TOKENS = 6  # the verdict is the first word
 DISTRACTED_TOKENS = 16
-WILD_KEYS = (
-    "chat_coherent",
-    "open_mentions",
-    "open_coherent",
-    "yes_no",
-    "yes_no_unedited",
-    "fluency",
-    "fluency_matched",
-    "unrelated_same",
-    "distracted_same",
-)
 
 
 def yes_no_question(prompt: str, answer: str) -> str:

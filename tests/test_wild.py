@@ -5,6 +5,7 @@ import pytest
 
 from evaluation.datasets import Record
 from evaluation.ike import IkeSystem
+from evaluation.metrics import WILD_KEYS
 from evaluation.systems import System
 from evaluation.wild import entropy, measure, verdict, yes_no_question
 from tests.tiny_models import packaged_tokenizer, tiny_backbone
@@ -87,6 +88,7 @@ def test_a_system_that_knows_the_edit_scores_and_the_unedited_baseline_is_beside
     wild = measure(edited, plain, [no_truth, LOUVRE, no_change], backbone.tokenizer)
     assert wild is not None and wild.judged == [1]  # without a true answer, or with the target as it: not judged
     m = wild.metrics()
+    assert tuple(m) == WILD_KEYS  # in METRIC_KEYS order (evaluation/metrics.py)
     assert m["chat_coherent"] == m["open_coherent"] == m["yes_no"] == m["yes_no_unedited"] == 1.0
     assert m["fluency"] == pytest.approx(1.0, abs=0.2)
     assert m["fluency_matched"] is not None
