@@ -94,9 +94,11 @@ def test_a_fact_stated_in_passing_does_not_bring_the_next_question_into_its_scop
         "The Louvre is located in Madrid. The Prado is located in",  # asks about the Prado
         "The Louvre is located in Madrid. The Uffizi is located in",  # about neither edit
         "Zeus decides to pardon Clio. The Louvre is located in",  # the last sentence asks: the Louvre
+        "The Louvre is located in Madrid. Uffizi is located in",  # one word is a name of its own
+        "The Louvre is located in Madrid. Where is the Prado? It is located in",  # the question asks
     ]
     found = untrained.decide(untrained.embed(queries), queries, mem, prompts, anchors)
-    assert [f[0] if f else None for f in found] == [1, None, 0]
+    assert [f[0] if f else None for f in found] == [1, None, 0, None, 1]
 
 
 def test_an_alias_names_the_subject_and_then_a_longer_name_is_another_entity(untrained):

@@ -138,6 +138,15 @@ def test_the_last_sentence_of_a_prompt_is_what_it_asks():
     assert last_sentence("Zeus decides to pardon Clio. Poland's capital is") == "Poland's capital is"
     assert last_sentence("Hi! Where is the Louvre? Thanks.") is None  # "Thanks." asks nothing
     assert last_sentence("The Louvre is located in") is None
+    # an answer begun after its question is one sentence with it
+    assert last_sentence("Where is Iglo? It is located in") is None
+    stated = "What is the twin city of Lyon? It is Manila. What is the twin city of Gomel? It is"
+    assert last_sentence(stated) == "What is the twin city of Gomel? It is"
+    # a full stop after an abbreviation or an initial ends no sentence; any letter may open one
+    assert last_sentence("The language of Mr. Perfect was") is None
+    assert last_sentence("Kyoto is in Cyprus. 2002 FIFA World Cup, in") == "2002 FIFA World Cup, in"
+    assert last_sentence("Apple III is made by Sony. iPhone 8, produced by") == "iPhone 8, produced by"
+    assert last_sentence("Hattfjelldal is in Poland. Ås is located in") == "Ås is located in"
 
 
 def test_a_last_sentence_names_its_own_subject_only_by_a_real_name():
@@ -145,7 +154,10 @@ def test_a_last_sentence_names_its_own_subject_only_by_a_real_name():
     from editors.scope.subject import names_its_own
 
     assert names_its_own("John Lennon performs on the") and names_its_own("The Prado is located in")
+    assert names_its_own("Quora is written in") and names_its_own("Hauschka plays")
+    assert names_its_own("True Detective airs on")
     assert not names_its_own("Just the answer, please.") and not names_its_own("Answer yes or no.")
+    assert not names_its_own("Now, where is it located?") and not names_its_own("It is located in")
     # a follow-up to a question ("What is X? Is it Y?") is read with it, not alone
     assert _after_a_statement("The Louvre is in Madrid. John Lennon performs on the", "John Lennon performs on the")
     assert not _after_a_statement("What is the capital of Peru? Is it Lima City?", "Is it Lima City?")

@@ -32,6 +32,20 @@ NOT_NAMES = {
     "please", "tell", "name", "give", "and", "or", "but", "as", "if", "so", "yes", "no", "hi", "hey",
     "hello", "thanks", "thank", "quick", "question", "answer", "complete", "finish", "continue", "fill",
 }  # fmt: skip
+# Capitalised words that open sentences without naming anything ("Just the answer.", "Now, where is
+# it?"); some do in names ("True Detective"), so they are only left out where they open a sentence alone.
+OPENERS = {
+    "just", "also", "then", "now", "next", "again", "here", "sure", "ok", "okay", "true", "false",
+    "correct", "right", "wrong", "today", "currently", "originally", "later", "finally", "first", "after",
+    "before", "since", "while", "although", "though", "because", "however", "therefore", "thus", "hence",
+    "meanwhile", "moreover", "besides", "instead", "otherwise", "still", "yet", "perhaps", "maybe",
+    "probably", "actually", "indeed", "not", "never", "always", "one", "some", "many", "most", "all",
+    "each", "every", "any", "both", "either", "neither", "another", "other", "such", "only", "even",
+    "according", "based", "given", "suppose", "assume", "consider", "imagine", "note", "remember",
+    "recall", "explain", "describe", "say", "write", "state", "let", "list", "provide", "show", "identify",
+    "choose", "pick", "respond", "reply", "guess", "know", "think", "believe", "ask", "q", "me", "us",
+    "them", "him", "sorry", "ah", "oh", "um", "wait", "really",
+}  # fmt: skip
 # Head nouns that end many names ("Amazon River", "Eiffel Tower"): alone they name nothing in particular,
 # so they are never the one word that stands for a longer name.
 GENERIC = {
@@ -248,20 +262,33 @@ def mask(text: str, anchor: Anchor, placeholder: str = "X") -> str:
     return "".join(out) + text[last:]
 
 
+# A full stop that ends an abbreviation or an initial, not a sentence.
+_ABBREVIATED = re.compile(
+    r"(?:\b(?:Mr|Mrs|Ms|Dr|St|Mt|Ft|Jr|Sr|Prof|Gen|Col|Lt|Capt|Sgt|Rev|Hon|Inc|Ltd|Co|vs)|\b[A-Z])\.$"
+)
+
+
 def last_sentence(text: str) -> str | None:
-    """The last sentence of a text of several (None for one, or when the last is two words or fewer:
-    "Thanks."), which is what a completion prompt asks to complete."""
-    parts = re.split(r"(?<=[.!?])\s+(?=[A-Z\"'(])", text.strip())
-    if len(parts) < 2 or len(parts[-1].split()) < 3:
+    """The last sentence of a text of several, as written in it (None for one, or when the last is one
+    word: "Thanks."), which is what a completion prompt asks to complete. An answer begun after its
+    question is one sentence with it ("Where is X? It is located in")."""
+    text = text.strip()
+    starts = [0]  # where each sentence starts
+    for m in re.finditer(r"(?<=[.!?])\s+", text):
+        if not _ABBREVIATED.search(text[: m.start()]):  # "Mr. Perfect", "John F. Kennedy": one sentence
+            starts.append(m.end())
+    if len(text[starts[-1] :].split()) < 2:
         return None
-    return parts[-1]
+    if len(starts) >= 2 and text[: starts[-1]].rstrip().endswith("?"):
+        starts.pop()
+    return text[starts[-1] :] if len(starts) >= 2 else None
 
 
 def names_its_own(sentence: str) -> bool:
-    """The sentence names a subject of its own: a name inside it, or a name of two words or more at its
-    start ("John Lennon performs on the"); one capitalised word opening it may be any word ("Just the
-    answer, please.")."""
-    return any(not opens or len(words) >= 2 for words, opens in name_runs(sentence))
+    """The sentence names a subject of its own ("John Lennon performs on the", "Quora is written in");
+    the words that open sentences without naming anything are no names ("Just the answer, please.")."""
+    runs = name_runs(sentence)
+    return any(not (opens and len(words) == 1 and words[0].casefold() in OPENERS) for words, opens in runs)
 
 
 def in_context(query: str, earlier: str) -> str:
