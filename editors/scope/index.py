@@ -45,6 +45,7 @@ class ScopeIndex:
         self.slot: dict[str, int] = {}
         self.anchors = AnchorIndex()  # editors/scope/subject.py
         self.aliases: dict[str, tuple[re.Pattern, str]] = {}  # edit id -> (its aliases, its subject's name)
+        self.alias_starts: dict[str, set[str]] = {}  # an alias's first word -> the edits giving it
 
     def __len__(self) -> int:
         return sum(1 for e in self.rows if e is not None and e.live)
@@ -86,6 +87,8 @@ class ScopeIndex:
                 # any other longer name holding the subject's words is another entity.
                 anchor = replace(anchor, named_fully=True)
                 self.aliases[e.edit_id] = (_any_of(e.aliases), anchor.subject)
+                for word in _first_words(e.aliases):
+                    self.alias_starts.setdefault(word, set()).add(e.edit_id)
             self.anchors.add(start + i, anchor)
         return len(missing)
 
@@ -114,12 +117,21 @@ class ScopeIndex:
         self.matrix[row] = 0.0
         self.anchors.remove(row)
         self.aliases.pop(edit_id, None)
+        for word in [w for w, ids in self.alias_starts.items() if edit_id in ids]:
+            self.alias_starts[word].discard(edit_id)
+            if not self.alias_starts[word]:
+                del self.alias_starts[word]
 
     def unaliased(self, query: str) -> str:
         """The query with every edit's alias it names written as that edit's subject ("Where is the
         Musée du Louvre?" -> "Where is the Louvre?"): the anchor, the retriever and the cross-encoder
         then read it as they read the subject's own name."""
-        for pattern, name in self.aliases.values():
+        # Only the edits with an alias starting with one of the query's words are tried: with thousands
+        # of edits that give aliases, a query meets a handful.
+        seen = set(_WORDS.findall(query.lower())) | {""}
+        tried = set().union(*(self.alias_starts.get(w, ()) for w in seen))
+        for edit_id in sorted(tried, key=lambda i: self.slot.get(i, -1)):  # in insertion order, as the rows
+            pattern, name = self.aliases[edit_id]
             query = pattern.sub(name.replace("\\", "\\\\"), query)  # the name as it is: no group references
         return query
 
@@ -157,6 +169,14 @@ class ScopeIndex:
         sims = self.matrix[live] @ self.model.embed([text])[0]
         top = sims.topk(min(k, len(live))).indices.tolist()
         return [self.rows[live[i]] for i in top]
+
+
+_WORDS = re.compile(r"\w+")
+
+
+def _first_words(names: tuple[str, ...]) -> set[str]:
+    """Each name's first word, lower-cased ("" for a name without one, tried on every query)."""
+    return {next(iter(_WORDS.findall(n.lower())), "") for n in names if n.strip()}
 
 
 def _any_of(names: tuple[str, ...]) -> re.Pattern:
