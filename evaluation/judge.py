@@ -1,5 +1,6 @@
 """Judging a whole generated answer the way a reader does ("evaluation in the wild"): does it state the
-new fact, whole, without also stating the old one or splicing the new name into the old?
+new fact, whole, without also stating the old one or splicing the new name into the old? And does an
+answer to "Tell me about X." tell about X, rather than name the new fact alone?
 
 Words are compared case-folded, as whole words, so "Paris" is not found in "Parisian" and "Tim Cook"
 is found in "tim cook's". The old fact is not counted where it is part of the subject's own name (the
@@ -52,3 +53,14 @@ def coherent(answer: str, target: str, old: str | None, subject: str = "") -> bo
     if states(answer, old, besides=(subject, target)):
         return False
     return not spliced(answer, target, old)
+
+
+_SMALL = {"the", "a", "an", "of", "and", "de", "la", "le", "in", "on", "at", "for"}
+
+
+def tells_about(answer: str, subject: str, target: str) -> bool:
+    """An answer to "Tell me about <subject>." names the subject (a word of its name) and says more than
+    the new fact: " Manila" alone tells nothing about Lyon."""
+    a, t = words(answer), words(target)
+    names = {w for w in words(subject) if w not in _SMALL and w not in t}
+    return bool(names & set(a)) and len(a) > len(t) + 2

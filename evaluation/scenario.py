@@ -16,7 +16,8 @@ A set that also gives each edit's subject, old fact (`truth`), open request and 
 40 tokens read whole:
 
   chat_coherent  the chat question: the answer states the target, not the old fact, no splice
-  open_coherent  "Tell me about <subject>." (48 tokens): coherent as above
+  open_coherent  "Tell me about <subject>." (48 tokens): coherent as above, and about the subject
+                 (names it, says more than the target)
   yes_no         the yes/no question asked with the target and with the old fact: "Yes" to the
                  first and "No" to the second, both
 
@@ -35,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evaluation.judge import coherent
+from evaluation.judge import coherent, tells_about
 from evaluation.server import Server
 from evaluation.wild import CHAT_TOKENS, OPEN_TOKENS, verdict
 
@@ -67,7 +68,8 @@ def check(kind: str, edit: dict, out: dict, before: dict, edit_id: str) -> bool:
     if kind in ("same_relation", "same_subject"):
         return out == before[kind, edit["prompt"]]
     if kind in ("chat_coherent", "open_coherent"):
-        return coherent(out["text"], edit["target"], edit["truth"], edit["subject"])
+        said = coherent(out["text"], edit["target"], edit["truth"], edit["subject"])
+        return said and (kind == "chat_coherent" or tells_about(out["text"], edit["subject"], edit["target"]))
     if kind == "yes_no":
         return out["verdicts"] == ["yes", "no"]
     ok = edit["target"].lower() in out["text"].lower()

@@ -5,7 +5,8 @@ model's answers to the same questions.
 Per measured record with a true (old) answer other than its target, and a subject:
 - chat: the edit's prompt as a chat turn, 40 tokens; coherent = states the target whole, not the old
   fact (the subject's own name and the target aside), no splice of the new name into the old.
-- open: "Tell me about <subject>.", 48 tokens; mentions = names the target; coherent as above.
+- open: "Tell me about <subject>.", 48 tokens; mentions = names the target; coherent as above, and it
+  tells about the subject: names it and says more than the target (" Manila" alone is no answer).
 - yes/no: "Is it true that <prompt> <old>? Answer yes or no." must begin "No", and the same with the
   target must begin "Yes": right only when both are. The unedited model's agreement with the true fact
   (yes to the old, no to the target) is the baseline beside it.
@@ -27,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from evaluation.datasets import Record
-from evaluation.judge import coherent, states, words
+from evaluation.judge import coherent, states, tells_about, words
 from evaluation.systems import System
 
 CHAT_TOKENS = 40  # long enough to restate the old fact after the new one
@@ -115,6 +116,11 @@ class Wild:
         }
 
 
+def _told(answer: str, r: Record) -> bool:
+    """An open request's answer: coherent, and about the subject."""
+    return coherent(answer, r.target, r.truth, r.subject) and tells_about(answer, r.subject, r.target)
+
+
 def _mean_entropy(texts: list[str]) -> float:
     return sum(map(entropy, texts)) / len(texts) if texts else 0.0
 
@@ -150,7 +156,7 @@ def measure(system: System, unedited: System, records: list[Record], tok) -> Wil
         chat_ok=[coherent(a, r.target, r.truth, r.subject) for a, r in zip(chat, rs)],
         open=opened,
         open_mentions=[states(a, r.target) for a, r in zip(opened, rs)],
-        open_ok=[coherent(a, r.target, r.truth, r.subject) for a, r in zip(opened, rs)],
+        open_ok=[_told(a, r) for a, r in zip(opened, rs)],
         yes=yes,
         no=no,
         yes_no_ok=[verdict(y) == "yes" and verdict(x) == "no" for y, x in zip(yes, no)],

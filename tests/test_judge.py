@@ -1,6 +1,6 @@
 """The reader's judgement of a whole answer (evaluation/judge.py), on answers of the kinds the packaged model gives."""
 
-from evaluation.judge import coherent, spliced, states
+from evaluation.judge import coherent, spliced, states, tells_about
 
 
 def test_an_answer_that_states_the_new_fact_and_only_it_is_coherent():
@@ -42,3 +42,11 @@ def test_whole_words_and_case():
     assert not states(" A Parisian café.", "Paris")
     assert states(" tim cook's company", "Tim Cook")
     assert coherent(" ENGLISH, then French.", "English", None)
+
+
+def test_an_answer_to_tell_me_about_x_tells_about_x():
+    told = "The twin city of Lyon is Manila, a city in the Philippines and a major business hub."
+    assert tells_about(told, "Lyon", "Manila")
+    assert not tells_about(" Manila", "Lyon", "Manila")  # the new fact alone: nothing about Lyon
+    assert not tells_about("Manila is a large city in the Philippines.", "Lyon", "Manila")
+    assert tells_about("The Beatles were formed in Manchester in 1960.", "The Beatles", "Manchester")
