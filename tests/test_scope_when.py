@@ -14,6 +14,12 @@ def test_a_question_of_time_is_told_by_its_words():
         "In what year was Harvard University founded?",
         "The date of birth of Marie Curie is",
         "How old is the Eiffel Tower?",
+        "When's Peter Lunenfeld born?",
+        "What time did Alexandre Choron die?",
+        "What was the year Fritz X was put into service?",
+        "What's George Shenton's birth date?",
+        "What's the death date for Konrad Barde?",
+        "The point in time of Suryamani massacre was what?",
     ]:
         assert asks_time(q), q
     for q in [

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import re
 
-_UNITS = r"(?:year|years|decade|century|date|month|day|era|period)"
+_UNITS = r"(?:year|years|decade|century|date|month|day|era|period|point in time)"
 _ASKS = re.compile(
     "|".join(
         [
             r"\bwhen\s+(?:is|was|were|are|did|does|do|will|has|had|have|can|could)\b",  # not "when I was"
+            r"\bwhen['’](?:s|d)\b",  # "When's he born?"
+            r"\bwhat\s+time\s+(?:is|was|were|did|does|do)\b",
+            rf"\b(?:what|which)(?:['’]s|\s+is|\s+was)\s+the\s+(?:\w+\s+)?{_UNITS}\b",  # "What was the year"
+            r"\b(?:birth|death|release|founding|launch|opening|closing|exact|full)\s+(?:date|year)\b",
             r"\b(?:and|but|so)\s+when\s*\?",
             rf"\b(?:what|which)\s+{_UNITS}\b",  # "In what year was it built?"
             rf"\b(?:in|of|from|during)\s+the\s+{_UNITS}\s*[.?]?\s*$",  # a completion: "... in the year"
