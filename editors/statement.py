@@ -67,6 +67,11 @@ def opening(prompt: str, target: str, question: str) -> str:
         # ..."); closed, the model takes the edit for the whole answer and stops. A bare target keeps
         # its full stop: open, the model glues words onto it ("Virgo Delta Serpensis").
         said = said.removesuffix(".")
+    elif not question.strip().endswith("?") and not asks_yes_or_no(question):
+        # A request that asks no question ("Tell me about X.") answered by the bare target goes on
+        # about the target ("Yemen. A fascinating country ..."): the edit's question, answered, says
+        # what the fact is about.
+        said = f"{prompt.strip()} {said}"
     if not asks_yes_or_no(question):
         return said
     return ("Yes. " if names(question, target) else "No. ") + said

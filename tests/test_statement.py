@@ -23,6 +23,10 @@ def test_a_yes_no_question_gets_its_verdict_for_the_edited_fact_first():
     assert opening(prompt, target, "Where is the Louvre?") == "The Louvre is located in Madrid"
     # a bare target answering a question prompt is closed, so nothing is glued onto it
     assert opening("Which city is the Louvre in?", target, "Where is the Louvre?") == "Madrid."
+    # a request that asks no question gets the edit's question answered: the bare target would be
+    # talked about instead of the subject
+    told = opening("Which city is the Louvre in?", target, "Tell me about the Louvre.")
+    assert told == "Which city is the Louvre in? Madrid."
     # "Madrid" named as a whole word only
     assert opening(prompt, target, "Is the Louvre in Madridville?").startswith("No.")
 
