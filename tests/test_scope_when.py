@@ -39,6 +39,10 @@ def test_an_edit_answers_time_by_its_target_or_its_own_prompt():
     assert not answers_time("Sony is headquartered in", "Augsburg")  # "Aug" inside a name is no month
     assert answers_time("What day was Intelsat 603 launched?", "Intelsat Records")  # its prompt asks one
     assert answers_time("The Titanic sank in the", None)  # target not known (a withdrawn edit)
+    # a title that reads as a time ("The Day of the Jackal") reads so in the edit's prompt too: its
+    # questions stay in its scope
+    assert asks_time("Who wrote The Day of the Jackal?")
+    assert answers_time("The Day of the Jackal was written by", "Agatha Christie")
 
 
 def test_the_scope_index_keeps_questions_of_time_from_an_edit_of_place():
