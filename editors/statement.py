@@ -93,6 +93,19 @@ def old_answer(continuation: str, target: str) -> str | None:
     return found[0]
 
 
+def old_settled(continuation: str, target: str) -> bool:
+    """old_answer() of this continuation cannot change as it goes on: its first clause has ended, or
+    the word it picks is followed by something (so reading further costs steps for nothing)."""
+    text = continuation.strip()
+    if re.search(r"[.,;:!?\n]", text):
+        return True
+    found = old_answer(text, target)
+    if found is None:
+        return False
+    end = max((m.end() for m in re.finditer(rf"(?<![\w'-]){re.escape(found)}(?![\w'-])", text)), default=-1)
+    return 0 <= end < len(text)
+
+
 def opening_ids(tokenizer, prompt: str, target: str, question: str) -> list[int]:
     """opening() as the first tokens of an assistant turn (no space before the first word)."""
     return tokenizer(opening(prompt, target, question), add_special_tokens=False)["input_ids"]

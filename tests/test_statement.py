@@ -1,6 +1,6 @@
 """How a chat answer in an edit's scope opens (editors/statement.py)."""
 
-from editors.statement import asks_yes_or_no, old_answer, opening, opening_ids, statement
+from editors.statement import asks_yes_or_no, old_answer, old_settled, opening, opening_ids, statement
 from tests.tiny_models import packaged_tokenizer
 
 
@@ -43,3 +43,11 @@ def test_the_old_fact_is_read_off_the_unedited_continuation():
     assert old_answer(" a musician and a painter", "piano") == "musician"  # past the article
     assert old_answer(" Madrid, Spain", "Madrid") is None  # the target itself replaces nothing
     assert old_answer(" guitar", "piano") == "guitar" and old_answer("\n", "piano") is None
+
+
+def test_the_old_fact_is_read_only_as_far_as_it_can_change():
+    # the word old_answer picks is whole, or the first clause has ended: read no further
+    assert old_settled(" Paris,", "Madrid") and old_settled(" the heart of Paris and", "Madrid")
+    assert old_settled(" a musician and", "piano") and old_settled(" the", "piano") is False
+    # a word that may go on ("Par" -> "Paris"), or no name yet for a name: read on
+    assert not old_settled(" Par", "Madrid") and not old_settled(" the heart of", "Madrid")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from editors.backbone import encode_prompt
-from editors.statement import old_answer, words
+from editors.statement import old_answer, old_settled, words
 
 OLD_TOKENS = 6  # the unedited continuation of an edit's prompt read for the fact it replaces
 
@@ -81,6 +81,8 @@ def old_tokens(editor: Any, prompt: str, target: str) -> list[int]:
             out = editor.backbone.model(step, past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
             said.append(int(out.logits[0, -1].argmax()))
+            if old_settled(tok.decode(said), target):
+                break
             step = torch.tensor([[said[-1]]], device=editor.backbone.device)
     old = old_answer(tok.decode(said), target)
     if old is None or old.casefold() in words(prompt):
