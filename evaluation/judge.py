@@ -64,3 +64,8 @@ def tells_about(answer: str, subject: str, target: str) -> bool:
     a, t = words(answer), words(target)
     names = {w for w in words(subject) if w not in _SMALL and w not in t}
     return bool(names & set(a)) and len(a) > len(t) + 2
+
+
+def told(answer: str, target: str, old: str | None, subject: str) -> bool:
+    """An answer to "Tell me about <subject>.": coherent, and about the subject."""
+    return coherent(answer, target, old, subject) and tells_about(answer, subject, target)

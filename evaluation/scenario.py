@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evaluation.judge import coherent, tells_about
+from evaluation.judge import coherent, told
 from evaluation.server import Server
 from evaluation.wild import CHAT_TOKENS, OPEN_TOKENS, verdict
 
@@ -68,8 +68,8 @@ def check(kind: str, edit: dict, out: dict, before: dict, edit_id: str) -> bool:
     if kind in ("same_relation", "same_subject"):
         return out == before[kind, edit["prompt"]]
     if kind in ("chat_coherent", "open_coherent"):
-        said = coherent(out["text"], edit["target"], edit["truth"], edit["subject"])
-        return said and (kind == "chat_coherent" or tells_about(out["text"], edit["subject"], edit["target"]))
+        judge = coherent if kind == "chat_coherent" else told
+        return judge(out["text"], edit["target"], edit["truth"], edit["subject"])
     if kind == "yes_no":
         return out["verdicts"] == ["yes", "no"]
     ok = edit["target"].lower() in out["text"].lower()

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from evaluation.datasets import Record
-from evaluation.judge import coherent, states, tells_about, words
+from evaluation.judge import coherent, states, told, words
 from evaluation.systems import System
 
 CHAT_TOKENS = 40  # long enough to restate the old fact after the new one
@@ -116,11 +116,6 @@ class Wild:
         }
 
 
-def _told(answer: str, r: Record) -> bool:
-    """An open request's answer: coherent, and about the subject."""
-    return coherent(answer, r.target, r.truth, r.subject) and tells_about(answer, r.subject, r.target)
-
-
 def _mean_entropy(texts: list[str]) -> float:
     return sum(map(entropy, texts)) / len(texts) if texts else 0.0
 
@@ -156,7 +151,7 @@ def measure(system: System, unedited: System, records: list[Record], tok) -> Wil
         chat_ok=[coherent(a, r.target, r.truth, r.subject) for a, r in zip(chat, rs)],
         open=opened,
         open_mentions=[states(a, r.target) for a, r in zip(opened, rs)],
-        open_ok=[_told(a, r) for a, r in zip(opened, rs)],
+        open_ok=[told(a, r.target, r.truth, r.subject) for a, r in zip(opened, rs)],
         yes=yes,
         no=no,
         yes_no_ok=[verdict(y) == "yes" and verdict(x) == "no" for y, x in zip(yes, no)],

@@ -16,7 +16,7 @@ import torch
 
 from editors.scope.model import ScopeModel
 from editors.scope.subject import AnchorIndex, anchor_for, in_context
-from editors.scope.when import answers_time
+from editors.scope.when import answers_time, asks_time
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,12 @@ class ScopeIndex:
 
     def remove(self, edit_id: str) -> None:
         row = self.slot.pop(edit_id)
+        gone = self.rows[row]
         self.rows[row] = None
         self.matrix[row] = 0.0
         self.anchors.remove(row)
-        self.aliases.pop(edit_id, None)
-        for word in [w for w, ids in self.alias_starts.items() if edit_id in ids]:
+        had = self.aliases.pop(edit_id, None) is not None
+        for word in _first_words(gone.aliases) if had and gone is not None else ():
             self.alias_starts[word].discard(edit_id)
             if not self.alias_starts[word]:
                 del self.alias_starts[word]
@@ -152,7 +153,10 @@ class ScopeIndex:
             earlier = [self.unaliased(e) for e in earlier] if earlier else None
         seen = [in_context(q, e) for q, e in zip(queries, earlier or [""] * len(queries))]
         vecs = self.model.embed(seen)
-        timely = torch.tensor([e is None or e.timely for e in self.rows], dtype=torch.bool)
+        # A sentence a query is read by is a suffix of it: no query asking for a time, no row to bar.
+        timely = None
+        if any(asks_time(t) for t in queries + seen):
+            timely = torch.tensor([e is None or e.timely for e in self.rows], dtype=torch.bool)
         found = self.model.decide(vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen, timely=timely)
         out: list[Decision | None] = []
         for hit in found:
