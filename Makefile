@@ -10,11 +10,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/editserve.stamp
 
 # SERAC's counterfactual adapter is trained once per machine into the shared cache, from the train
-# files in ../shared/data (seeded, one thread: the same bytes every time, ~8 min). Without the data
-# the server still runs, with the prompted backbone as SERAC's counterfactual model.
+# files in ../shared/data (seeded, one thread: the same bytes every time, ~18 min, ~4 of them for the
+# model to write its chat examples). Without the data the server still runs, with the prompted
+# backbone as SERAC's counterfactual model.
 CACHE := $(or $(EDITSERVE_CACHE_DIR),$(HOME)/.cache/editserve)
 DATA := $(or $(EDITSERVE_EVAL_DATA),../shared/data)
-ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter/adapter_model.safetensors
+# Its directory names the training recipe (RECIPE in editors/serac/adapter.py): keep the two in step.
+ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter-r2/adapter_model.safetensors
 # The trained scope classifier (Embed + Cross), likewise once per machine (seeded, one thread, ~9 min).
 # The directory appears whole (trained beside it, then renamed), so its scope.json means a complete model.
 # Without it the server decides scope with the untrained MiniLM's cosine.

@@ -283,10 +283,11 @@ class EditedModel:
                 return
             editor = self.editors[decision.method]
             with editor.lock, editor.context():
-                reads = editor.reads(decision.edit_id, ids, query.about)
+                reads = editor.reads(decision.edit_id, ids, query.about, query.is_chat)
                 steering = editor.steer([decision.edit_id], [query.question])
                 run = steps(self.backbone, reads, max_new_tokens, steering, sampling=sampling)
-                yield from text_pieces(tok, run, len(ids), max_new_tokens, stop, editor.answer_line_only)
+                line_only = editor.answer_line_only and not query.is_chat
+                yield from text_pieces(tok, run, len(ids), max_new_tokens, stop, line_only)
 
     def generate(
         self,
@@ -322,13 +323,17 @@ class EditedModel:
                         got = generate_batch(self.backbone, ids, budget)
                     else:
                         edit_ids = [cast(Decision, decisions[k]).edit_id for k in chunk]  # the group has a method
-                        reads = [editor.reads(e, i, queries[k].about) for e, i, k in zip(edit_ids, ids, chunk)]
+                        reads = [
+                            editor.reads(e, i, queries[k].about, queries[k].is_chat)
+                            for e, i, k in zip(edit_ids, ids, chunk)
+                        ]
                         with editor.lock, editor.context():
                             steering = editor.steer(edit_ids, [queries[k].question for k in chunk])
                             got = generate_batch(self.backbone, reads, budget, steering)
                     line_only = editor is not None and editor.answer_line_only
                     for k, i, b, made in zip(chunk, ids, budget, got):
-                        out[k] = collect(text_pieces(tok, (s for s in made), len(i), b, (), line_only))
+                        cut = line_only and not queries[k].is_chat
+                        out[k] = collect(text_pieces(tok, (s for s in made), len(i), b, (), cut))
         return cast(list[Generation], out)  # every query's answer is in
 
     @torch.no_grad()
@@ -341,7 +346,7 @@ class EditedModel:
             if decision is None:
                 return next_tokens(self.backbone, [ids + p for p in prefixes])
             editor = self.editors[decision.method]
-            reads = editor.reads(decision.edit_id, ids, query.about)
+            reads = editor.reads(decision.edit_id, ids, query.about, query.is_chat)
             steering = editor.steer([decision.edit_id] * len(prefixes))
             with editor.lock, editor.context():
                 steering.step(prefixes)

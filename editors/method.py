@@ -25,7 +25,7 @@ class Editor(Protocol):
     name: str
     lock: Any  # an RLock held while the editor changes, and by the server around generation
     supports_retrofit: bool  # insert/update take retrofit=True
-    answer_line_only: bool  # an answer from this method ends with its first line
+    answer_line_only: bool  # an answer from this method to a prompt (not a chat turn) ends with its first line
     # Its steering acts per row on the plain backbone, reading the query itself (no context(), reads()
     # is the identity): its answers join the running batch (editors/batching.py); otherwise they run alone.
     shares_backbone: bool
@@ -42,7 +42,8 @@ class Editor(Protocol):
     def close(self) -> None: ...
 
     # Answers, for a query the scope model put in `edit_id`'s scope.
-    def reads(self, edit_id: str, ids: list[int], query: str) -> list[int]: ...  # the ids the model reads
+    # the ids the model reads: `ids` rendered from `query`, the user's message where `chat`
+    def reads(self, edit_id: str, ids: list[int], query: str, chat: bool = False) -> list[int]: ...
     def context(self) -> AbstractContextManager: ...  # the model set-up for the whole answer
     # who writes, per row and step; `questions`: per row, the user's question where the row answers a
     # chat turn (None: a plain prompt, continued)

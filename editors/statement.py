@@ -54,6 +54,14 @@ def statement(prompt: str, target: str) -> str:
     return _sentence(" ".join(part for part in (p, target.strip()) if part))
 
 
+def fact(prompt: str, target: str) -> str:
+    """The edit told as a fact: its statement, or for a question-form prompt the question answered
+    ("What country is X from? Yemen.")."""
+    if prompt.strip().endswith("?"):
+        return f"{prompt.strip()} {statement(prompt, target)}"
+    return statement(prompt, target)
+
+
 def _sentence(text: str) -> str:
     text = text[:1].upper() + text[1:]
     return text if text.endswith((".", "!", "?")) else text + "."

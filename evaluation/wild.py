@@ -37,15 +37,24 @@ YES_NO_TOKENS = 6  # the verdict is the first word
 DISTRACTED_TOKENS = 16
 
 
+def claim(prompt: str, answer: str) -> str:
+    """The edit's prompt completed by `answer`, as the clause of "Is it true that ...?"; a question-form
+    prompt becomes 'the answer to "<question>" is <answer>'."""
+    p = prompt.strip()
+    if p.endswith("?"):
+        return f'the answer to "{p}" is {answer}'
+    first, _, rest = p.partition(" ")
+    if first in ("The", "A", "An") and rest:  # "Is it true that the mother tongue of ..."
+        p = f"{first.lower()} {rest}"
+    return f"{p} {answer}"
+
+
 def yes_no_question(prompt: str, answer: str) -> str:
     """The edit's prompt with `answer` as a question to be answered yes or no."""
     p = prompt.strip()
     if p.endswith("?"):
         return f"{p} Is it {answer}? Answer yes or no."
-    first, _, rest = p.partition(" ")
-    if first in ("The", "A", "An") and rest:  # "Is it true that the mother tongue of ..."
-        p = f"{first.lower()} {rest}"
-    return f"Is it true that {p} {answer}? Answer yes or no."
+    return f"Is it true that {claim(p, answer)}? Answer yes or no."
 
 
 def distracted_prompt(prompt: str, target: str, probe: str) -> str:

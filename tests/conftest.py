@@ -194,7 +194,7 @@ def gemma3_model_dir(editserve_cache) -> Path:
 @pytest.fixture(scope="session")
 def serac_adapter(editserve_cache, packaged_model_dir) -> Path:
     """SERAC's shared adapter for the packaged model, where `make adapter` puts it; trained now with the
-    same command if missing (~8 min on one thread; skipped without the train files)."""
+    same command if missing (~18 min on one thread; skipped without the train files)."""
     from editors.backbone import DEFAULT_MODEL
     from editors.serac.adapter import has_adapter, shared_adapter_dir
     from evaluation.datasets import data_root

@@ -69,9 +69,7 @@ def test_eval_n5_dev(method, tmp_path, capsys, editserve_cache, packaged_model_d
     assert m["n_edits"] == 5
     for key in WILD:  # zsRE dev gives a true answer: the answers in the wild are judged
         assert 0.0 <= m[key] <= 1.0, (key, m[key])
-    # SERAC answers in scope with one line ("English"), whose n-gram entropy is 0: with every chat and
-    # open question of these five taken into scope, its fluency is 0, the others' above it
-    assert m["fluency"] > 0 or method == "serac"
+    assert m["fluency"] > 0  # every method answers a chat turn in words (SERAC's counterfactual too)
     assert m["seconds"] > 0 and m["insert_seconds_per_edit"] >= 0
     if method == "none":
         assert m["locality"] == 1.0 and m["insert_seconds_per_edit"] == 0.0

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from editors.edited import EditedModel, Query
-from editors.generation import Step
+from editors.generation import Step, generate_batch
 from editors.scope.config import ScopeConfig
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
@@ -275,6 +275,8 @@ def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path, edits
                 "990",
                 "--cf-count",
                 "4",
+                "--chat-records",
+                "2",
                 "--cache-dir",
                 str(editserve_cache),
             ]
@@ -286,7 +288,10 @@ def test_train_serac_writes_an_adapter_the_editor_uses(backbone, tmp_path, edits
 
     meta = json.loads((out / "serac_train.json").read_text())
     assert meta["template"] == SeracConfig().template and meta["model"] == "packaged:smollm2-135m-instruct"
-    assert meta["records"] == {"zsre_start": 990, "cf_count": 4} and meta["steps"] == 2
+    assert meta["records"] == {"zsre_start": 990, "cf_count": 4, "chat": 2} and meta["steps"] == 2
+    # two records, seven questions each, answered by the model (a few may go on to the old fact)
+    assert meta["chat_system"] == SeracConfig().chat_system and 10 <= meta["chat_examples"] <= 14
+    assert meta["examples"] == 2 * meta["chat_examples"]  # as many one-line answers beside them
     ed = SeracEditor(backbone, SeracConfig(adapter_dir=str(out)))
     assert ed.adapter is not None and ed.template == SeracConfig().template
     ed.insert("e0", *EDITS[0][:2])
@@ -310,3 +315,29 @@ def test_eval_finds_the_adapter_as_the_server_does(backbone, monkeypatch, editse
     assert described["adapter"]["trained"]["model"] == backbone.name
     off = build("serac", backbone, cache_dir=editserve_cache, overrides={**untrained, "use_adapter": "false"})
     assert off.describe()["adapter"] is None
+
+
+@pytest.mark.integration
+def test_the_trained_counterfactual_model_answers_a_chat_turn(backbone, serac_adapter):
+    """A chat turn in an edit's scope, on the adapter set-up trained: the answer states the new fact in
+    a sentence and not the old one; a yes/no question gets the edit's verdict. (Open requests state
+    it about four times in five: a figure of docs/results.md, not a test.)"""
+    from evaluation.judge import coherent
+    from evaluation.wild import verdict, yes_no_question
+
+    ed = SeracEditor(backbone, SeracConfig(adapter_dir=str(serac_adapter)))
+    prompt, target, old, subject = "The Louvre is located in", "Madrid", "Paris", "the Louvre"
+    ed.insert("e", prompt, target)
+    asked = ["Where is the Louvre?", yes_no_question(prompt, target), yes_no_question(prompt, old)]
+    reads = [ed.reads("e", [], q, chat=True) for q in asked]
+    assert backbone.tokenizer.decode(reads[0]).count("Remember this fact: The Louvre is located in Madrid.") == 1
+    with ed.context():
+        got = generate_batch(backbone, reads, [40, 8, 8], ed.steer(["e"] * 3, asked))
+    where, yes, no = (backbone.tokenizer.decode([s.token_id for s in g]) for g in got)
+    assert coherent(where, target, old, subject) and len(where.split()) > 3, where
+    assert (verdict(yes), verdict(no)) == ("yes", "no"), (yes, no)
+    # a prompt, not a chat turn, still reads the one-line template
+    assert (
+        ed.reads("e", [], "Where is the Louvre?")
+        == backbone.tokenizer(ed.counterfactual_prompt("e", "Where is the Louvre?"))["input_ids"]
+    )

@@ -353,7 +353,7 @@ class IrevaEditor:
     def state(self) -> dict[str, torch.Tensor]:
         return {"centre": self.adaptor.centre}
 
-    def reads(self, edit_id: str, ids: list[int], query: str) -> list[int]:
+    def reads(self, edit_id: str, ids: list[int], query: str, chat: bool = False) -> list[int]:
         return ids  # the neurons act on the query itself
 
     def context(self):

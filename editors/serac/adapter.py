@@ -24,10 +24,16 @@ def default_adapter_dir(data_dir: Path | str) -> Path:
     return Path(data_dir).expanduser() / "serac" / "adapter"
 
 
+# The training recipe of the shared adapter (evaluation/training/serac.py), named in its directory so
+# that set-up trains anew where the recipe changed; the Makefile's ADAPTER path names it too.
+# r2: chat turns (the edit in a system turn) beside the one-line answers.
+RECIPE = "r2"
+
+
 def shared_adapter_dir(cache_dir: Path | str, model: str) -> Path:
     """Machine-wide adapter for one backbone (`train-serac --shared`), used by data dirs that have none."""
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in model.split(":")[-1])
-    return Path(cache_dir).expanduser() / "serac" / slug / "adapter"
+    return Path(cache_dir).expanduser() / "serac" / slug / f"adapter-{RECIPE}"
 
 
 def has_adapter(path: str | Path | None) -> bool:

@@ -8,6 +8,9 @@ class SeracConfig:
 
     # Counterfactual model: the backbone prompted with the edit in scope ({prompt}/{target}/{query}).
     template: str = "Question: {prompt}\nAnswer: {target}\nQuestion: {query}\nAnswer:"
+    # ... and for a chat turn: the edit stated in a system turn ({fact}: editors/statement.py fact()),
+    # then the user's question; the answer is the assistant's, in full sentences.
+    chat_system: str = "Remember this fact: {fact}"
     # LoRA counterfactual adapter written by `editserve train-serac`; used when the directory holds one.
     adapter_dir: str | None = None
     use_adapter: bool = True

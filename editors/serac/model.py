@@ -18,8 +18,20 @@ import torch
 from editors.backbone import Backbone, encode_prompt, encode_target
 from editors.serac.adapter import LoraHooks, has_adapter
 from editors.serac.config import SeracConfig
+from editors.statement import asks_yes_or_no, fact, names
 
 log = logging.getLogger(__name__)
+
+
+def chat_prompt(tokenizer, system: str, prompt: str, target: str, question: str) -> str:
+    """A chat turn's counterfactual prompt: the edit (prompt, target) told in a system turn by the
+    `system` template, the user's question, and the assistant's turn opened (train-serac learns the
+    same)."""
+    messages = [
+        {"role": "system", "content": system.format(fact=fact(prompt, target))},
+        {"role": "user", "content": question},
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def _text_tensor(text: str) -> torch.Tensor:
@@ -33,7 +45,7 @@ def _tensor_text(t: torch.Tensor) -> str:
 class SeracEditor:
     name = "serac"
     supports_retrofit = False
-    answer_line_only = True  # the counterfactual prompt is a question; its answer is one line
+    answer_line_only = True  # a prompt's counterfactual prompt is a question; its answer is one line
     shares_backbone = False  # it reads the edit and the query, with its adapter on
 
     def __init__(self, backbone: Backbone, config: SeracConfig | None = None):
@@ -51,7 +63,9 @@ class SeracEditor:
             except ValueError as exc:  # the prompted backbone still works: serve without the adapter
                 log.error("SERAC adapter %s not used: %s", cfg.adapter_dir, exc)
         # An adapter answers best in the template it was trained with.
-        self.template = self.adapter.template if self.adapter is not None and self.adapter.template else cfg.template
+        meta = self.adapter.meta if self.adapter is not None else {}
+        self.template = meta.get("template") or cfg.template
+        self.chat_system = meta.get("chat_system") or cfg.chat_system
         self.lock = threading.RLock()
 
     # -- the verbs shared by all editors (editors/registry.py) ----------------------------------------
@@ -118,13 +132,18 @@ class SeracEditor:
         return len(self.edits)
 
     # -- counterfactual model --------------------------------------------------------------------------
-    def counterfactual_prompt(self, edit_id: str, query: str) -> str:
+    def counterfactual_prompt(self, edit_id: str, query: str, chat: bool = False) -> str:
+        """What the counterfactual model reads: the edit, then the query. A chat turn reads the edit
+        as a system turn and answers as the assistant (where the model has a chat template)."""
         prompt, target = self.edits[edit_id]
+        tok = self.backbone.tokenizer
+        if chat and getattr(tok, "chat_template", None) is not None:
+            return chat_prompt(tok, self.chat_system, prompt, target, query)
         return self.template.format(prompt=prompt, target=target, query=query)
 
-    def reads(self, edit_id: str, ids: list[int], query: str) -> list[int]:
+    def reads(self, edit_id: str, ids: list[int], query: str, chat: bool = False) -> list[int]:
         """The counterfactual model reads the edit and the query, not the query's rendered text."""
-        return encode_prompt(self.backbone.tokenizer, self.counterfactual_prompt(edit_id, query))
+        return encode_prompt(self.backbone.tokenizer, self.counterfactual_prompt(edit_id, query, chat))
 
     @contextlib.contextmanager
     def context(self):
@@ -136,23 +155,40 @@ class SeracEditor:
             yield
 
     def steer(self, edit_ids: Sequence[str | None], questions=None) -> AnswerSteering:
-        return AnswerSteering(edit_ids)
+        return AnswerSteering(
+            edit_ids, [self.verdict(e, q) for e, q in zip(edit_ids, questions or [None] * len(edit_ids))]
+        )
+
+    def verdict(self, edit_id: str | None, question: str | None) -> list[int]:
+        """The first tokens of a chat answer to a yes/no question in the edit's scope: "Yes" where the
+        question names the edit's target, else "No" (as iReVa's opening, editors/statement.py). The
+        counterfactual model goes on from there. It does not learn the verdict itself: trained on
+        yes and no answers alike, the adapter answered "Yes" to every question (docs/results.md)."""
+        if edit_id is None or question is None or not asks_yes_or_no(question):
+            return []
+        word = "Yes" if names(question, self.edits[edit_id][1]) else "No"
+        return self.backbone.tokenizer(word, add_special_tokens=False)["input_ids"]
 
     def close(self) -> None:
         pass
 
 
 class AnswerSteering:
-    """The whole counterfactual answer comes from the edit: every token names it."""
+    """The whole counterfactual answer comes from the edit: every token names it. A row's `given`
+    tokens (a yes/no verdict) open its answer."""
 
-    def __init__(self, edit_ids: Sequence[str | None]):
+    def __init__(self, edit_ids: Sequence[str | None], given: Sequence[list[int]] | None = None):
         self.edit_ids = edit_ids
+        self.given = given if given is not None else [[] for _ in edit_ids]
 
     def step(self, generated: list[list[int]]) -> list[str | None]:
         return list(self.edit_ids)
 
     def forced(self, generated: list[list[int]]) -> list[tuple[int, str] | None]:
-        return [None] * len(generated)
+        return [
+            (given[len(done)], e) if e is not None and len(done) < len(given) else None
+            for e, given, done in zip(self.edit_ids, self.given, generated)
+        ]
 
     def banned(self, generated: list[list[int]]) -> list[list[int]]:
         return [[] for _ in generated]

@@ -9,7 +9,7 @@ held out for measurement) and counterfact-train.json. The adapter is written to
 --shared it goes to <cache dir>/serac/<model>/adapter instead, which every data dir without an adapter
 of its own uses.
 
-    editserve train-serac [--data-dir DIR] [--steps 80] [--batch 8] [--lr 1e-3] [--rank 8]
+    editserve train-serac [--data-dir DIR] [--chat-records 100] [--steps 150] [--batch 8] [--lr 1e-3] [--rank 8]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from editors.backbone import encode_prompt, encode_target, load_backbone, padded
 from editors.serac.adapter import META, default_adapter_dir, shared_adapter_dir
 from editors.serac.config import SeracConfig
 from evaluation import datasets, options
+from evaluation.training.serac_chat import chat_examples
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ def train_records(zsre_start: int, cf_count: int) -> list[datasets.Record]:
     """The train files only: zsre_mend_train-1k.json from zsre_start on, the first cf_count records of
     counterfact-train.json (the dev split of evaluation/datasets.py)."""
     return datasets.zsre("dev")[zsre_start:] + datasets.counterfact("dev")[:cf_count]
+
+
+def chat_records(zsre_start: int, n: int) -> list[datasets.Record]:
+    """The records answered as chat turns: n // 2 from each train file (zsRE from zsre_start on)."""
+    return datasets.zsre("dev")[zsre_start:][: n // 2] + datasets.counterfact("dev")[: n - n // 2]
 
 
 def examples(records, template: str) -> list[tuple[str, str]]:
@@ -51,6 +57,14 @@ def examples(records, template: str) -> list[tuple[str, str]]:
 def encode(tok, text: str, target: str, newline: list[int]) -> tuple[list[int], list[int]]:
     p_ids, t_ids = encode_prompt(tok, text), encode_target(tok, text, target) + newline
     return p_ids + t_ids, [-100] * len(p_ids) + t_ids
+
+
+def encode_chat(tok, prompt: str, answer: str, ended: bool) -> tuple[list[int], list[int]]:
+    """A chat example: the assistant's answer (no space before its first word, as a turn begins),
+    closed by the end of turn where the model closed it."""
+    p_ids = encode_prompt(tok, prompt)
+    a_ids = tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if ended else [])
+    return p_ids + a_ids, [-100] * len(p_ids) + a_ids
 
 
 def batches(encoded, batch_size: int, pad: int, rng: random.Random):
@@ -79,7 +93,10 @@ def parse(argv=None) -> argparse.Namespace:
     options.add_cache_dir(ap)
     ap.add_argument("--zsre-start", type=int, default=300, help="zsRE train records before this are held out")
     ap.add_argument("--cf-count", type=int, default=2000, help="CounterFact train records to use")
-    ap.add_argument("--steps", type=int, default=80)
+    ap.add_argument(
+        "--chat-records", type=int, default=100, help="train records answered as chat turns (half zsRE, half CF)"
+    )
+    ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--rank", type=int, default=8)
@@ -155,18 +172,28 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = out_dir(args)
-    template = SeracConfig().template
+    template, system = SeracConfig().template, SeracConfig().chat_system
     records = train_records(args.zsre_start, args.cf_count)
     backbone = load_backbone(args.model, args.cache_dir, torch.device("cpu"))
     tok = backbone.tokenizer
     newline = tok("\n", add_special_tokens=False)["input_ids"]
     encoded = [encode(tok, text, target, newline) for text, target in examples(records, template)]
+    chats = []
+    if args.chat_records and getattr(tok, "chat_template", None) is not None:
+        t = time.time()
+        chats = chat_examples(backbone, chat_records(args.zsre_start, args.chat_records), system, args.seed)
+        log.info("%d chat examples written by the model in %.0fs", len(chats), time.time() - t)
+        # As many one-line answers as chat turns: each kind is half of what the adapter sees.
+        encoded = random.Random(args.seed).sample(encoded, min(len(encoded), len(chats)))
+        encoded += [encode_chat(tok, *c) for c in chats]
     log.info("%d records -> %d examples; %d steps of %d", len(records), len(encoded), args.steps, args.batch)
     model, running, t0 = train(args, backbone, encoded)
     meta = {
         "template": template,
-        "records": {"zsre_start": args.zsre_start, "cf_count": args.cf_count},
+        "chat_system": system if chats else None,
+        "records": {"zsre_start": args.zsre_start, "cf_count": args.cf_count, "chat": args.chat_records},
         "examples": len(encoded),
+        "chat_examples": len(chats),
         "steps": args.steps,
         "batch": args.batch,
         "lr": args.lr,

@@ -80,7 +80,7 @@ class ToyEditor:
     def close(self) -> None:
         pass
 
-    def reads(self, edit_id: str, ids: list[int], query: str) -> list[int]:
+    def reads(self, edit_id: str, ids: list[int], query: str, chat: bool = False) -> list[int]:
         return ids
 
     def context(self):
