@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sqlite3
 import sys
 
 DELEGATED = {
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="make an API key: prints the secret and its EDITSERVE_API_KEYS entry")
     keys.add_argument("name", help="the key's name, recorded as the actor of its edits")
     keys.add_argument("--scope", choices=("read", "edit", "admin"), default="read")
+    backup = commands.add_parser("backup", help="copy the data dir's edits out, consistent while a server runs")
+    backup.add_argument("path", help="a new (or empty) directory for the backup")
+    restore = commands.add_parser("restore", help="copy a backup into a data dir that holds no edits yet")
+    restore.add_argument("path", help="the backup's directory")
+    for cmd in (backup, restore):
+        cmd.add_argument("--data-dir", help="default EDITSERVE_DATA_DIR or ./data")
     for name, (_module, text) in DELEGATED.items():
         commands.add_parser(name, help=f"{text} (see `editserve {name} --help`)", add_help=False)
     return parser
@@ -68,6 +75,29 @@ def serve(host: str | None, port: int | None) -> None:
     )
 
 
+def backup_or_restore(command: str, path: str, data_dir: str | None) -> int:
+    from app.core.config import Settings
+    from storage import backup
+
+    settings = Settings()
+    where = data_dir or settings.data_dir
+    if settings.database_url and not settings.database_url.startswith("sqlite"):
+        sys.exit(
+            f"editserve {command}: the edits are in PostgreSQL (EDITSERVE_DATABASE_URL): use pg_dump / pg_restore "
+            f"for the database and copy {where}/blobs with it (docs/operations.md, Backups)"
+        )
+    try:
+        if command == "backup":
+            manifest = backup.backup(where, path)
+        else:
+            manifest = backup.restore(path, where)
+    except (backup.BackupError, OSError, sqlite3.Error) as exc:
+        sys.exit(f"editserve {command}: {exc}")
+    done = {"backup": f"backed up to {path}", "restore": f"restored into {where}"}[command]
+    print(f"{done}: {manifest['edits']} edits, {manifest['blobs']} blobs, schema {manifest['schema_revision']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int | None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED:
@@ -81,6 +111,8 @@ def main(argv: list[str] | None = None) -> int | None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         serve(args.host, args.port)
+    elif args.command in ("backup", "restore"):
+        return backup_or_restore(args.command, args.path, args.data_dir)
     elif args.command == "keys":
         from app.core.security import new_key
 
