@@ -5,9 +5,10 @@
          restart (no manual help) every edit that got a 201 must be present, active and answer as it
          did, no edit may be half-present (every row active and loadable, or absent), and no blob file
          may lack its row.
-  disk   the data dir is a small tmpfs (mounted here: needs root), filled up during an insert: the
-         insert is refused with a clear 507, nothing stored changes, and once space is freed the next
-         insert succeeds.
+  disk   the data dir is a small tmpfs (mounted here: needs root), filled up before each of 20 inserts,
+         each time with a different number of bytes left free: each insert is refused with a clear 507
+         and nothing stored changes, or it is stored whole; no half edit, no leftover file, the server
+         answers throughout; once space is freed the next insert succeeds.
 
 Prints one JSON line per check and exits 1 if any failed. Bounded: every run has a count and a timeout.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import subprocess
 import tempfile
@@ -123,8 +125,22 @@ def crash(workdir: Path, env: dict[str, str], runs: int = 3, inserts: int = 200,
     return {"check": "crash", "runs": per_run, "problems": problems, "ok": not problems}
 
 
-def disk_full(workdir: Path, env: dict[str, str], size_kb: int = 4096) -> dict:
-    """An insert into a full data dir: 507, nothing changes; after space is freed, inserts work again."""
+def _fill(path: Path) -> None:
+    """Write zeros to `path` until the disk is full, to the last byte."""
+    with path.open("ab", buffering=0) as f:
+        for chunk in (65536, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
+
+
+def disk_full(workdir: Path, env: dict[str, str], size_kb: int = 4096, attempts: int = 20) -> dict:
+    """Inserts into a full data dir, each with a different number of bytes left free (so the write
+    fails in the blob, in the database, or not at all): each is a 507 that changes nothing, or a 201
+    of a whole edit; no half-written edit or leftover file, and the server answers throughout. After
+    space is freed, inserts work again."""
     data_dir = workdir / "full-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(
@@ -132,32 +148,50 @@ def disk_full(workdir: Path, env: dict[str, str], size_kb: int = 4096) -> dict:
     )
     if mounted.returncode != 0:
         return {"check": "disk", "ok": None, "skipped": f"cannot mount a tmpfs here: {mounted.stderr.strip()}"}
-    problems = []
+    problems, refused, accepted = [], 0, 0
     try:
         with Server(data_dir, env, workdir / "full-server.log") as server:
             first = server.call("POST", "/edits", {"prompt": "The capital of Fullland is", "target": "Spaceton"})
-            before_edits, before_answer = _edits(server), server.generate(first["prompt"], 4)
+            answer = server.generate(first["prompt"], 4)
             filler = data_dir / "filler"
-            with filler.open("wb", buffering=0) as f:  # fill the disk to the last byte
-                for chunk in (65536, 1):
-                    try:
-                        while True:
-                            f.write(b"\0" * chunk)
-                    except OSError:
-                        pass
-            second = {"prompt": "The capital of Fullerland is", "target": "Nowhere"}
-            status, body = server.request("POST", "/edits", second)
-            if status != 507 or "full" not in body.get("detail", ""):
-                problems.append(f"insert on a full disk: {status} {body}")
-            if _edits(server) != before_edits or server.generate(first["prompt"], 4) != before_answer:
-                problems.append("a refused insert changed what is stored or answered")
+            for attempt in range(attempts):
+                _fill(filler)
+                left = int(1024 * 2 ** (attempt / 2)) if attempt else 0  # 0, 1 KB .. 0.7 MB
+                os.truncate(filler, max(0, filler.stat().st_size - left))
+                before = _edits(server)
+                edit = {"prompt": f"The capital of Full{attempt}land is", "target": f"Nowhere{attempt}"}
+                status, body = server.request("POST", "/edits", edit)
+                after = _edits(server)
+                if status == 507 and "full" in body.get("detail", ""):
+                    refused += 1
+                    if after != before:
+                        problems.append(f"attempt {attempt}: a refused insert changed what is stored")
+                elif status == 201:
+                    accepted += 1
+                    if set(after) - set(before) != {body["id"]} or after[body["id"]]["status"] != "active":
+                        problems.append(f"attempt {attempt}: an accepted insert is not whole: {after.get(body['id'])}")
+                else:
+                    problems.append(f"attempt {attempt}: insert on a full disk: {status} {body}")
+                half = [i for i, e in after.items() if e["status"] == "corrupt" or e["error"]]
+                orphans = _orphans(data_dir)
+                if half or orphans:
+                    problems.append(f"attempt {attempt}: half edits {half[:3]}, leftover files {orphans[:3]}")
+                if server.generate(first["prompt"], 4) != answer:
+                    problems.append(f"attempt {attempt}: the first edit's answer changed")
             filler.unlink()
-            status, body = server.request("POST", "/edits", second)
+            status, body = server.request("POST", "/edits", {"prompt": "The capital of Fullerland is", "target": "X"})
             if status != 201:
                 problems.append(f"insert after space came back: {status} {body}")
     finally:
         subprocess.run(["umount", "-l", str(data_dir)], capture_output=True)
-    return {"check": "disk", "ok": not problems, "problems": problems}
+    return {
+        "check": "disk",
+        "ok": not problems,
+        "attempts": attempts,
+        "refused": refused,
+        "accepted": accepted,
+        "problems": problems,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,13 +24,17 @@ class BlobStore:
     def write(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         final = self.path(name)
         tmp = final.with_name(final.name + TMP_SUFFIX)
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind, and gets its space back
+            raise
         self._fsync_dir()  # the rename itself must be durable before the DB row refers to it
 
     def read(self, name: str) -> dict[str, torch.Tensor]:
