@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.main import api_router
@@ -23,7 +24,7 @@ from app.core.limits import BodyLimit, RateLimiter
 from app.core.observability import Metrics, RequestContext
 from app.core.security import KeyRing, load_keys
 from app.services import startup
-from app.services.errors import ServiceError
+from app.services.errors import DatabaseUnavailable, ServiceError, database_down, unavailable_detail
 from storage import migrate
 from storage.repository import database_url, safe_url
 
@@ -91,6 +92,15 @@ def handle_errors(app: FastAPI) -> None:
     async def service_error(request: Request, exc: ServiceError):
         status = 400 if exc.status_code == 422 and _openai(request) else exc.status_code
         return _error(request, status, str(exc), code=getattr(exc, "code", None), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_error(request: Request, exc: SQLAlchemyError):
+        # A read or a change's lock that reached a database which is down: 503, not a stack trace.
+        if not database_down(exc):
+            raise exc
+        log.warning("%s %s: the database is unavailable: %s", request.method, request.url.path, exc)
+        detail = unavailable_detail(exc, "nothing was changed")
+        return _error(request, DatabaseUnavailable.status_code, detail, headers=DatabaseUnavailable.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

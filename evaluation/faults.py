@@ -12,7 +12,12 @@
 
 Prints one JSON line per check and exits 1 if any failed. Bounded: every run has a count and a timeout.
 
-    editserve fault [--runs 3] [--inserts 200] [--only crash|disk] [--env KEY=VALUE ...]
+  database  PostgreSQL (a throwaway server, local) stopped for --down seconds while 4 clients generate
+         and one writes, with a replica following: no generation fails, writes are refused with a
+         fast 503, /health/ready says why and is ready again soon after, nothing acknowledged is lost,
+         and the replica catches up (evaluation/outage.py).
+
+    editserve fault [--runs 3] [--inserts 200] [--only crash|disk|database] [--down 10] [--env KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from evaluation.server import Server
 from storage.repository import BLOB_DIR, DB_FILE
 
 
-def _edits(server: Server) -> dict[str, dict]:
+def all_edits(server: Server) -> dict[str, dict]:
     out, offset = {}, 0
     while True:
         page = server.call("GET", f"/edits?limit=1000&offset={offset}")
@@ -97,7 +102,7 @@ def crash(workdir: Path, env: dict[str, str], runs: int = 3, inserts: int = 200,
         client.join(60)
 
         server.start()  # the same data dir, no manual help
-        present = _edits(server)
+        present = all_edits(server)
         missing = [i for i in acknowledged if i not in present]
         inactive = [i for i in acknowledged if i in present and present[i]["status"] != "active"]
         half = [i for i, e in present.items() if e["status"] == "corrupt" or e["error"]]
@@ -158,10 +163,10 @@ def disk_full(workdir: Path, env: dict[str, str], size_kb: int = 4096, attempts:
                 _fill(filler)
                 left = int(1024 * 2 ** (attempt / 2)) if attempt else 0  # 0, 1 KB .. 0.7 MB
                 os.truncate(filler, max(0, filler.stat().st_size - left))
-                before = _edits(server)
+                before = all_edits(server)
                 edit = {"prompt": f"The capital of Full{attempt}land is", "target": f"Nowhere{attempt}"}
                 status, body = server.request("POST", "/edits", edit)
-                after = _edits(server)
+                after = all_edits(server)
                 if status == 507 and "full" in body.get("detail", ""):
                     refused += 1
                     if after != before:
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--inserts", type=int, default=200)
-    ap.add_argument("--only", choices=("crash", "disk"), default=None)
+    ap.add_argument("--only", choices=("crash", "disk", "database"), default=None)
+    ap.add_argument("--down", type=float, default=10.0, help="seconds PostgreSQL is stopped (database check)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting")
     args = ap.parse_args(argv)
     env = dict(kv.split("=", 1) for kv in args.env)
@@ -210,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             results.append(crash(Path(tmp), env, args.runs, args.inserts))
         if args.only in (None, "disk"):
             results.append(disk_full(Path(tmp), env))
+        if args.only in (None, "database"):
+            from evaluation.outage import database_outage
+            from evaluation.postgres import Unavailable
+
+            try:
+                results.append(database_outage(Path(tmp), env, args.down))
+            except Unavailable as exc:
+                results.append({"check": "database", "ok": None, "skipped": str(exc)})
     for r in results:
         print(json.dumps(r))
     return 0 if all(r["ok"] is not False for r in results) else 1

@@ -82,17 +82,29 @@ class PostgresServer:
             str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
             "--no-locale", "--no-sync", timeout=START_TIMEOUT,
         )  # fmt: skip
+        self.started = True  # from here on stop() has something to stop
+        atexit.register(self.stop)  # should the session end without its finaliser
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server on its data (after start()'s initdb, or a pause())."""
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
         )
-        self.started = True  # from here on stop() has something to stop
-        atexit.register(self.stop)  # should the session end without its finaliser
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options,
             "-w", "-t", str(START_TIMEOUT), "start", timeout=START_TIMEOUT + 10,
         )  # fmt: skip
-        return self
+
+    def pause(self) -> None:
+        """Stop the server as an operator restarting it would (connections cut, committed data kept);
+        resume() starts it again on the same port."""
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT), "stop",
+            timeout=STOP_TIMEOUT + 10,
+        )  # fmt: skip
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -113,6 +125,21 @@ class PostgresServer:
         name = url.rsplit("/", 1)[1]
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as con:
             con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def dump(self, url: str, path: Path) -> None:
+        """The database at `url` as plain SQL (pg_dump, no owners or privileges), written to `path`."""
+        out = self._run(str(self.bin / "pg_dump"), "--no-owner", "--no-privileges", url, timeout=START_TIMEOUT)
+        Path(path).write_text(out.stdout)
+
+    def load(self, url: str, path: Path) -> None:
+        """Run the SQL of `path` (a dump()) into the database at `url`, stopping at the first error."""
+        sql = Path(path).read_text()
+        out = subprocess.run(
+            [*self.as_user, str(self.bin / "psql"), "-q", "-v", "ON_ERROR_STOP=1", url],
+            input=sql, capture_output=True, text=True, timeout=START_TIMEOUT, cwd=self.root,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise RuntimeError(f"psql failed ({out.returncode}): {out.stderr[-2000:]}")
 
     def stop(self) -> None:
         if self.started:

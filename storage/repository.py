@@ -70,12 +70,16 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+CONNECT_TIMEOUT_S = 2  # libpq's smallest useful value
+
+
 def make_engine(url: str) -> Engine:
     if make_url(url).get_backend_name() == "sqlite":
         # Requests run on a thread pool; the service serialises writes, SQLite serialises the rest.
         return create_engine(url, connect_args={"check_same_thread": False})
-    # A server-side database outlives our connections (restarts, idle timeouts): test before use.
-    return create_engine(url, pool_pre_ping=True)
+    # A server-side database outlives our connections (restarts, idle timeouts): test before use. A
+    # server that does not answer is given up on soon, so a request fails fast instead of hanging.
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
 
 
 def _unmatchable(*texts: str | None) -> bool:
@@ -194,6 +198,11 @@ class Repository:
     def shared(self) -> bool:
         """Other servers may share this database (PostgreSQL): follow its log, take its lock."""
         return changes.is_postgres(self.engine)
+
+    def ping(self) -> None:
+        """Raises (SQLAlchemy's error) when the database cannot be reached now."""
+        with self.engine.connect() as con:
+            con.execute(select(1))
 
     def change_lock(self) -> contextlib.AbstractContextManager:
         return changes.change_lock(self.engine)

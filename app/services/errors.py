@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import logging
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 log = logging.getLogger(__name__)
 
 
@@ -32,6 +34,14 @@ class StorageFailed(ServiceError):
 
 class DiskFull(StorageFailed):
     status_code = 507
+
+
+class DatabaseUnavailable(StorageFailed):
+    """The database cannot be reached (PostgreSQL restarting, a lost connection): nothing was
+    applied; the client retries. Generation goes on meanwhile, from memory."""
+
+    status_code = 503
+    headers = {"Retry-After": "2"}
 
 
 class Unavailable(ServiceError):
@@ -80,9 +90,13 @@ def invalid_input(change, *args):
 
 
 def storage_failed(action: str, exc: Exception) -> StorageFailed:
-    log.exception("storing the %s failed; it was undone in memory", action)
     if _disk_full(exc):
+        log.exception("storing the %s failed; it was undone in memory", action)
         return DiskFull(f"the disk is full: the {action} was not applied ({exc}); free space and retry")
+    if database_down(exc):
+        log.warning("storing the %s failed, the database is unavailable; it was undone in memory: %s", action, exc)
+        return DatabaseUnavailable(unavailable_detail(exc, f"the {action} was not applied"))
+    log.exception("storing the %s failed; it was undone in memory", action)
     return StorageFailed(f"storage failed, the {action} was not applied: {type(exc).__name__}: {exc}")
 
 
@@ -94,3 +108,19 @@ def _disk_full(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def database_down(exc: BaseException | None) -> bool:
+    """The database could not be reached or went away mid-way (SQLAlchemy's OperationalError and
+    InterfaceError: refused or lost connections, a server shutting down, SQLite's locked file)."""
+    while exc is not None:
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def unavailable_detail(exc: BaseException, what: str) -> str:
+    # The driver's first line says why ("connection refused", "shutting down"); the URL is not in it.
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+    return f"the database is unavailable ({reason}): {what}; retry shortly"

@@ -1,7 +1,9 @@
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
-from app.api.deps import ServiceDep
+from app.api.deps import NotReady, ServiceDep
+from app.services.errors import database_down, unavailable_detail
 from editserve.schemas import Health, Live
 
 router = APIRouter(tags=["health"])
@@ -13,8 +15,20 @@ def health(service: ServiceDep):
     return Health(status="ok", model=service.backbone.name, edits_active=service.edits_active)
 
 
-@router.get("/health/ready", response_model=Health, responses={503: {"description": "still loading, or failed to"}})
+@router.get(
+    "/health/ready",
+    response_model=Health,
+    responses={503: {"description": "still loading, failed to, or the database is unavailable"}},
+)
 def ready(service: ServiceDep):
+    """Ready for every request: loaded, and the database answers (while it does not, generation still
+    answers from memory, and changes are refused with 503)."""
+    try:
+        service.repo.ping()
+    except SQLAlchemyError as exc:
+        if not database_down(exc):
+            raise
+        raise NotReady(unavailable_detail(exc, "generation answers, changes are refused")) from exc
     return Health(status="ok", model=service.backbone.name, edits_active=service.edits_active)
 
 

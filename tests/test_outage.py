@@ -1,0 +1,24 @@
+"""`editserve fault --only database`, shortened: PostgreSQL (the tests' throwaway server) stopped for a few
+seconds while four clients generate and one writes, on two real server processes (the tiny model)
+sharing the database. The full run stops it for 10 s (docs/operations.md)."""
+
+import pytest
+
+from evaluation.outage import database_outage
+from evaluation.postgres import Unavailable
+
+
+@pytest.mark.integration
+def test_the_database_stopped_under_load_loses_nothing(tmp_path, tiny_model_dir):
+    env = {
+        "EDITSERVE_MODEL": str(tiny_model_dir),
+        "EDITSERVE_CACHE_DIR": str(tmp_path / "cache"),
+        "EDITSERVE_SCOPE__USE_TRAINED": "false",
+        "EDITSERVE_TORCH_THREADS": "1",
+    }
+    try:
+        result = database_outage(tmp_path, env, down_s=4.0)
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    assert result["ok"], result
+    assert result["generations"] >= 20 and result["writes_refused"] >= 1 and result["acknowledged"] >= 3, result
