@@ -32,18 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from evaluation.server import Server
+from evaluation.server import Server, all_edits
 from storage.repository import BLOB_DIR, DB_FILE
-
-
-def all_edits(server: Server) -> dict[str, dict]:
-    out, offset = {}, 0
-    while True:
-        page = server.call("GET", f"/edits?limit=1000&offset={offset}")
-        out.update({e["id"]: e for e in page["data"]})
-        offset += 1000
-        if offset >= page["count"]:
-            return out
 
 
 def _orphans(data_dir: Path) -> list[str]:

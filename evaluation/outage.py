@@ -13,9 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from evaluation.faults import all_edits
 from evaluation.postgres import PostgresServer
-from evaluation.server import Server
+from evaluation.server import Server, all_edits
 
 PROBE = "The capital of Outageland is"
 

@@ -148,3 +148,14 @@ class Server:
 
     def generate(self, prompt: str, max_new_tokens: int = 12) -> dict:
         return self.call("POST", "/generate", {"prompt": prompt, "max_new_tokens": max_new_tokens})
+
+
+def all_edits(server: Server) -> dict[str, dict]:
+    """Every edit the server lists, by id (all pages)."""
+    out, offset = {}, 0
+    while True:
+        page = server.call("GET", f"/edits?limit=1000&offset={offset}")
+        out.update({e["id"]: e for e in page["data"]})
+        offset += 1000
+        if offset >= page["count"]:
+            return out
