@@ -44,6 +44,7 @@ class Writing(threading.Thread):
         self.server, self.stop = server, stop
         self.acknowledged: dict[str, tuple[str, str]] = {}
         self.answers: list[tuple[float, int, float, dict]] = []  # (sent at, status, seconds, body)
+        self.applied_unacknowledged = 0
 
     def run(self) -> None:
         i = 0
@@ -58,8 +59,17 @@ class Writing(threading.Thread):
             if status == 201:
                 self.acknowledged[body["id"]] = (prompt, target)
                 i += 1
+            elif status == 409:  # a refused attempt was applied after all (its commit's reply was lost)
+                self.applied_unacknowledged += 1
+                i += 1
             else:
                 time.sleep(0.2)  # as a client honouring Retry-After would, only sooner
+
+
+def _until(done, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _ready(server: Server) -> tuple[int, dict]:
@@ -87,7 +97,7 @@ def database_outage(workdir: Path, env: dict[str, str], down_s: float = 10.0, cl
             writer = Writing(writer_server, stop)
             for t in [*gens, writer]:
                 t.start()
-            time.sleep(2)
+            _until(lambda: len(writer.acknowledged) >= 2, 60)  # writes go through before the outage
             down_at = time.monotonic()
             pg.pause()
             time.sleep(1)
@@ -102,7 +112,9 @@ def database_outage(workdir: Path, env: dict[str, str], down_s: float = 10.0, cl
                     ready_after = time.monotonic() - up_at
                     break
                 time.sleep(0.1)
-            time.sleep(3)  # the writer goes on after the database is back
+            acked_before = len(writer.acknowledged)
+            _until(lambda: len(writer.acknowledged) >= acked_before + 3, 60)  # and again after it
+            acked_after = len(writer.acknowledged) - acked_before
             stop.set()
             for t in [*gens, writer]:
                 t.join(90)
@@ -139,6 +151,8 @@ def database_outage(workdir: Path, env: dict[str, str], down_s: float = 10.0, cl
         problems.append(f"GET /edits while the database was down: {listing_down}")
     if ready_after is None or ready_after > 5:
         problems.append(f"ready again {ready_after} s after the database")
+    if acked_after < 3:
+        problems.append(f"only {acked_after} writes acknowledged after the database came back")
     if lost:
         problems.append(f"{len(lost)} acknowledged edits not active: {lost[:3]}")
     if replica_active != active or not same:
@@ -153,6 +167,8 @@ def database_outage(workdir: Path, env: dict[str, str], down_s: float = 10.0, cl
         "slowest_refusal_s": round(slowest, 3),
         "ready_after_s": None if ready_after is None else round(ready_after, 2),
         "acknowledged": len(writer.acknowledged),
+        "acknowledged_after": acked_after,
+        "refused_but_applied": writer.applied_unacknowledged,
         "lost": len(lost),
         "problems": problems,
     }

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Iterator
 
 from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from storage.models import LogEntry
@@ -48,8 +49,14 @@ def change_lock(engine: Engine) -> Iterator[None]:
         try:
             yield
         finally:
-            con.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
-            con.commit()
+            try:
+                con.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+                con.commit()
+            except DBAPIError:
+                # The database went away after the change committed (or failed): its session, and
+                # with it the lock, is gone; the change's own outcome stands. The connection is
+                # thrown away, so a lock it might still hold goes with it.
+                con.invalidate()
 
 
 def head(session: Session) -> int:

@@ -194,6 +194,20 @@ def test_a_restarted_database_is_reconnected(repo, postgres_url):
     assert repo.get("e1").prompt == "p"  # pool_pre_ping replaces the killed connection
 
 
+def test_a_change_whose_connection_dies_after_it_committed_still_succeeds(repo, postgres_url):
+    """PostgreSQL restarting between a change's commit and the release of the change lock: the change
+    stands (no error for what was applied), and the lock is free for the next change."""
+    from storage import changes
+
+    name = postgres_url.rsplit("/", 1)[1]
+    with changes.change_lock(repo.engine):
+        add(repo, "e1")
+        with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as con:
+            con.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    with changes.change_lock(repo.engine):  # not held by the dead session
+        assert repo.get("e1").prompt == "p"
+
+
 # -- the app ---------------------------------------------------------------------------------------------------
 def stored(url: str) -> tuple:
     """Everything the database holds about edits, read past the app."""
