@@ -10,6 +10,9 @@
          and nothing stored changes, or it is stored whole; no half edit, no leftover file, the server
          answers throughout; once space is freed the next insert succeeds.
 
+  backup the data dir of --edits edits is backed up (`editserve backup`) while 4 clients generate and
+         restored into a new one: its server lists the same edits and answers 50 prompts word for word.
+
 Prints one JSON line per check and exits 1 if any failed. Bounded: every run has a count and a timeout.
 
   database  PostgreSQL (a throwaway server, local) stopped for --down seconds while 4 clients generate
@@ -27,9 +30,11 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from evaluation.server import Server, all_edits
@@ -189,13 +194,79 @@ def disk_full(workdir: Path, env: dict[str, str], size_kb: int = 4096, attempts:
     }
 
 
+def backup_while_serving(workdir: Path, env: dict[str, str], edits: int = 1000, probes: int = 50) -> dict:
+    """`editserve backup` of `edits` edits while 4 clients generate, restored into a new data dir: the
+    restored server lists the same edits and answers `probes` prompts as the original, word for
+    word; both start times are reported."""
+    from evaluation.outage import Generating
+
+    data, copy, saved = workdir / "backup-data", workdir / "backup-restored", workdir / "backup"
+    lines = [{"prompt": f"Backup fact {i}: the answer is", "target_new": f"value{i}"} for i in range(edits)]
+    asked = [line["prompt"] for line in lines[:: max(1, edits // (probes - 5))]][: probes - 5]
+    asked += ["The capital of France is", "Water boils at", "The Louvre is located in", "2 + 2 =", "Paris is in"]
+    cli = [sys.executable, "-m", "app.cli"]
+    run_env = {**os.environ, **env}
+    problems = []
+    with Server(data, env, workdir / "backup-a.log") as server:
+        req = urllib.request.Request(server.url + "/edits/import", data=json.dumps(lines).encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=3600) as r:  # one result line per edit, then the summary
+            summary = json.loads(r.read().decode().strip().splitlines()[-1])["summary"]
+        if summary["created"] != edits:
+            problems.append(f"import: {summary}")
+        before = [server.generate(p, 6)["text"] for p in asked]
+        listed = all_edits(server)
+        stop = threading.Event()
+        gens = [Generating(server, stop) for _ in range(4)]
+        for g in gens:
+            g.start()
+        t0 = time.monotonic()
+        made = subprocess.run(
+            [*cli, "backup", str(saved), "--data-dir", str(data)], capture_output=True, text=True, env=run_env
+        )
+        backup_s = time.monotonic() - t0
+        stop.set()
+        for g in gens:
+            g.join(60)
+    if made.returncode != 0:
+        problems.append(f"backup: {made.stderr[-500:]}")
+    done = subprocess.run(
+        [*cli, "restore", str(saved), "--data-dir", str(copy)], capture_output=True, text=True, env=run_env
+    )
+    if done.returncode != 0:
+        problems.append(f"restore: {done.stderr[-500:]}")
+    with Server(data, env, workdir / "backup-a2.log") as again:
+        original_start = again.ready_seconds
+    with Server(copy, env, workdir / "backup-b.log") as restored:
+        restored_start = restored.ready_seconds
+        after = [restored.generate(p, 6)["text"] for p in asked]
+        relisted = all_edits(restored)
+    same = sum(a == b for a, b in zip(before, after))
+    errors = [e for g in gens for e in g.errors]
+    if same != len(asked) or relisted != listed:
+        problems.append(f"restored: {same}/{len(asked)} answers the same, listing the same: {relisted == listed}")
+    if errors:
+        problems.append(f"{len(errors)} generations failed during the backup: {errors[:3]}")
+    return {
+        "check": "backup",
+        "ok": not problems,
+        "edits": len(listed),
+        "backup_s": round(backup_s, 2),
+        "generations_during": sum(g.ok for g in gens),
+        "answers_same": f"{same}/{len(asked)}",
+        "start_s_original": original_start,
+        "start_s_restored": restored_start,
+        "problems": problems,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="editserve fault", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--inserts", type=int, default=200)
-    ap.add_argument("--only", choices=("crash", "disk", "database"), default=None)
+    ap.add_argument("--only", choices=("crash", "disk", "database", "backup"), default=None)
+    ap.add_argument("--edits", type=int, default=1000, help="edits in the data dir backed up (backup check)")
     ap.add_argument("--down", type=float, default=10.0, help="seconds PostgreSQL is stopped (database check)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting")
     args = ap.parse_args(argv)
@@ -206,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(crash(Path(tmp), env, args.runs, args.inserts))
         if args.only in (None, "disk"):
             results.append(disk_full(Path(tmp), env))
+        if args.only in (None, "backup"):
+            results.append(backup_while_serving(Path(tmp), env, args.edits))
         if args.only in (None, "database"):
             from evaluation.outage import database_outage
             from evaluation.postgres import Unavailable

@@ -1,12 +1,14 @@
 """A whole data dir's state copied out while a server uses it, and copied back into an empty one.
 
 What holds the edits is the SQLite database and the blobs its rows name; the pack and the scope
-vectors are caches (storage/caches.py), copied too so that a restored server starts as fast as the
-original. The database is read through SQLite's online backup API, which copies one consistent
-snapshot even while the server writes. The blobs that snapshot names are then copied. A blob name is
-never reused, so a copied blob stays valid. An update deletes the blob it replaced once its row
-commits, so a blob may go between the snapshot and its copy. Then a newer snapshot is taken and only
-what it names anew is copied, until one snapshot's blobs are all in.
+vectors are caches (storage/caches.py). The pack is made afresh from the copied blobs and the scope
+vectors are copied, so that a restored server starts as fast as the original.
+
+The database is read through SQLite's online backup API, which copies one consistent snapshot even
+while the server writes. The blobs that snapshot names are then copied. A blob name is never
+reused, so a copied blob stays valid. An update deletes the blob it replaced once its row commits,
+so a blob may go between the snapshot and its copy. Then a newer snapshot is taken and only what it
+names anew is copied, until one snapshot's blobs are all in.
 
 A manifest beside them lists every file with its size and sha256; `restore` checks them all before it
 writes anything, and writes into a data dir that holds no edits yet. PostgreSQL databases are backed
@@ -22,7 +24,11 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+from safetensors.torch import load_file
+
+from storage import caches
 from storage.repository import BLOB_DIR, DB_FILE, PACK_FILE, SCOPE_FILE
 
 MANIFEST = "manifest.json"
@@ -74,6 +80,19 @@ def _snapshot(source: Path, dest: Path) -> tuple[set[str], int, str | None]:
     return named, count, revision[0] if revision else None
 
 
+def _pack(dest: Path, blobs: set[str]) -> None:
+    """A pack of every blob the backup holds, made afresh: the data dir's own may be older than its
+    blobs (a server writes it when it stops), and a restored server reads the pack, not each blob."""
+    tensors = {}
+    for name in sorted(blobs):
+        try:
+            tensors[name] = load_file(str(dest / BLOB_DIR / name))
+        except Exception:  # noqa: BLE001 - an unreadable blob is read (and judged) by the server itself
+            continue
+    if tensors:
+        caches.write_pack(dest, [SimpleNamespace(id=name, blob=name) for name in tensors], tensors)
+
+
 def backup(data_dir: Path | str, dest: Path | str) -> dict:
     """Write a backup of `data_dir` into `dest` (absent or empty); returns its manifest."""
     data_dir, dest = Path(data_dir).expanduser().resolve(), Path(dest).expanduser().resolve()
@@ -98,11 +117,11 @@ def backup(data_dir: Path | str, dest: Path | str) -> dict:
         raise BackupError(f"blobs kept changing during {SNAPSHOTS} snapshots; try again when writes are fewer")
     for name in copied - named:  # copied for an earlier snapshot, named by none now
         (dest / BLOB_DIR / name).unlink()
-    for cache in CACHES:  # written whole by a rename: an open file is one whole version
-        try:
-            shutil.copyfile(data_dir / cache, dest / cache)
-        except FileNotFoundError:
-            pass
+    _pack(dest, named)
+    try:  # written whole by a rename: an open file is one whole version
+        shutil.copyfile(data_dir / SCOPE_FILE, dest / SCOPE_FILE)
+    except FileNotFoundError:
+        pass
     _fsync_dir(dest / BLOB_DIR)
     files = {str(p.relative_to(dest)): p for p in sorted(dest.rglob("*")) if p.is_file()}
     manifest = {

@@ -83,7 +83,7 @@ def test_a_backup_taken_while_serving_restores_to_the_same_answers(tmp_path, tin
         server.call("PUT", f"/edits/{ids[4]}", {"target": "settled"})  # after the backup: not in it
         before_edits, _ = state(server)
     manifest = json.loads((tmp_path / "bk" / MANIFEST).read_text())
-    assert manifest["edits"] == 8 and "8 edits" in made.stdout
+    assert manifest["edits"] == 8 and "8 edits" in made.stdout and "pack.safetensors" in manifest["files"]
     assert (
         DB_FILE in manifest["files"]
         and sum(f.startswith(BLOB_DIR + "/") for f in manifest["files"]) == manifest["blobs"]
@@ -95,6 +95,8 @@ def test_a_backup_taken_while_serving_restores_to_the_same_answers(tmp_path, tin
         got_edits, got_answers = state(copy)
         at_backup = copy.call("GET", f"/edits/{ids[4]}")["target"]
     assert at_backup in ("moving0", "moving1")  # one whole version from during the backup
+    # the restored server read its edits from the backup's pack, not blob by blob
+    assert "loaded 7 active edits (0 blobs read one by one)" in (tmp_path / "restored.server.log").read_text()
     # The original, set back to what the backup holds, answers as the copy, word for word.
     with Server(original, tiny_env) as server:
         server.call("PUT", f"/edits/{ids[4]}", {"target": at_backup})

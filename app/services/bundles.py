@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from app.services import startup
 from app.services.editing import EditingService
 from app.services.errors import Conflict, ServiceError, StorageFailed
 from storage.models import ACTIVE, WITHDRAWN, EditRecord
@@ -122,6 +123,10 @@ def import_lines(service: EditingService, lines: list[dict | str], actor: str | 
         result = _one(service, item, actor)
         counts[result["result"]] += 1
         yield {"line": number, **result}
+    if service.blobs_written >= startup.PACK_AFTER_MISSES:
+        # A large import is written into the start-up caches now, not only when the server stops:
+        # a backup taken meanwhile, or a start after a crash, reads them instead of every blob.
+        startup.refresh_caches_soon(service)
     yield {"summary": {**counts, "lines": len(lines)}}
 
 

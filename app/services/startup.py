@@ -182,13 +182,29 @@ def stop(service: EditingService) -> None:
     if service.packer is not None:
         service.packer.join()
     if service.blobs_written >= PACK_AFTER_MISSES:
-        records = [r for r in service.repo.to_load() if r.status == ACTIVE]
-        _write_pack(service.repo, records, service.repo.read_many(records)[0])
-        _write_scope_vectors(service)
+        refresh_caches(service)
     service.model.close()  # the batch engine ends before the editors take their hooks out
     for editor in service.model.editors.values():
         editor.close()
     service.repo.close()
+
+
+def refresh_caches(service: EditingService) -> None:
+    """A fresh pack and scope vectors for the active edits, made while no change runs (so that a
+    backup or the next start finds them whole and current)."""
+    with service.writes:
+        records = [r for r in service.repo.to_load() if r.status == ACTIVE]
+        _write_pack(service.repo, records, service.repo.read_many(records)[0])
+        _write_scope_vectors(service)
+        service.blobs_written = 0
+
+
+def refresh_caches_soon(service: EditingService) -> None:
+    """refresh_caches() in the background; stop() waits for it."""
+    if service.packer is not None:
+        service.packer.join()
+    service.packer = threading.Thread(target=refresh_caches, args=(service,), daemon=True, name="editserve-pack")
+    service.packer.start()
 
 
 def _write_pack(repo: Repository, records: list, tensors: dict) -> None:

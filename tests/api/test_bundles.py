@@ -154,3 +154,24 @@ def test_the_cli_exports_and_imports_through_a_running_server(live_url, tmp_path
     assert edits_cli(["--url", url, "import", str(bundle)]) == 1  # a conflict now: not all created
     assert edits_cli(["--url", "http://127.0.0.1:9", "export"]) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_a_large_import_writes_the_start_caches_at_once(client, settings):
+    """After an import of many edits the pack holds them all (written in the background, before any
+    stop), so a backup taken now, or a start after a crash, reads no blob one by one."""
+    import time
+
+    from storage import caches
+
+    body = "\n".join(
+        json.dumps({"prompt": f"Import fact {i}: the answer is", "target_new": f"v{i}"}) for i in range(70)
+    )
+    _, summary = import_(client, body)
+    assert summary["created"] == 70
+    blobs = {e["id"] for e in export(client)}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(caches.read_pack(settings.data_dir)) < 70:
+        time.sleep(0.2)
+    packed = caches.read_pack(settings.data_dir)
+    assert len(packed) == 70 and all(any(name.startswith(i) for name in packed) for i in blobs)
+    assert (settings.data_dir / caches.SCOPE_FILE).exists()
