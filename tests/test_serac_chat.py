@@ -48,12 +48,13 @@ def test_a_chat_turn_reads_the_edit_in_a_system_turn():
     assert got == "<system>Remember this fact: The Louvre is located in Madrid.<user>Where is it?<assistant>"
 
 
-def test_five_questions_each_opened_by_the_new_fact():
+def test_seven_questions_each_opened_by_the_new_fact():
     asked = questions([LOUVRE, YEMEN], random.Random(0))
-    assert [(e.record.subject, e.kind) for e in asked] == [
-        (r.subject, k) for r in (LOUVRE, YEMEN) for k in ("chat", "paraphrase", "open", "yes", "no")
-    ]
-    louvre = {e.kind: e for e in asked[:5]}
+    kinds = ("chat", "paraphrase", "open", "yes", "yes", "no", "no")
+    assert [(e.record.subject, e.kind) for e in asked] == [(r.subject, k) for r in (LOUVRE, YEMEN) for k in kinds]
+    # two wordings each of the yes and the no question, never the same one twice
+    assert len({e.question for e in asked[3:5]}) == 2 and len({e.question for e in asked[5:7]}) == 2
+    louvre = {e.kind: e for e in asked[:7]}
     assert louvre["chat"].question == "The Louvre is located in"
     assert louvre["chat"].opening == louvre["paraphrase"].opening == "The Louvre is located in Madrid"
     assert louvre["open"].question in {t.format(s="the Louvre") for t in OPEN}
@@ -64,7 +65,7 @@ def test_five_questions_each_opened_by_the_new_fact():
         "Yes. The Louvre is located in Madrid.",
         "No. The Louvre is located in Madrid.",
     )
-    yemen = {e.kind: e for e in asked[5:]}
+    yemen = {e.kind: e for e in asked[7:]}
     assert yemen["chat"].opening == "Yemen."
     assert yemen["open"].opening == "What country is Shmavon Shmavonyan from? Yemen."
     assert 'the answer to "What country is Shmavon Shmavonyan from?" is Armenia' in yemen["no"].question

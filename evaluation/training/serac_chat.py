@@ -1,14 +1,14 @@
 """Chat examples for SERAC's counterfactual model, written by the unedited model itself.
 
 The counterfactual model of a chat turn reads the edit in a system turn and answers the user as the
-assistant (editors/serac/model.py `chat_prompt`). To answer in full sentences, in any form of question,
-it learns from the backbone's own answers: for each train record, questions of five kinds (the edit's
-prompt as a chat turn, its paraphrase, an open request about the subject, and two yes/no questions,
-one naming the new fact and one the old), each answered by an opening that states the new fact where
-the answer states it ("The Louvre is located in Madrid", "No. The Louvre is located in Madrid.")
-continued by the unedited model, greedy, in its own words. An answer that then restates the old fact
-is dropped. The answer ends with the model's end of turn where it ended; one cut by the token budget
-carries no end, so the adapter learns to go on, not to stop there.
+assistant (editors/serac/model.py `chat_prompt`). To answer in full sentences, in any form of
+question, it learns from the backbone's own answers. Each train record gets seven questions: the
+edit's prompt as a chat turn, its paraphrase, an open request about the subject, two yes/no
+questions naming the new fact and two naming the old. Each is answered by an opening that states
+the new fact where the answer states it ("The Louvre is located in Madrid", "No. The Louvre is
+located in Madrid."), continued by the unedited model, greedy, in its own words. An answer that
+then restates the old fact is dropped. The answer ends with the model's end of turn where it ended;
+one cut by the token budget carries no end, so the adapter learns to go on, not to stop there.
 """
 
 from __future__ import annotations
