@@ -52,6 +52,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def tiny_env(tiny_model_dir, tmp_path) -> dict[str, str]:
+    """The environment of a real server process on the tiny model (tests/test_faults.py and others)."""
+    return {
+        "EDITSERVE_MODEL": str(tiny_model_dir),
+        "EDITSERVE_CACHE_DIR": str(tmp_path / "cache"),
+        "EDITSERVE_SCOPE__USE_TRAINED": "false",
+        "EDITSERVE_TORCH_THREADS": "1",
+    }
+
+
 def tiny_settings(model_dir: Path, root: Path) -> Settings:
     """The tiny model, a data dir and cache under `root`. The scope model is the packaged MiniLM,
     untrained: these tests do not depend on set-up products."""

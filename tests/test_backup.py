@@ -5,6 +5,7 @@ that is not whole, or a data dir that already holds edits, is refused before any
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -18,16 +19,6 @@ from storage.repository import BLOB_DIR, DB_FILE
 PROBES = ["The capital of France is", "Photosynthesis turns sunlight into", "Backup fact 3: the answer is"]
 
 
-@pytest.fixture
-def tiny_env(tiny_model_dir, tmp_path):
-    return {
-        "EDITSERVE_MODEL": str(tiny_model_dir),
-        "EDITSERVE_CACHE_DIR": str(tmp_path / "cache"),
-        "EDITSERVE_SCOPE__USE_TRAINED": "false",
-        "EDITSERVE_TORCH_THREADS": "1",
-    }
-
-
 def editserve(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300, env=env
@@ -35,7 +26,7 @@ def editserve(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def state(server: Server) -> tuple[list, list]:
-    """Every edit as the API lists it (without timestamps of reading), and the answers to the probes."""
+    """Every edit as the API lists it, and the answers to the probes."""
     edits = server.call("GET", "/edits?limit=1000")["data"]
     answers = [server.generate(p, 6)["text"] for p in PROBES]
     return sorted(edits, key=lambda e: e["id"]), answers
@@ -60,8 +51,6 @@ class Busy(threading.Thread):
 
 @pytest.mark.integration
 def test_a_backup_taken_while_serving_restores_to_the_same_answers(tmp_path, tiny_env):
-    import os
-
     env = {**os.environ, **tiny_env}
     original, restored = tmp_path / "data", tmp_path / "restored"
     with Server(original, tiny_env) as server:

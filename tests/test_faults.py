@@ -8,16 +8,6 @@ from evaluation.faults import crash, disk_full
 from evaluation.soak import soak
 
 
-@pytest.fixture
-def tiny_env(tiny_model_dir, tmp_path):
-    return {
-        "EDITSERVE_MODEL": str(tiny_model_dir),
-        "EDITSERVE_CACHE_DIR": str(tmp_path / "cache"),
-        "EDITSERVE_SCOPE__USE_TRAINED": "false",
-        "EDITSERVE_TORCH_THREADS": "1",
-    }
-
-
 @pytest.mark.integration
 def test_acknowledged_edits_survive_kill_9(tmp_path, tiny_env):
     result = crash(tmp_path, tiny_env, runs=3, inserts=40, timeout=300)

@@ -9,15 +9,9 @@ from evaluation.postgres import Unavailable
 
 
 @pytest.mark.integration
-def test_the_database_stopped_under_load_loses_nothing(tmp_path, tiny_model_dir):
-    env = {
-        "EDITSERVE_MODEL": str(tiny_model_dir),
-        "EDITSERVE_CACHE_DIR": str(tmp_path / "cache"),
-        "EDITSERVE_SCOPE__USE_TRAINED": "false",
-        "EDITSERVE_TORCH_THREADS": "1",
-    }
+def test_the_database_stopped_under_load_loses_nothing(tmp_path, tiny_env):
     try:
-        result = database_outage(tmp_path, env, down_s=4.0)
+        result = database_outage(tmp_path, tiny_env, down_s=4.0)
     except Unavailable as exc:
         pytest.skip(str(exc))
     assert result["ok"], result
