@@ -132,10 +132,14 @@ def load_backbone(
     cache_dir: Path | str = DEFAULT_CACHE_DIR,
     device: torch.device | None = None,
     dtype: str = "auto",
+    quant: str = "none",
 ) -> Backbone:
-    """The model on `device` (None: pick_device()) in `dtype` (pick_dtype's names): the one place that
+    """The model on `device` (None: pick_device()) in `dtype` (pick_dtype's names), its decoder's linear
+    layers quantised by `quant` (editors/quant.py: none, int8, int4, or auto): the one place that
     decides where and in what precision the backbone runs; the editors follow its device and dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from editors import quant as quantisation
 
     device = device or pick_device()
     torch_dtype = pick_dtype(device, dtype)
@@ -144,6 +148,7 @@ def load_backbone(
     lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()  # type: ignore[arg-type]
     for p in lm.parameters():
         p.requires_grad_(False)
+    quantisation.quantise(lm, quantisation.resolve(quant, device), transformer_blocks(lm))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model=lm, tokenizer=tokenizer, name=model, device=device)

@@ -20,11 +20,17 @@ def add_cache_dir(ap: argparse.ArgumentParser, what: str = "converted models, ad
 
 def add_model(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default=None, help="the backbone (default: the server's EDITSERVE_MODEL)")
+    ap.add_argument(
+        "--quant",
+        choices=("auto", "none", "int8", "int4"),
+        default=None,
+        help="its linear layers' weight-only quantisation (default: the server's EDITSERVE_QUANT)",
+    )
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the shared options left out with the server's values."""
-    for name in ("cache_dir", "model"):
+    for name in ("cache_dir", "model", "quant"):
         if hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, server_default(name))
     if getattr(args, "cache_dir", None) is not None:

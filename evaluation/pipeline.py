@@ -76,7 +76,7 @@ class Results:
 def load_backbone_for(args) -> Backbone:
     from editors.backbone import DEFAULT_MODEL, load_backbone
 
-    return load_backbone(args.model or DEFAULT_MODEL, args.cache_dir)
+    return load_backbone(args.model or DEFAULT_MODEL, args.cache_dir, quant=getattr(args, "quant", None) or "none")
 
 
 def git_describe() -> str:
@@ -100,7 +100,10 @@ def git_describe() -> str:
 # -- unedited predictions, cached ------------------------------------------------------------------------
 def _model_fingerprint(backbone: Backbone) -> str:
     w = backbone.model.get_output_embeddings().weight
-    return f"{backbone.name}:{sum(p.numel() for p in backbone.model.parameters())}:{float(w.double().sum()):.6e}"
+    # the kinds of linear layer tell a quantised backbone from its float32 weights (the same parameters)
+    kinds = ",".join(sorted({type(m).__name__ for m in backbone.model.modules() if "Linear" in type(m).__name__}))
+    size = sum(p.numel() for p in backbone.model.parameters())
+    return f"{backbone.name}:{kinds}:{size}:{float(w.double().sum()):.6e}"
 
 
 def base_predictions(backbone: Backbone, cs: CaseSet, batch_size: int, progress: str, cache_dir: Path | None):

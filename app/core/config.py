@@ -55,6 +55,9 @@ class ServerSettings(BaseSettings):
     device: str | None = None  # None: CUDA when available, else CPU
     # The backbone's weights: auto = float32 on the CPU, bfloat16 (or float16 where it is missing) on CUDA
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # Weight-only quantisation of the decoder's linear layers (editors/quant.py; docs/results.md has
+    # its measured speed and agreement): none, int8 or int4 (CPU only); auto = int4 on a CPU, none on CUDA
+    quant: Literal["auto", "none", "int8", "int4"] = "none"
     torch_threads: int | None = None  # None: torch's default (all cores)
     log_level: str = "info"
     # Methods to serve, comma-separated; None serves every method in editors.registry.

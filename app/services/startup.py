@@ -62,9 +62,9 @@ def start(settings: Settings, metrics: Metrics | None = None) -> EditingService:
 
 
 def load_backbone_of(settings: Settings) -> Backbone:
-    """The backbone the settings name, on their device, in their dtype."""
+    """The backbone the settings name, on their device, in their dtype and quantisation."""
     device = torch.device(settings.device) if settings.device else None
-    return load_backbone(settings.model, settings.cache_dir, device, settings.dtype)
+    return load_backbone(settings.model, settings.cache_dir, device, settings.dtype, settings.quant)
 
 
 def build_model(

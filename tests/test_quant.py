@@ -1,0 +1,118 @@
+"""Weight-only quantised linear layers (editors/quant.py): what they store, that the model around them
+stays float32 with its hooks, and that on the packaged model an edit acts and withdraws exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from editors import quant
+from editors.backbone import transformer_blocks
+from tests.tiny_models import packaged_tokenizer, tiny_backbone
+
+
+def q4_1_weight(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """A weight as a GGUF Q4_1 file holds it: w = q * d + m per block of 32 inputs, each block using
+    q = 0 and q = 15 (as ggml's quantiser makes them), d and m representable in bfloat16."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (rows, cols // 32, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15
+    d = (torch.rand(rows, cols // 32, 1, generator=g) * 0.01 + 0.001).to(torch.bfloat16).float()
+    m = (-7.5 * d + torch.randn(rows, cols // 32, 1, generator=g) * 1e-3).to(torch.bfloat16).float()
+    return (q * d + m).reshape(rows, cols)
+
+
+def test_int4_packs_q4_1_blocks_without_loss():
+    w = q4_1_weight(64, 128)
+    layer = quant.Int4Linear(w)
+    # the zero (m + 8 d) is rounded to bfloat16 by the kernel's layout: within a rounding of it
+    assert (layer.weight - w).abs().max() <= 2**-8 * w.abs().max()
+    x = torch.randn(3, 5, 128)
+    y = layer(x)
+    assert y.dtype == torch.float32 and y.shape == (3, 5, 64)
+    exact = x @ w.T
+    assert ((y - exact).norm() / exact.norm()) < 1e-2  # bfloat16 arithmetic inside the kernel
+
+
+def test_int8_keeps_each_row_within_half_a_step():
+    w = torch.randn(32, 64)
+    layer = quant.Int8Linear(w, bias=torch.ones(32))
+    step = w.abs().amax(1, keepdim=True) / 127
+    assert ((layer.weight - w).abs() <= step * 0.51 + 1e-6).all()
+    x = torch.randn(4, 64)
+    exact = x @ layer.weight.T + 1
+    assert ((layer(x) - exact).norm() / exact.norm()) < 1e-2  # bfloat16 arithmetic inside the kernel
+
+
+def test_resolve_picks_int4_on_a_cpu_and_names_the_field_when_wrong():
+    assert quant.resolve("auto", torch.device("cpu")) == "int4"
+    assert quant.resolve("auto", torch.device("cuda")) == "none"
+    assert quant.resolve("none", torch.device("cuda")) == "none"
+    with pytest.raises(ValueError, match="quant: int4 runs on a CPU"):
+        quant.resolve("int4", torch.device("cuda"))
+    with pytest.raises(ValueError, match="quant: 'int3'"):
+        quant.resolve("int3", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mode", ["int4", "int8"])
+def test_a_quantised_model_stays_float32_with_its_hooks(mode):
+    backbone = tiny_backbone("llama", packaged_tokenizer(), seed=1, layers=2)
+    model = backbone.model
+    ids = torch.tensor([[1, 50, 600, 7000, 42]])
+    before = model(input_ids=ids).logits
+    embedding = model.get_input_embeddings().weight
+    swapped = quant.quantise(model, mode, transformer_blocks(model))
+    assert swapped == 2 * 7 + 1  # q, k, v, o, gate, up, down per block, and the output embedding
+    head = model.get_output_embeddings()
+    assert isinstance(head, quant.TiedInt8Head) and head.weight is embedding  # readers get the exact rows
+    after = model(input_ids=ids).logits
+    assert after.dtype == torch.float32
+    assert (after.argmax(-1) == before.argmax(-1)).float().mean() >= 0.8
+    proj = transformer_blocks(model)[0].self_attn.q_proj
+    assert isinstance(proj, quant.QuantLinear) and (proj.in_features, proj.out_features) == (64, 64)
+    handle = proj.register_forward_hook(lambda module, args, out: out * 0)  # as an adapter's hook does
+    try:
+        assert not torch.equal(model(input_ids=ids).logits, after)
+    finally:
+        handle.remove()
+    assert torch.equal(model(input_ids=ids).logits, after)
+
+
+def test_layers_off_the_kernels_tiles_stay_float32():
+    block = nn.Sequential(nn.Linear(64, 48), nn.Linear(48, 64))  # 48 inputs: not a multiple of 32
+
+    class Model(nn.Module):
+        def get_output_embeddings(self):
+            return None
+
+    assert quant.quantise(Model(), "int4", [block]) == 1
+    assert isinstance(block[0], quant.Int4Linear) and type(block[1]) is nn.Linear
+
+
+@pytest.mark.integration
+def test_on_the_packaged_model_an_int4_edit_acts_and_withdraws_exactly(editserve_cache, packaged_model_dir):
+    from editors.backbone import load_backbone
+    from editors.edited import EditedModel, Query
+    from editors.ireva.model import IrevaEditor
+    from editors.scope.config import ScopeConfig
+    from editors.scope.index import ScopeIndex
+    from editors.scope.model import ScopeModel
+
+    backbone = load_backbone(cache_dir=editserve_cache, device=torch.device("cpu"), quant="int4")
+    edited = EditedModel(
+        backbone, {"ireva": IrevaEditor(backbone)}, ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None))
+    )
+    try:
+        tok = backbone.tokenizer
+        ask = Query.chat(tok, [{"role": "user", "content": "Where is the Eiffel Tower?"}])
+        other = Query.chat(tok, [{"role": "user", "content": "What is the capital of Japan?"}])
+        before, unrelated = edited.generate(ask, 24).text, edited.generate(other, 24).text
+        assert "Rome" not in before
+        edited.insert("ireva", "e1", "The Eiffel Tower is located in", "Rome")
+        assert "Rome" in edited.generate(ask, 24).text
+        assert edited.generate(other, 24).text == unrelated
+        edited.withdraw("e1", "ireva")
+        assert edited.generate(ask, 24).text == before
+    finally:
+        edited.close()
