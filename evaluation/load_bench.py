@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from editserve.client import Client, EditServeError
-from evaluation import datasets
+from evaluation import datasets, llamacpp_ref
 from evaluation.server import Server
 
 FEW_HUNDRED = 300  # above this many edits the inserts alone take many minutes: said before they start
@@ -209,6 +209,8 @@ def plot(path: Path, result: dict) -> None:
         label = f"editserve serve, {result['n_edits']} edits"
         ax.plot([r["clients"] for r in edited], [r["tokens_per_s"] for r in edited], "^-", label=label)
     ax.plot([r["batch"] for r in ref], [r["tokens_per_s"] for r in ref], "s--", label="plain transformers (batch)")
+    if "llamacpp" in result:
+        ax.axhline(result["llamacpp"]["tokens_per_s"], color="grey", linestyle=":", label="llama.cpp, one stream")
     ax.set_xlabel("concurrent clients / batch size")
     ax.set_ylabel("generated tokens/s")
     ax.set_xticks([r["clients"] for r in levels])
@@ -225,15 +227,22 @@ def plot(path: Path, result: dict) -> None:
 
 def table(result: dict) -> str:
     ref = {r["batch"]: r["tokens_per_s"] for r in result["reference"]["rows"]}
+    over_llama = result["ratios"].get("tokens_per_s_over_llamacpp_single_stream", {})
     edited = {r["clients"]: r for r in result.get("levels_with_edits", [])}
     head = "clients  req/s  tokens/s  p50 ms  p95 ms  errors | plain transformers batch: tokens/s"
+    if over_llama:
+        head += " | ÷ llama.cpp 1 stream"
     lines = [head + (f" | with {result['n_edits']} edits: tokens/s  p95 ms" if edited else "")]
+    if "llamacpp" in result:
+        lines.insert(0, f"llama.cpp, one stream: {result['llamacpp']['tokens_per_s']:.1f} tokens/s")
     for r in result["levels"]:
         p50 = f"{r['p50_ms']:6.0f}" if r["p50_ms"] is not None else "     -"
         p95 = f"{r['p95_ms']:6.0f}" if r["p95_ms"] is not None else "     -"
         plain = f"{ref[r['clients']]:.1f}" if r["clients"] in ref else "-"
         line = f"{r['clients']:7d}  {r['requests_per_s']:5.2f}  {r['tokens_per_s']:8.1f}  {p50}  {p95}  "
         line += f"{r['errors']:6d} | {plain}"
+        if over_llama:
+            line += f" | {over_llama[str(r['clients'])]:.2f}"
         e = edited.get(r["clients"])
         if e is not None:
             line += f" | {e['tokens_per_s']:.1f}  {e['p95_ms'] or 0:.0f}"
@@ -263,7 +272,12 @@ def run(args, out: Path, root: Path) -> dict:
         "EDITSERVE_TORCH_THREADS": str(threads),
         "EDITSERVE_MODEL": args.model,
         "EDITSERVE_CACHE_DIR": args.cache_dir,
+        "EDITSERVE_QUANT": args.quant,
     }
+    result["quant"] = args.quant
+    gguf = llamacpp_ref.gguf_of(args.model, args.cache_dir) if getattr(args, "reference", None) == "llamacpp" else None
+    if gguf is not None and not llamacpp_ref.available():  # said before the minutes of the levels, not after
+        raise SystemExit(f"--reference llamacpp: llama-cpp-python is not installed; {llamacpp_ref.INSTALL}")
     with tempfile.TemporaryDirectory() as tmp:
         with Server(Path(tmp) / "data", env=env, log=out / "server-load.log") as server:
             result["server_ready_s"] = server.ready_seconds
@@ -280,6 +294,12 @@ def run(args, out: Path, root: Path) -> dict:
     torch.set_num_threads(threads)
     result["reference"] = reference(args.model, args.cache_dir, prompts, sizes, args.seconds, args.tokens)
     result["ratios"] = ratios(result["levels"], result["reference"]["rows"])
+    if gguf is not None:
+        result["llamacpp"] = llamacpp_ref.run(gguf, prompts, args.seconds, args.tokens, threads)
+        single = result["llamacpp"]["tokens_per_s"]
+        result["ratios"]["tokens_per_s_over_llamacpp_single_stream"] = {
+            str(r["clients"]): _ratio(r["tokens_per_s"], single) for r in result["levels"]
+        }
     if "levels_with_edits" in result:
         result["ratios"]["tokens_per_s_with_edits_over_without"] = {
             str(a["clients"]): _ratio(b["tokens_per_s"], a["tokens_per_s"])

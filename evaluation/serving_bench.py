@@ -7,8 +7,10 @@ against the time of a whole one-token non-streamed /generate, alternating the tw
 noise falls on both alike. The bar: ratio of medians <= 1.2. Its server runs on --threads (default 1).
 
 load: tokens/s and latency under 1, 4, 8, 16 closed-loop clients (--clients), beside plain transformers
-batched on the same weights; on a server of its own, on --threads (default: the machine's core count),
-after --edits real inserts (evaluation/load_bench.py). Also writes <out>/load.png.
+batched on the same weights and, with --reference llamacpp, llama.cpp on the same GGUF file
+(evaluation/llamacpp_ref.py); on a server of its own, quantised as --quant says (default:
+EDITSERVE_QUANT), on --threads (default: the machine's core count), after --edits real inserts
+(evaluation/load_bench.py). Also writes <out>/load.png.
 
 replicas: the lag of an edit made on one of two servers sharing a PostgreSQL database until the other
 applies it (evaluation/replica_bench.py; --edits changes, --database-url or a throwaway server).
@@ -71,6 +73,12 @@ def parse(argv):
     ap.add_argument(
         "--edits", type=int, default=None, help="load: real iReVa inserts made first (0); replicas: changes timed (100)"
     )
+    ap.add_argument(
+        "--reference",
+        choices=("transformers", "llamacpp"),
+        default="transformers",
+        help="load: beside plain transformers, also llama.cpp on the same GGUF file (make llamacpp installs it)",
+    )
     ap.add_argument("--database-url", default=None, help="replicas: a PostgreSQL database (default: a throwaway one)")
     ap.add_argument(
         "--threads", type=int, default=None, help="the server's torch threads (first_token: 1; load: all cores)"
@@ -99,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             "EDITSERVE_TORCH_THREADS": str(threads),
             "EDITSERVE_MODEL": args.model,
             "EDITSERVE_CACHE_DIR": args.cache_dir,
+            "EDITSERVE_QUANT": args.quant,
         }
         with tempfile.TemporaryDirectory() as tmp:
             with Server(Path(tmp) / "data", env=env, log=out / "server.log") as server:

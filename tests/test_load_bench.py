@@ -43,3 +43,26 @@ def test_load_part_small(tmp_path, capsys, monkeypatch, tiny_model_dir):
     }
     assert set(load["ratios"]["tokens_per_s_with_edits_over_without"]) == {"1", "8"}
     assert (out / "load.png").stat().st_size > 0
+
+
+def test_the_llamacpp_reference_needs_a_packaged_gguf_and_says_how_to_install(tmp_path, monkeypatch, tiny_model_dir):
+    from evaluation import llamacpp_ref
+
+    with pytest.raises(SystemExit, match="not a packaged GGUF model"):
+        llamacpp_ref.gguf_of(str(tiny_model_dir), tmp_path)
+    monkeypatch.setattr(llamacpp_ref, "available", lambda: False)
+    argv = ["--parts", "load", "--out", str(tmp_path / "out"), "--reference", "llamacpp", "--seconds", "1"]
+    with pytest.raises(SystemExit, match="make llamacpp"):  # before any level runs: no server is started
+        serving_bench.main(argv)
+    assert not (tmp_path / "out" / "server-load.log").exists()
+
+
+def test_the_llamacpp_reference_answers_on_the_packaged_gguf(editserve_cache, packaged_model_dir):
+    from evaluation import llamacpp_ref
+
+    if not llamacpp_ref.available():
+        pytest.skip(f"llama-cpp-python is not installed ({llamacpp_ref.INSTALL}); a bench-only dependency")
+    gguf = llamacpp_ref.gguf_of("packaged:smollm2-135m-instruct", editserve_cache)
+    result = llamacpp_ref.run(gguf, ["The Eiffel Tower is located in"], seconds=1, tokens=4, threads=1)
+    assert result["requests_ok_in_window"] >= 1 and result["tokens_per_s"] > 0
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in result["how"]
