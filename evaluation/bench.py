@@ -358,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         from evaluation import serving_bench
 
         return serving_bench.main(argv[1:])
+    if argv and argv[0] == "quant":  # a quantised backbone's answers against float32's
+        from evaluation import quant_bench
+
+        return quant_bench.main(argv[1:])
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -116,3 +116,22 @@ def test_on_the_packaged_model_an_int4_edit_acts_and_withdraws_exactly(editserve
         assert edited.generate(ask, 24).text == before
     finally:
         edited.close()
+
+
+@pytest.mark.integration
+def test_bench_quant_reports_agreement_with_float32(tmp_path, capsys, editserve_cache, packaged_model_dir):
+    import json
+
+    from evaluation import datasets, quant_bench
+
+    if not (datasets.data_root() / "counterfact").exists():
+        pytest.skip(f"no CounterFact under {datasets.data_root()}")
+    argv = ["--out", str(tmp_path), "--n", "2", "--modes", "int4", "--tokens", "4", "--cache-dir", str(editserve_cache)]
+    assert quant_bench.main(argv) == 0
+    result = json.loads((tmp_path / "quant.json").read_text())
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert result["n"] == 2 and set(result) >= {"int4"} and "int8" not in result
+    shares = result["int4"]
+    assert set(shares) == {"next_token", "continuation_identical", "continuation_first_4", "chat_identical"}
+    assert all(0 <= v <= 1 for v in shares.values())
+    assert shares["continuation_first_4"] >= shares["continuation_identical"]
