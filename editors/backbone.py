@@ -39,6 +39,8 @@ class Backbone:
     tokenizer: Any  # its transformers tokenizer
     name: str
     device: torch.device
+    quant: str = "none"  # editors/quant.py's mode its linear layers run in
+    lean: Any = None  # editors.decoder.LeanLlama: the forward pass the fast path runs, where it can
 
     @property
     def num_layers(self) -> int:
@@ -140,6 +142,7 @@ def load_backbone(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from editors import quant as quantisation
+    from editors.decoder import LeanLlama
 
     device = device or pick_device()
     torch_dtype = pick_dtype(device, dtype)
@@ -148,10 +151,13 @@ def load_backbone(
     lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device).eval()  # type: ignore[arg-type]
     for p in lm.parameters():
         p.requires_grad_(False)
-    quantisation.quantise(lm, quantisation.resolve(quant, device), transformer_blocks(lm))
+    mode = quantisation.resolve(quant, device)
+    quantisation.quantise(lm, mode, transformer_blocks(lm))
+    # The float32 path stays transformers' own forward: its answers are the ones recorded so far.
+    lean = LeanLlama(lm) if mode != "none" and LeanLlama.supports(lm) else None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Backbone(model=lm, tokenizer=tokenizer, name=model, device=device)
+    return Backbone(model=lm, tokenizer=tokenizer, name=model, device=device, quant=mode, lean=lean)
 
 
 def _part(model: Any, llama_name: str, gpt2_name: str, what: str) -> Any:

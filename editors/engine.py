@@ -59,7 +59,10 @@ def left_padded(backbone: Backbone, seqs: list[list[int]]) -> tuple[torch.Tensor
 
 
 def forward(backbone: Backbone, ids, mask, positions, cache=None, keep: int = 1) -> torch.Tensor:
-    """One forward pass; the logits of the last `keep` positions, (rows, keep, vocab)."""
+    """One forward pass; the logits of the last `keep` positions, (rows, keep, vocab). The fast path's
+    lean forward where the backbone has one (editors/decoder.py), transformers' otherwise."""
+    if backbone.lean is not None and backbone.lean.usable():
+        return backbone.lean(ids, mask, positions, cache, keep)
     out = backbone.model(
         input_ids=ids,
         attention_mask=mask,

@@ -1,0 +1,95 @@
+"""The lean Llama forward (editors/decoder.py): the same logits as transformers' forward, the same
+tokens for a row alone or beside others, hooks that still act, and transformers' forward wherever
+the lean one cannot go."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from editors import quant
+from editors.backbone import Backbone, transformer_blocks
+from editors.decoder import LeanLlama
+from editors.engine import forward, left_padded
+from editors.generation import generate_batch
+from tests.tiny_models import packaged_tokenizer, tiny_backbone
+
+PROMPTS = ["The Eiffel Tower is located in", "Hi", "What is the capital of France? Answer:"]
+
+
+def tiny(mode: str = "none", kind: str = "llama") -> Backbone:
+    backbone = tiny_backbone(kind, packaged_tokenizer(), seed=2, layers=2)
+    quant.quantise(backbone.model, mode, transformer_blocks(backbone.model))
+    backbone.quant = mode
+    if LeanLlama.supports(backbone.model):
+        backbone.lean = LeanLlama(backbone.model)
+    return backbone
+
+
+def ids_of(backbone: Backbone) -> list[list[int]]:
+    return [backbone.tokenizer(p)["input_ids"] for p in PROMPTS]
+
+
+@torch.no_grad()
+def test_one_row_gets_transformers_logits_bit_for_bit_prefill_and_decode():
+    for mode in ("none", "int4"):
+        backbone = tiny(mode)
+        ids, mask, positions = left_padded(backbone, ids_of(backbone)[2:])
+        theirs, ours = DynamicCache(config=backbone.model.config), DynamicCache(config=backbone.model.config)
+        expected = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        assert torch.equal(backbone.lean(ids, mask, positions, None, ids.shape[1]), expected), mode
+        kwargs = {"attention_mask": mask, "position_ids": positions, "past_key_values": theirs, "use_cache": True}
+        a = backbone.model(input_ids=ids, logits_to_keep=1, **kwargs).logits
+        b = backbone.lean(ids, mask, positions, ours)
+        for _ in range(4):
+            assert torch.equal(a, b), mode
+            token = a[:, -1].argmax(-1)[:, None]
+            mask, positions = torch.cat([mask, mask.new_ones(1, 1)], 1), positions[:, -1:] + 1
+            kwargs = {"attention_mask": mask, "position_ids": positions, "past_key_values": theirs, "use_cache": True}
+            a = backbone.model(input_ids=token, logits_to_keep=1, **kwargs).logits
+            b = backbone.lean(token, mask, positions, ours)
+
+
+@torch.no_grad()
+def test_padded_rows_get_transformers_logits_within_float_error():
+    backbone = tiny("none")
+    ids, mask, positions = left_padded(backbone, ids_of(backbone))
+    expected = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    got = backbone.lean(ids, mask, positions, None, ids.shape[1])
+    real = mask.bool()
+    assert torch.allclose(got[real], expected[real], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(got).all()  # padding positions too: a NaN there would spread to the real ones
+
+
+def test_a_row_answers_the_same_alone_and_beside_others_on_the_fast_path():
+    backbone = tiny("int4")
+    prompts = ids_of(backbone)
+    together = generate_batch(backbone, prompts, [8] * len(prompts))
+    for prompt, row in zip(prompts, together):
+        assert [s.token_id for s in generate_batch(backbone, [prompt], [8])[0]] == [s.token_id for s in row]
+
+
+@torch.no_grad()
+def test_hooks_on_the_parts_act_and_hooks_on_a_block_send_it_to_transformers():
+    backbone = tiny("int4")
+    ids, mask, positions = left_padded(backbone, ids_of(backbone)[:1])
+    before = forward(backbone, ids, mask, positions)
+    mlp = transformer_blocks(backbone.model)[1].mlp
+    handle = mlp.register_forward_hook(lambda module, args, out: out + 1.0)  # as iReVa's neurons add
+    try:
+        assert not torch.equal(forward(backbone, ids, mask, positions), before)
+    finally:
+        handle.remove()
+    seen = []
+    block = transformer_blocks(backbone.model)[0]
+    handle = block.register_forward_pre_hook(lambda module, args, kwargs=None: seen.append(1))
+    try:
+        assert not backbone.lean.usable()
+        forward(backbone, ids, mask, positions)  # transformers' forward: the block is called
+    finally:
+        handle.remove()
+    assert seen and backbone.lean.usable()
+
+
+def test_other_architectures_keep_transformers_forward():
+    assert not LeanLlama.supports(tiny("none", kind="gpt2").model)
