@@ -146,3 +146,24 @@ def test_gpu_check_says_there_is_nothing_to_check_without_cuda(tmp_path, capsys,
     assert not (tmp_path / "gpu").exists()
     names = [name for name, _ in gpu_check.steps(tmp_path, full=True)]
     assert names == ["serving", "zsre", "counterfact"]
+
+
+@pytest.mark.integration
+def test_on_the_packaged_model_int4_answers_alone_and_in_a_batch_are_identical(editserve_cache, packaged_model_dir):
+    """bfloat16 arithmetic turns the slightest difference into another answer; a row must not see
+    its neighbours' lengths (editors/decoder.py attends row by row)."""
+    from editors.backbone import encode_prompt, load_backbone
+    from editors.generation import generate_batch
+
+    backbone = load_backbone(cache_dir=editserve_cache, device=torch.device("cpu"), quant="int4")
+    tok = backbone.tokenizer
+    questions = ["What is the capital of Japan?", "Who wrote Hamlet?", "Tell me about the Moon.", "Hi!"]
+    questions += ["Which language is spoken in Brazil?", "What is 2 + 2?", "Name a large river.", "Why?"]
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    prompts = [
+        encode_prompt(tok, tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)) for c in chats
+    ]
+    together = generate_batch(backbone, prompts, [24] * len(prompts))
+    for prompt, row in zip(prompts, together):
+        alone = generate_batch(backbone, [prompt], [24])[0]
+        assert [s.token_id for s in alone] == [s.token_id for s in row], tok.decode([s.token_id for s in row])
