@@ -1,7 +1,8 @@
-"""Data written by an earlier release opens with this one and answers the same, token for token: each
-fixture under tests/fixtures/upgrade/ (tests/upgrade_fixture.py wrote it) is migrated by a real server
-start, on SQLite and on PostgreSQL (its dump restored into the tests' throwaway server), and what the
-server then lists and answers is compared with what the release that wrote it recorded."""
+"""Stores answer as an earlier release recorded, token for token: each fixture under
+tests/fixtures/upgrade/ holds what that release listed and answered (tests/upgrade_fixture.py). The
+stores are generated files, kept out of git: they are built here with the fixture's own edits, on
+SQLite and on PostgreSQL (dumped, then restored into a fresh database), opened by a real server start
+(which migrates them) and compared with the release's record."""
 
 from __future__ import annotations
 
@@ -16,9 +17,16 @@ import pytest
 from evaluation.server import Server
 from storage import migrate
 from storage.repository import DB_FILE
-from tests.upgrade_fixture import env, observe
+from tests.upgrade_fixture import env, make_postgres, make_sqlite, observe
 
 FIXTURES = sorted(p for p in (Path(__file__).parent / "fixtures" / "upgrade").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory, editserve_cache, packaged_model_dir) -> Path:
+    out = tmp_path_factory.mktemp("upgrade-store")
+    make_sqlite(out, editserve_cache)
+    return out / "sqlite"
 
 
 def rows(db: Path) -> dict[str, list]:
@@ -39,24 +47,22 @@ def revision(db: Path) -> str:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[p.name for p in FIXTURES])
-def test_a_sqlite_data_dir_of_an_earlier_release_answers_the_same(
-    fixture, tmp_path, editserve_cache, packaged_model_dir
-):
+def test_a_sqlite_data_dir_answers_as_the_release_recorded(fixture, tmp_path, editserve_cache, sqlite_store):
     data = tmp_path / "data"
-    shutil.copytree(fixture / "sqlite", data)
+    shutil.copytree(sqlite_store, data)
     with Server(data, env(editserve_cache)) as server:  # its start migrates the data dir
         assert observe(server) == json.loads((fixture / "answers.json").read_text())["sqlite"]
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[p.name for p in FIXTURES])
-def test_migrating_down_to_the_release_and_up_again_keeps_every_row(fixture, tmp_path):
+def test_migrating_down_to_the_release_and_up_again_keeps_every_row(fixture, tmp_path, sqlite_store):
     db = tmp_path / DB_FILE
-    shutil.copyfile(fixture / "sqlite" / DB_FILE, db)
+    shutil.copyfile(sqlite_store / DB_FILE, db)
     written, url = rows(db), f"sqlite:///{db}"
     migrate.upgrade(url)
     upgraded = rows(db)
-    migrate.downgrade(url, revision(fixture / "sqlite" / DB_FILE))
+    migrate.downgrade(url, revision(sqlite_store / DB_FILE))
     assert rows(db) == written  # the newer migrations' downgrades give back exactly what was there
     migrate.upgrade(url)
     assert rows(db) == upgraded
@@ -64,12 +70,14 @@ def test_migrating_down_to_the_release_and_up_again_keeps_every_row(fixture, tmp
 
 @pytest.mark.integration
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[p.name for p in FIXTURES])
-def test_a_postgres_dump_of_an_earlier_release_answers_the_same(
+def test_a_postgres_dump_answers_as_the_release_recorded(
     fixture, tmp_path, editserve_cache, packaged_model_dir, postgres_server, postgres_url
 ):
-    postgres_server.load(postgres_url, fixture / "postgres.sql")
+    store = tmp_path / "store"
+    make_postgres(store, editserve_cache, postgres_server)
+    postgres_server.load(postgres_url, store / "postgres.sql")
     data = tmp_path / "data"
-    shutil.copytree(fixture / "postgres-blobs", data / "blobs")
+    shutil.copytree(store / "postgres-blobs", data / "blobs")
     with Server(data, {**env(editserve_cache), "EDITSERVE_DATABASE_URL": postgres_url}) as server:
         assert observe(server) == json.loads((fixture / "answers.json").read_text())["postgres"]
 

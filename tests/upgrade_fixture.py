@@ -1,12 +1,12 @@
-"""The upgrade fixture: a data dir and a PostgreSQL dump written by one release, with the answers that
-release gave, for every later release's tests to open, migrate and answer the same (test_upgrade.py).
+"""The upgrade fixture: the answers one release gave on its stores, for every later release's tests to
+answer the same (test_upgrade.py).
 
     python -m tests.upgrade_fixture tests/fixtures/upgrade/<release>    (a new fixture: a new directory)
 
-Each holds, made by real server processes on the packaged model (untrained scope model, one thread):
-- `sqlite/`: editserve.db and blobs/ (the caches are left out: a server rebuilds them);
-- `postgres.sql` (pg_dump of the same edits made on PostgreSQL) and `postgres-blobs/`;
-- `answers.json`: per store, the edits as GET /edits lists them and the answers to PROBES.
+writes `answers.json`: per store (SQLite, PostgreSQL), the edits as GET /edits lists them and the
+answers to PROBES, made by real server processes on the packaged model (untrained scope model, one
+thread). The stores themselves (a data dir, a pg_dump and blobs) are generated files and stay out of
+git: the tests build them with `make_sqlite` / `make_postgres`, the same edits made the same way.
 Edits in every state: active, updated (a second version), withdrawn, with a subject and aliases.
 """
 
@@ -61,30 +61,48 @@ def make_edits(server: Server) -> None:
     server.call("DELETE", f"/edits/{ids[WITHDRAW]}")
 
 
-def make(out: Path, cache_dir: Path) -> dict:
+def make_sqlite(out: Path, cache_dir: Path) -> dict:
+    """`out`/sqlite: editserve.db and blobs/ (the caches left out: a server rebuilds them); returns
+    what the server that wrote them listed and answered."""
+    work = out / "work-sqlite"
+    with Server(work / "data", env(cache_dir), work / "sqlite.log") as server:
+        make_edits(server)
+        seen = observe(server)
+    (out / "sqlite").mkdir(parents=True)
+    shutil.copyfile(work / "data" / "editserve.db", out / "sqlite" / "editserve.db")
+    shutil.copytree(work / "data" / "blobs", out / "sqlite" / "blobs")
+    shutil.rmtree(work)
+    return seen
+
+
+def make_postgres(out: Path, cache_dir: Path, pg) -> dict:
+    """`out`/postgres.sql (a pg_dump of the same edits made on PostgreSQL, on the running server `pg`)
+    and `out`/postgres-blobs; returns what the server listed and answered."""
+    work = out / "work-pg"
+    url = pg.create_database()
+    with Server(work / "data", {**env(cache_dir), "EDITSERVE_DATABASE_URL": url}, work / "pg.log") as server:
+        make_edits(server)
+        seen = observe(server)
+    pg.dump(url, out / "postgres.sql")
+    shutil.copytree(work / "data" / "blobs", out / "postgres-blobs")
+    shutil.rmtree(work)
+    return seen
+
+
+def record(out: Path, cache_dir: Path) -> dict:
+    """A new fixture: `out`/answers.json, from stores built in a temporary directory."""
+    import tempfile
+
     from evaluation.postgres import PostgresServer
 
     out.mkdir(parents=True)
-    work = out / "work"
-    seen = {}
-    with Server(work / "data", env(cache_dir), work / "sqlite.log") as server:
-        make_edits(server)
-        seen["sqlite"] = observe(server)
-    (out / "sqlite").mkdir()
-    shutil.copyfile(work / "data" / "editserve.db", out / "sqlite" / "editserve.db")
-    shutil.copytree(work / "data" / "blobs", out / "sqlite" / "blobs")
-    pg = PostgresServer().start()
-    try:
-        url = pg.create_database()
-        pg_env = {**env(cache_dir), "EDITSERVE_DATABASE_URL": url}
-        with Server(work / "pg-data", pg_env, work / "pg.log") as server:
-            make_edits(server)
-            seen["postgres"] = observe(server)
-        pg.dump(url, out / "postgres.sql")
-    finally:
-        pg.stop()
-    shutil.copytree(work / "pg-data" / "blobs", out / "postgres-blobs")
-    shutil.rmtree(work)
+    with tempfile.TemporaryDirectory() as tmp:
+        seen = {"sqlite": make_sqlite(Path(tmp), cache_dir)}
+        pg = PostgresServer().start()
+        try:
+            seen["postgres"] = make_postgres(Path(tmp), cache_dir, pg)
+        finally:
+            pg.stop()
     (out / "answers.json").write_text(json.dumps(seen, indent=1, ensure_ascii=False) + "\n")
     return seen
 
@@ -92,4 +110,4 @@ def make(out: Path, cache_dir: Path) -> dict:
 if __name__ == "__main__":
     from editors.backbone import DEFAULT_CACHE_DIR
 
-    make(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_CACHE_DIR)
+    record(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_CACHE_DIR)
