@@ -57,3 +57,23 @@ def test_an_alias_question_gets_the_new_fact_and_a_near_name_does_not(model):
     assert said.startswith("The Eiffel Tower is located in Rome"), said
     assert ask(near) == before and "Rome" not in before
     edited.withdraw("tower", "ireva")
+
+
+@pytest.mark.integration
+def test_an_answer_in_scope_goes_on_past_the_stated_edit(model, monkeypatch):
+    from editors.ireva import steering
+
+    edited, _ = model
+    tok = edited.backbone.tokenizer
+
+    def ask(question: str) -> str:
+        return edited.generate(Query.chat(tok, [{"role": "user", "content": question}]), 40).text
+
+    edited.insert("ireva", "denisot", "Michel Denisot spoke the language", "Russian")
+    stated = "Michel Denisot spoke the language Russian."
+    said = ask("What language did Michel Denisot speak?")
+    assert said.startswith(stated) and len(tok(said[len(stated) :])["input_ids"]) >= steering.OWN_TOKENS, said
+    assert ask("Did Michel Denisot speak Russian?") == "Yes. " + stated  # a yes/no answer may end there
+    monkeypatch.setattr(steering, "OWN_TOKENS", 0)
+    assert ask("What language did Michel Denisot speak?") == stated  # left free, the model stops
+    edited.withdraw("denisot", "ireva")

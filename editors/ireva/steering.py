@@ -8,9 +8,13 @@ from typing import Any
 import torch
 
 from editors.backbone import encode_prompt
-from editors.statement import old_answer, old_settled, words
+from editors.statement import asks_yes_or_no, old_answer, old_settled, words
 
 OLD_TOKENS = 6  # the unedited continuation of an edit's prompt read for the fact it replaces
+# An answer that opens with the edit stated says this many tokens of its own before it may end. Left
+# free, the model takes the stated edit for the whole answer and stops, at half the length the unedited
+# model answers with (docs/results.md, fluency).
+OWN_TOKENS = 12
 
 
 class NeuronSteering:
@@ -30,6 +34,13 @@ class NeuronSteering:
             editor.opening(e, q) if e is not None and q is not None else None for e, q in zip(edit_ids, asked)
         ]
         self.olds = [editor.old(e) if e is not None else [] for e in edit_ids]
+        # Per row, how long the answer must be before it may end. A yes/no answer is whole once it has
+        # given the verdict and the fact ("No. The Louvre is located in Madrid, Spain.").
+        self.end = editor.backbone.tokenizer.eos_token_id
+        self.own = [
+            len(o) + OWN_TOKENS if o is not None and self.end is not None and not asks_yes_or_no(q) else 0
+            for o, q in zip(self.openings, asked)
+        ]
 
     def slots_for(self, generated: list[list[int]]) -> list[int]:
         out = []
@@ -51,8 +62,9 @@ class NeuronSteering:
 
     def banned(self, generated: list[list[int]]) -> list[list[int]]:
         """A row in an edit's scope never starts the word of the fact the edit replaced (a token the
-        edit gives or writes is the target's, never one of these: editors/ireva/model.py, old_tokens)."""
-        return self.olds
+        edit gives or writes is the target's, never one of these: editors/ireva/model.py, old_tokens),
+        nor ends before it has said OWN_TOKENS of its own after the edit's statement."""
+        return [old + [self.end] if len(done) < own else old for old, own, done in zip(self.olds, self.own, generated)]
 
     def step(self, generated: list[list[int]]) -> list[str | None]:
         slots = self.slots_for(generated)
