@@ -104,18 +104,13 @@ def test_a_fact_stated_in_passing_does_not_bring_the_next_question_into_its_scop
 def test_an_alias_names_the_subject_and_then_a_longer_name_is_another_entity(untrained):
     from editors.scope.index import ScopeIndex
 
-    queries = [
-        "La Dame de Fer is located in",
-        "The Eiffel Tower Restaurant is located in",
-        "The Eiffel Tower Monument is located in",
-    ]
+    queries = ["La Dame de Fer is located in", "The Eiffel Tower Restaurant is located in", "Where is Big Ben?"]
     plain, named = ScopeIndex(untrained), ScopeIndex(untrained)
     plain.put("e", "ireva", "The Eiffel Tower is located in")
     named.put("e", "ireva", "The Eiffel Tower is located in", aliases=("La Dame de Fer",))
-    # without aliases, another name of the tower is not the tower; a longer name that adds a word of its
-    # own is another entity, one that adds a head noun is the tower
-    assert [d.edit_id if d else None for d in plain.decide(queries)] == [None, None, "e"]
-    # with them, the alias is the tower, and any longer name that is none of its names is another entity's
+    # without aliases, another name of the tower is not the tower, and a longer name holding its words is
+    assert [d.edit_id if d else None for d in plain.decide(queries)] == [None, "e", None]
+    # with them, the alias is the tower, and a longer name that is none of its names is another entity's
     assert [d.edit_id if d else None for d in named.decide(queries)] == ["e", None, None]
     named.put("e", "ireva", "The Eiffel Tower is located in")  # the aliases taken away again
-    assert [d.edit_id if d else None for d in named.decide(queries)] == [None, None, "e"]
+    assert [d.edit_id if d else None for d in named.decide(queries)] == [None, "e", None]

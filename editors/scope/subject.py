@@ -59,7 +59,6 @@ GENERIC = {
     "team", "league", "cup", "award", "prize", "party", "festival", "challenge", "championship", "series",
     "band", "orchestra", "records", "studios", "film", "show", "album", "song", "novel", "game", "system",
     "united", "national", "international", "north", "south", "east", "west", "great", "royal", "saint",
-    "monument",
 }  # fmt: skip
 # Titles and attributes written with a capital before "of" ("The CEO of Tesla", "the President of
 # France"): the name is what follows "of", the rest is the relation.
@@ -69,18 +68,8 @@ ROLES = {
     "emperor", "pope", "secretary", "general", "capital", "currency", "population", "flag", "anthem",
     "language", "owner", "chief", "executive", "officer", "manager", "coach", "captain", "editor",
 }  # fmt: skip
-# Titles before a name ("Sir Elton John", "Pope Pius XII"): a longer name that only adds one of these is
-# the same person's.
-TITLES = {
-    "sir", "dame", "lord", "lady", "saint", "st", "dr", "mr", "mrs", "ms", "jr", "sr", "prince", "princess",
-    "duke", "duchess", "count", "countess", "baron", "bishop", "cardinal", "archbishop", "sultan", "tsar",
-    "admiral", "colonel", "major", "professor", "prof", "rev", "reverend", "father", "sister", "brother",
-}  # fmt: skip
-# A middle initial's full stop ends no name: "John L. Moore" is one ("F.C. Udo Lindenberg" two).
-_MIDDLE_INITIAL = re.compile(r"\b[A-Z][a-z]+\s+[A-Z]\.\s*$")
-_NOT_DISTINCT = GENERIC | ROLES | TITLES  # words a longer name may add and still name the same thing
 _WORD = re.compile(r"[^\W_](?:[\w'’.\-]*[^\W_])?")
-_SENTENCE_END = re.compile(r"[.?!:;][\"'”’)\]]*\s*$")  # a quotation or a bracket may close first
+_SENTENCE_END = re.compile(r"[.?!:;]\s*$")
 
 
 def normalise(text: str) -> list[str]:
@@ -156,18 +145,11 @@ class Anchor:
 
     def _other(self, name: set[str]) -> bool:
         """A name of the query that is another entity's: it shares words with this subject, holds words
-        this subject lacks and lacks some of its words ("Michel Rocard" for "Yves Rocard"), or is a
-        longer name whose extra words say which thing it is ("Jeep Grand Commander" for "Jeep
-        Commander", "United Nations General Assembly" for "United Nations"), or any longer name where
-        the subject's other names were given (named_fully). A head noun or a title does not make
-        another entity ("the Louvre Museum", "Pope Pius XII")."""
+        this subject lacks and lacks some of its words ("Michel Rocard" for "Yves Rocard"), or any such
+        longer name where the subject's other names were given (named_fully)."""
         shared = {w for w in name if _near(w, self.content)}
-        if not shared or len(shared) == len(name):
-            return False
         missing = {c for c in self.content if not any(_near(w, {c}) for w in name)}
-        # An initial, an article ("The A-Team") or a number before the name (a year) says nothing.
-        extra = {w for w in name - shared if len(w) > 1 and not w.isdigit()}
-        return bool(missing) or self.named_fully or any(w not in _NOT_DISTINCT for w in extra)
+        return bool(shared) and len(shared) < len(name) and (bool(missing) or self.named_fully)
 
     @property
     def triggers(self) -> frozenset[str]:
@@ -190,8 +172,7 @@ def name_runs(text: str, joiners: set[str] = JOINERS) -> list[tuple[list[str], b
     for match in _WORD.finditer(text):
         word = match.group(0).rstrip(".")
         before = text[: match.start()]
-        ended = bool(_SENTENCE_END.search(before)) and not _MIDDLE_INITIAL.search(before)
-        starts = sentence_start or ended or before.rstrip().endswith("(")
+        starts = sentence_start or bool(_SENTENCE_END.search(before)) or before.rstrip().endswith("(")
         if starts and current:
             runs.append((current, opens))
             current, pending = [], []
