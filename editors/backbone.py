@@ -39,7 +39,6 @@ class Backbone:
     tokenizer: Any  # its transformers tokenizer
     name: str
     device: torch.device
-    quant: str = "none"  # editors/quant.py's mode its linear layers run in
     lean: Any = None  # editors.decoder.LeanLlama: the forward pass the fast path runs, where it can
 
     @property
@@ -157,7 +156,7 @@ def load_backbone(
     lean = LeanLlama(lm) if mode != "none" and LeanLlama.supports(lm) else None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Backbone(model=lm, tokenizer=tokenizer, name=model, device=device, quant=mode, lean=lean)
+    return Backbone(model=lm, tokenizer=tokenizer, name=model, device=device, lean=lean)
 
 
 def _part(model: Any, llama_name: str, gpt2_name: str, what: str) -> Any:

@@ -20,7 +20,6 @@ PROMPTS = ["The Eiffel Tower is located in", "Hi", "What is the capital of Franc
 def tiny(mode: str = "none", kind: str = "llama") -> Backbone:
     backbone = tiny_backbone(kind, packaged_tokenizer(), seed=2, layers=2)
     quant.quantise(backbone.model, mode, transformer_blocks(backbone.model))
-    backbone.quant = mode
     if LeanLlama.supports(backbone.model):
         backbone.lean = LeanLlama(backbone.model)
     return backbone
