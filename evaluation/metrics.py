@@ -177,6 +177,27 @@ def firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, ids, s
     return out
 
 
+def edited_fact_split(records, probes, base: PerRecord, edited: PerRecord) -> dict:
+    """The same-subject probes split by what they ask. KnowEdit's `Relation_Specificity` holds, beside
+    the subject's other facts, the edited fact itself in other words ("Mallory Reaves mother" for the
+    edit "The mother of Mallory Reaves is whom?"): its expected answer is the edit's old one. An edit
+    that generalises changes those, so they are counted apart: the share unchanged of each group."""
+    groups: dict[str, tuple[list, list]] = {"asks_the_edited_fact": ([], []), "other_facts": ([], [])}
+    for (k, probe), b, e in zip(probes, base, edited):
+        truth = records[k].truth
+        same = truth is not None and _norm(probe.answer) == _norm(truth)
+        g = groups["asks_the_edited_fact" if same else "other_facts"]
+        g[0].append(b)
+        g[1].append(e)
+    return {
+        name: {"probes": len(b), "unchanged": unchanged_share(b, e) if b else None} for name, (b, e) in groups.items()
+    }
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
 def _names(probe: str, subject: str | None) -> bool:
     return bool(subject) and subject.lower() in probe.lower()
 

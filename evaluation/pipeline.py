@@ -29,6 +29,7 @@ from evaluation.metrics import (
     METRIC_KEYS,
     WILD_KEYS,
     contains_target,
+    edited_fact_split,
     firing_diagnostics,
     starts_with_target,
     token_accuracy,
@@ -323,6 +324,11 @@ def measure(args, backbone: Backbone, cases: Cases) -> Measured:
                 system, sets["es"], base["es"], edited["es"], args.withdraw_sample, args.seed
             )
         diagnostics = firing_diagnostics(records, sets, base, edited, fired_by, withdrawal, system.ids, system.subjects)
+        if cases.probes.get("same_subject"):
+            split = edited_fact_split(
+                records, cases.probes["same_subject"], base["same_subject"], edited["same_subject"]
+            )
+            diagnostics["same_subject"] = split
         decide_ms = 1000 * sum(system.decide_seconds) / len(system.decide_seconds) if system.decide_seconds else None
         return Measured(
             *(insert_seconds, edited, gen_texts, gen_ok, chat_texts, chat_ok, wild),

@@ -241,6 +241,14 @@ def _diagnostics(r: Results) -> list[str]:
                     f"  - {named} of those changes by an edit about a subject the probe names (the set edits it "
                     f"too); unchanged share of the other cases: {fmt(x['unchanged_share_without_those'])}"
                 )
+    if "same_subject" in d:
+        x = d["same_subject"]
+        lines.append(
+            "- same_subject, by what the probe asks: "
+            + "; ".join(
+                f"{g.replace('_', ' ')}: {v['probes']} probes, {fmt(v['unchanged'])} unchanged" for g, v in x.items()
+            )
+        )
     if "withdrawal" in d:
         parts = [
             f"{g}: {v['cases']} cases, {fmt(v['as_unedited'] / v['cases'] if v['cases'] else None)} as unedited"

@@ -205,3 +205,22 @@ def test_subject_aliasing_is_the_accuracy_of_that_kind_of_portability_probe_alon
     edited = {"portability": [[(1, 1)], [(1, 2), (3, 3)]]}  # (predicted, expected) per token
     assert _of_kind(cases, edited, "portability", "Subject_Aliasing") == 0.5
     assert _of_kind(cases, edited, "portability", "Logical_Generalization") is None
+
+
+def test_same_subject_probes_that_ask_the_edited_fact_are_counted_apart():
+    from evaluation.metrics import edited_fact_split
+
+    def record(truth):
+        return datasets.Record("p", "t", "pp", "lp", "la", "s", truth=truth)
+
+    records = [record("Brynne Chandler"), record(None)]
+    probes = [
+        (0, datasets.Probe("Mallory Reaves mother", " brynne  chandler")),  # the edited fact, other words
+        (0, datasets.Probe("Mallory Reaves occupation", "writer")),
+        (1, datasets.Probe("X sibling", "Brynne Chandler")),  # no old answer known: another fact
+    ]
+    base = [[(1, 0), (2, 0)], [(3, 0)], [(4, 0)]]
+    edited = [[(9, 0), (2, 0)], [(3, 0)], [(7, 0)]]
+    split = edited_fact_split(records, probes, base, edited)
+    assert split["asks_the_edited_fact"] == {"probes": 1, "unchanged": 0.5}
+    assert split["other_facts"] == {"probes": 2, "unchanged": 0.5}
