@@ -21,7 +21,6 @@ from editors.generation import GREEDY, Sampling, generate_batch, steps
 from editors.method import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
 from editors.scope.subject import last_named
-from editors.scope.when import answers_time
 from editors.text_stream import Answer, Generation, collect, text_pieces
 
 
@@ -237,7 +236,7 @@ class EditedModel:
             newest = {p: (i, m) for i, m, p in withdrawn if p not in owned}
             subject, names = (subjects or {}).get, aliases or {}
             embedded = self.scope.put_many(
-                [Entry(i, m, p, True, subject(i), names.get(i, ()), answers_time(p, t)) for i, m, p, t, _ in loaded]
+                [Entry(i, m, p, True, subject(i), names.get(i, ()), t) for i, m, p, t, _ in loaded]
                 + [Entry(i, m, p, False, subject(i), names.get(i, ())) for p, (i, m) in newest.items()],
                 known,
             )

@@ -3,7 +3,7 @@
 from editors.scope.config import ScopeConfig
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
-from editors.scope.when import answers_time, asks_time
+from editors.scope.when import answers_time, asks_time, is_of_time, may_ask_time
 
 
 def test_a_question_of_time_is_told_by_its_words():
@@ -51,6 +51,41 @@ def test_the_scope_index_keeps_questions_of_time_from_an_edit_of_place():
     queries = ["The Titanic sank in the year", "When did the Titanic sink?", "Where did the Titanic sink?"]
     assert [d.edit_id if d else None for d in index.decide(queries)] == [None, None, "t"]
     index.put("t", "ireva", "The Titanic sank in the", target="the 20th century")
-    assert [d.edit_id if d else None for d in index.decide(queries)] == ["t", "t", "t"]
+    # an edit of a time takes the questions of time, and no longer "Where ...?" (below)
+    assert [d.edit_id if d else None for d in index.decide(queries)] == ["t", "t", None]
     index.retire("t")  # a withdrawn row keeps what it knew, and takes no query at all
     assert index.entry("t").timely and index.decide(queries) == [None, None, None]
+
+
+def test_an_edit_is_of_time_by_its_question_or_a_target_that_is_only_a_date():
+    assert is_of_time("When did Battle of the Java Sea occur?", "27 February 1942")
+    assert is_of_time("X was founded in", "1961") and is_of_time("X was born in", "the 19th century")
+    assert not is_of_time("X plays", "Formula 1") and not is_of_time("X is a", "USA-199")
+    assert not is_of_time("X is headquartered in", "Paris") and not is_of_time("X is in", None)
+
+
+def test_a_query_that_may_ask_for_a_time_is_read_loosely():
+    for q in [
+        "When was USA-199 launched?",
+        "USA-199 was launched on",
+        "Is it true that the battle happened in 1942?",
+        "Did it take place in February?",
+        "Tell me about USA-199.",
+        "What do you know about the Battle of the Java Sea?",
+    ]:
+        assert may_ask_time(q), q
+    for q in ["USA-199 country", "The country of USA-199 is", "Battle of the Java Sea part of", "503 Evelyn follows"]:
+        assert not may_ask_time(q), q  # a number in a name is no date
+
+
+def test_an_edit_of_a_time_keeps_out_of_the_subjects_other_facts():
+    index = ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None))
+    index.put("t", "ireva", "When did the Battle of the Java Sea occur?", target="1955")
+    queries = [
+        "When did the Battle of the Java Sea occur?",
+        "In what year did the Battle of the Java Sea take place?",
+        "Tell me about the Battle of the Java Sea.",
+        "The Battle of the Java Sea was part of",
+        "Who won the Battle of the Java Sea?",
+    ]
+    assert [d.edit_id if d else None for d in index.decide(queries)] == ["t", "t", "t", None, None]

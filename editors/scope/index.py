@@ -10,13 +10,13 @@ of the same subject or question). Its row goes when a newer edit of the same pro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from editors.scope.model import ScopeModel
 from editors.scope.subject import AnchorIndex, anchor_for, in_context
-from editors.scope.when import answers_time, asks_time
+from editors.scope.when import answers_time, asks_time, is_of_time
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,14 @@ class Entry:
     live: bool
     subject: str | None = None  # as the user gave it; the anchor is read off the prompt without it
     aliases: tuple[str, ...] = ()  # other names of the subject: a query naming one names the subject
-    timely: bool = True  # its target could be a time, or is not known: it may take "When ...?" (when.py)
+    target: str | None = None  # None where not known (a withdrawn edit, loaded at start-up)
+    # Read off prompt and target (when.py): it may take "When ...?" / it only takes queries of time.
+    timely: bool = field(init=False)
+    of_time: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "timely", answers_time(self.prompt, self.target))
+        object.__setattr__(self, "of_time", is_of_time(self.prompt, self.target))
 
 
 @dataclass(frozen=True)
@@ -106,7 +113,7 @@ class ScopeIndex:
         aliases: tuple[str, ...] = (),
         target: str | None = None,
     ) -> None:
-        self.put_many([Entry(edit_id, method, prompt, live, subject, tuple(aliases), answers_time(prompt, target))])
+        self.put_many([Entry(edit_id, method, prompt, live, subject, tuple(aliases), target)])
 
     def retire(self, edit_id: str) -> None:
         self.rows[self.slot[edit_id]] = replace(self.entry(edit_id), live=False)
@@ -154,10 +161,14 @@ class ScopeIndex:
         seen = [in_context(q, e) for q, e in zip(queries, earlier or [""] * len(queries))]
         vecs = self.model.embed(seen)
         # A sentence a query is read by is a suffix of it: no query asking for a time, no row to bar.
-        timely = None
+        timely = of_time = None
         if any(asks_time(t) for t in queries + seen):
             timely = torch.tensor([e is None or e.timely for e in self.rows], dtype=torch.bool)
-        found = self.model.decide(vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen, timely=timely)
+        if any(e is not None and e.of_time for e in self.rows):
+            of_time = torch.tensor([e is not None and e.of_time for e in self.rows], dtype=torch.bool)
+        found = self.model.decide(
+            vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen, timely=timely, of_time=of_time
+        )
         out: list[Decision | None] = []
         for hit in found:
             e = self.rows[hit[0]] if hit is not None else None

