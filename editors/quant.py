@@ -2,14 +2,15 @@
 
 Decoding one token reads every weight once, so on a CPU its speed is the memory's: float32 weights of
 the default model are ~540 MB a token, int4 ones ~70 MB. `quantise` swaps the decoder blocks' linear
-layers for int4 (or int8) ones that keep the weights packed and compute in bfloat16 with PyTorch's CPU
-weight-only kernels, and the output embedding for an int8 one. Everything else (embeddings, norms,
-attention, the residual stream, iReVa's neurons, adapters' low-rank terms and every hook) stays in
-float32: each quantised layer takes and gives float32, so an edit acts as it does on the float32 model.
+layers for int4 (or int8) ones that keep the weights in groups of 32 inputs, the layout of the GGUF's
+own blocks, and the output embedding for an int8 one. The matmuls (editors/kernels/qmm.cpp) unpack a
+group at a time and compute in float32, so a quantised layer gives the float32 matmul of its
+dequantised weight up to the order of summation, and the packaged model (Q4_1 blocks, a Q8_0
+embedding) answers as its float32 copy does. Everything else (embeddings, norms, attention, the
+residual stream, iReVa's neurons, adapters' low-rank terms and every hook) stays as it was.
 
-int4 is asymmetric with a scale and a minimum per group of 32 inputs: the layout of the GGUF's Q4_1
-blocks, so the default model's dequantised weights are packed back without loss (only the groups'
-scale and minimum are rounded to bfloat16). int8 is symmetric with a scale per output row.
+int4: w = d q + m with q in 0..15, a scale d and a minimum m per group (GGUF Q4_1: its dequantised
+weights pack back without loss). int8: w = d q with q in -127..127, a scale per group (GGUF Q8_0).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from editors import kernels
+
 log = logging.getLogger(__name__)
 
 MODES = ("none", "int8", "int4")
-GROUP = 32  # int4 inputs per scale and minimum: GGUF's Q4_1 block
-_INNER_K_TILES = 2  # the int4 kernel's packing; k must divide by GROUP and by 16 * this
+GROUP = 32  # inputs per scale (and minimum): GGUF's Q4_1 and Q8_0 blocks
 
 
 def resolve(requested: str, device: torch.device) -> str:
@@ -40,20 +42,27 @@ def resolve(requested: str, device: torch.device) -> str:
 
 
 class QuantLinear(nn.Module):
-    """A linear layer whose weight is stored quantised. `weight` gives it back dequantised (float32),
-    for the few readers of a weight matrix; the forward pass never builds it."""
+    """A linear layer whose weight is stored quantised in groups of GROUP inputs. `weight` gives it back
+    dequantised (float32), for the few readers of a weight matrix; the forward pass never builds it."""
 
-    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
+    codes: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.out_features, self.in_features = weight.shape
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
 
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def fits(weight: torch.Tensor) -> bool:
+        return weight.shape[1] % GROUP == 0
+
+    def _groups(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = self._matmul(x.reshape(-1, shape[-1]).to(torch.bfloat16)).to(x.dtype)
+        y = self._groups(x.reshape(-1, shape[-1]).float()).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
@@ -63,58 +72,53 @@ class QuantLinear(nn.Module):
 
 
 class Int8Linear(QuantLinear):
-    """Symmetric int8, one scale per output row."""
-
-    qweight: torch.Tensor
-    scale: torch.Tensor
+    """Symmetric int8, one scale per group: q = round(w / d), d = max |w| / 127."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        super().__init__(weight.shape[1], weight.shape[0], bias)
-        w = weight.detach().float()
-        # the kernel takes the scale in bfloat16: round it up first, so that no weight needs q > 127
-        scale = (w.abs().amax(1) / 127 * (1 + 2**-7)).clamp_min(1e-12).to(torch.bfloat16)
-        self.register_buffer("qweight", (w / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale)
+        super().__init__(weight, bias)
+        n, k = weight.shape
+        groups = weight.detach().float().reshape(n, k // GROUP, GROUP)
+        scales = (groups.abs().amax(-1) / 127).clamp_min(1e-12)
+        codes = (groups / scales[..., None]).round().clamp(-127, 127).to(torch.int8)
+        self.register_buffer("codes", codes.reshape(n, k).contiguous())
+        self.register_buffer("scales", scales.contiguous())
 
-    def _matmul(self, x):
-        return torch._weight_int8pack_mm(x, self.qweight, self.scale)
+    def _groups(self, x):
+        return kernels.load().q8_mm(x, self.codes, self.scales)
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.qweight.float() * self.scale.float()[:, None]
+        n, k = self.codes.shape
+        return (self.codes.float().reshape(n, k // GROUP, GROUP) * self.scales[..., None]).reshape(n, k)
 
 
 class Int4Linear(QuantLinear):
-    """Asymmetric int4 per group of GROUP inputs: w = (q - 8) * scale + zero, q in 0..15 (the kernel's
-    form of Q4_1's w = q * d + m: scale = d, zero = m + 8 d)."""
+    """Asymmetric int4 per group: w = d q + m, m the group's minimum and d = (max - min) / 15 (Q4_1).
+    Byte b of a group's 16 holds code b in its low nibble and code b + 16 in its high one."""
 
-    packed: torch.Tensor
-    scales_and_zeros: torch.Tensor
+    minima: torch.Tensor
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        super().__init__(weight.shape[1], weight.shape[0], bias)
+        super().__init__(weight, bias)
         n, k = weight.shape
         groups = weight.detach().float().reshape(n, k // GROUP, GROUP)
-        low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
-        scale = ((high - low) / 15).clamp_min(1e-12)
-        q = ((groups - low) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
-        zero = low + 8 * scale
-        scales_and_zeros = torch.stack([scale.squeeze(-1), zero.squeeze(-1)], -1).transpose(0, 1)
-        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(q, _INNER_K_TILES))
-        self.register_buffer("scales_and_zeros", scales_and_zeros.contiguous().to(torch.bfloat16))
+        low, high = groups.amin(-1), groups.amax(-1)
+        scales = ((high - low) / 15).clamp_min(1e-12)
+        q = ((groups - low[..., None]) / scales[..., None]).round().clamp(0, 15).to(torch.uint8)
+        codes = q[..., : GROUP // 2] | (q[..., GROUP // 2 :] << 4)
+        self.register_buffer("codes", codes.reshape(n, k // 2).contiguous())
+        self.register_buffer("scales", scales.contiguous())
+        self.register_buffer("minima", low.contiguous())
 
-    @staticmethod
-    def fits(weight: torch.Tensor) -> bool:
-        n, k = weight.shape
-        return k % GROUP == 0 and k % (16 * _INNER_K_TILES) == 0 and n % 16 == 0
-
-    def _matmul(self, x):
-        return torch._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_and_zeros)
+    def _groups(self, x):
+        return kernels.load().q4_mm(x, self.codes, self.scales, self.minima)
 
     @property
     def weight(self) -> torch.Tensor:
-        eye = torch.eye(self.in_features, dtype=torch.bfloat16)  # the kernel dequantises: one pass on I
-        return self._matmul(eye).float().T.contiguous()
+        n = self.codes.shape[0]
+        packed = self.codes.reshape(n, -1, GROUP // 2)
+        q = torch.cat([packed & 15, packed >> 4], -1).float()
+        return (q * self.scales[..., None] + self.minima[..., None]).reshape(n, self.in_features)
 
 
 class TiedInt8Head(Int8Linear):
@@ -132,20 +136,21 @@ class TiedInt8Head(Int8Linear):
 
 def quantise(model: Any, mode: str, blocks: Any) -> int:
     """Swap the linear layers of `blocks` (the decoder blocks) for `mode`'s, and the output embedding
-    for an int8 one; returns how many layers were swapped. A layer the kernel cannot take (a shape
-    off its tiles) stays float32."""
+    for an int8 one; returns how many layers were swapped. A layer whose inputs do not fill whole
+    groups stays float32."""
     if mode == "none":
         return 0
+    kernels.load()  # built now, or the error says why it cannot be
     make = Int4Linear if mode == "int4" else Int8Linear
     swapped = 0
     for block in blocks:
         for parent in list(block.modules()):
             for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear and (make is Int8Linear or Int4Linear.fits(child.weight)):
+                if type(child) is nn.Linear and QuantLinear.fits(child.weight):
                     setattr(parent, name, make(child.weight, child.bias))
                     swapped += 1
     head = model.get_output_embeddings()
-    if type(head) is nn.Linear:
+    if type(head) is nn.Linear and QuantLinear.fits(head.weight):
         model.set_output_embeddings(TiedInt8Head(head))
         swapped += 1
     log.info("quantised %d linear layers to %s (output embedding int8)", swapped, mode)
