@@ -161,3 +161,26 @@ def test_a_last_sentence_names_its_own_subject_only_by_a_real_name():
     # a follow-up to a question ("What is X? Is it Y?") is read with it, not alone
     assert _after_a_statement("The Louvre is in Madrid. John Lennon performs on the", "John Lennon performs on the")
     assert not _after_a_statement("What is the capital of Peru? Is it Lima City?", "Is it Lima City?")
+
+
+def test_a_question_that_points_back_to_nothing_asks_afresh():
+    from editors.scope.subject import asks_afresh
+
+    assert asks_afresh("nq question: who sang rocket man") and asks_afresh("Who is the president of France?")
+    assert asks_afresh("how many seasons of the bastard executioner are there") is False  # "there" points back
+    assert not asks_afresh("Where is it?") and not asks_afresh("Is that right?")  # follow-ups
+    assert not asks_afresh("Just the answer, please.") and not asks_afresh("The Prado is located in")
+    assert not asks_afresh("a part of?")  # the tail of a name cut at its "!" ("It's a Trap! a part of?")
+
+
+@pytest.mark.integration
+def test_a_fact_stated_in_passing_does_not_take_the_next_question(trained_scope):
+    index = ScopeIndex(ScopeModel.load(ScopeConfig(model_dir=str(trained_scope)), None))
+    index.put("m", "ireva", "What voice type is Ada Pinkerton?", subject="Ada Pinkerton", target="mezzo soprano")
+    stated = "What voice type is Ada Pinkerton? mezzo soprano."
+    queries = [
+        "Which voice type does Ada Pinkerton have?",
+        f"{stated} nq question: how many moons does saturn have",  # the harness's lower-case NQ probes
+        f"{stated} who built the first bridge over the river",
+    ]
+    assert [d.edit_id if d else None for d in index.decide(queries)] == ["m", None, None]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from editors.scope.config import ScopeConfig
-from editors.scope.subject import AnchorIndex, last_sentence, mask, names_its_own
+from editors.scope.subject import AnchorIndex, asks_afresh, last_sentence, mask, names_its_own
 from editors.scope.when import asks_time, may_ask_time
 
 log = logging.getLogger(__name__)
@@ -249,11 +249,15 @@ class ScopeModel:
         use = anchors if anchors is not None and self.config.subject_anchor else None
         # A prompt whose last sentence is the one it asks to complete, after others ("Zeus decides to
         # pardon Clio. Poland's capital is"), is also read by that sentence alone: the better reading
-        # wins. Where that sentence names a subject of its own after a statement, it alone is read: a
-        # fact stated in passing before it ("<edited fact>. John Lennon performs on the") is not what
-        # is asked. After a question it is the question's follow-up ("What is X? Is it Y?").
+        # wins. Where that sentence, after a statement, names a subject of its own or asks a question
+        # that points back to nothing ("who sang rocket man"), it alone is read: a fact stated in
+        # passing before it ("<edited fact>. John Lennon performs on the") is not what is asked. After
+        # a question it is the question's follow-up ("What is X? Is it Y?").
         tails = [last_sentence(q) for q in queries]
-        alone = [t is not None and _after_a_statement(q, t) and names_its_own(t) for q, t in zip(queries, tails)]
+        alone = [
+            t is not None and _after_a_statement(q, t) and (names_its_own(t) or asks_afresh(t))
+            for q, t in zip(queries, tails)
+        ]
         read = [t if a and t is not None else n for t, a, n in zip(tails, alone, named_in or queries)]
         allowed = use.allowed(read, memory.shape[0]) if use is not None else None
         allowed = _time_rules(read, queries, allowed, timely, of_time, memory.shape[0])

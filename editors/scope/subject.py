@@ -291,6 +291,25 @@ def names_its_own(sentence: str) -> bool:
     return any(not (opens and len(words) == 1 and words[0].casefold() in OPENERS) for words, opens in runs)
 
 
+# A question opens with one of these, after a label such as "Question:" if any. (One that only ends
+# with "?" may be the tail of a name cut at its "!": "It's a Trap! a part of?")
+_ASKS = re.compile(
+    r"^(?:[\w ]{1,24}:\s*)?(?:who|whom|whose|what|which|when|where|why|how|is|are|was|were|do|does|did|can|"
+    r"could|will|would|should|has|have|had)\b",
+    re.IGNORECASE,
+)
+# Words that point back to something said before them: a question holding one is a follow-up.
+_BACK = {"it", "its", "it's", "itself", "he", "him", "his", "himself", "she", "her", "hers", "herself",
+         "they", "them", "their", "theirs", "themselves", "this", "that", "these", "those", "there", "here",
+         "same", "former", "latter", "such", "one", "ones"}  # fmt: skip
+
+
+def asks_afresh(sentence: str) -> bool:
+    """The sentence is a question that points back to nothing before it ("who sang rocket man"), so
+    it asks about something else than a fact stated before it ("Where is it?" points back)."""
+    return bool(_ASKS.search(sentence.strip())) and not any(w.casefold() in _BACK for w in _WORD.findall(sentence))
+
+
 def in_context(query: str, earlier: str) -> str:
     """What the anchor and the retriever read of a query: the query, or, if it names nothing itself,
     the earlier message that did followed by it ("Tell me about the Louvre." + "Where is it?")."""
