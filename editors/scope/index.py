@@ -53,6 +53,7 @@ class ScopeIndex:
         self.anchors = AnchorIndex()  # editors/scope/subject.py
         self.aliases: dict[str, tuple[re.Pattern, str]] = {}  # edit id -> (its aliases, its subject's name)
         self.alias_starts: dict[str, set[str]] = {}  # an alias's first word -> the edits giving it
+        self._times: tuple[torch.Tensor, torch.Tensor | None] | None = None  # _time_rows(), until a change
 
     def __len__(self) -> int:
         return sum(1 for e in self.rows if e is not None and e.live)
@@ -71,6 +72,7 @@ class ScopeIndex:
         `known` holds prompts' vectors embedded before by this model; returns how many were embedded."""
         if not entries:
             return 0
+        self._times = None
         known = known or {}
         missing = list(dict.fromkeys(e.prompt for e in entries if e.prompt not in known))
         fresh = dict(zip(missing, self.model.embed(missing))) if missing else {}
@@ -120,6 +122,7 @@ class ScopeIndex:
 
     def remove(self, edit_id: str) -> None:
         row = self.slot.pop(edit_id)
+        self._times = None
         gone = self.rows[row]
         self.rows[row] = None
         self.matrix[row] = 0.0
@@ -161,11 +164,9 @@ class ScopeIndex:
         seen = [in_context(q, e) for q, e in zip(queries, earlier or [""] * len(queries))]
         vecs = self.model.embed(seen)
         # A sentence a query is read by is a suffix of it: no query asking for a time, no row to bar.
-        timely = of_time = None
-        if any(asks_time(t) for t in queries + seen):
-            timely = torch.tensor([e is None or e.timely for e in self.rows], dtype=torch.bool)
-        if any(e is not None and e.of_time for e in self.rows):
-            of_time = torch.tensor([e is not None and e.of_time for e in self.rows], dtype=torch.bool)
+        timely, of_time = self._time_rows()
+        if not any(asks_time(t) for t in queries + seen):
+            timely = None
         found = self.model.decide(
             vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen, timely=timely, of_time=of_time
         )
@@ -174,6 +175,15 @@ class ScopeIndex:
             e = self.rows[hit[0]] if hit is not None else None
             out.append(Decision(e.edit_id, e.method, hit[1]) if hit is not None and e is not None and e.live else None)
         return out
+
+    def _time_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per row: may it take a question of time, and is its edit of a time (None where no edit is)
+        (when.py). Kept until the rows change: a decision would otherwise walk every row twice."""
+        if self._times is None:
+            timely = torch.tensor([e is None or e.timely for e in self.rows], dtype=torch.bool)
+            of_time = torch.tensor([e is not None and e.of_time for e in self.rows], dtype=torch.bool)
+            self._times = (timely, of_time if bool(of_time.any()) else None)
+        return self._times
 
     def nearest(self, text: str, k: int) -> list[Entry]:
         """The live entries whose prompts the scope model's embedding puts nearest to `text`: the edits a
