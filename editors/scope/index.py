@@ -164,9 +164,8 @@ class ScopeIndex:
         seen = [in_context(q, e) for q, e in zip(queries, earlier or [""] * len(queries))]
         vecs = self.model.embed(seen)
         # A sentence a query is read by is a suffix of it: no query asking for a time, no row to bar.
-        timely, of_time = self._time_rows()
-        if not any(asks_time(t) for t in queries + seen):
-            timely = None
+        may_take, of_time = self._time_rows()
+        timely = may_take if any(asks_time(t) for t in queries + seen) else None
         found = self.model.decide(
             vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen, timely=timely, of_time=of_time
         )
