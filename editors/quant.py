@@ -6,8 +6,10 @@ layers for int4 (or int8) ones that keep the weights in groups of 32 inputs, the
 own blocks, and the output embedding for an int8 one. The matmuls (editors/kernels/qmm.cpp) unpack a
 group at a time and compute in float32, so a quantised layer gives the float32 matmul of its
 dequantised weight up to the order of summation, and the packaged model (Q4_1 blocks, a Q8_0
-embedding) answers as its float32 copy does. Everything else (embeddings, norms, attention, the
-residual stream, iReVa's neurons, adapters' low-rank terms and every hook) stays as it was.
+embedding) answers as its float32 copy does. On a CPU with AMX, int4 matmuls of 4 rows or more
+(prompts, batches) run on its tiles, still exact: x in three bfloat16 parts that sum to it.
+Everything else (embeddings, norms, attention, the residual stream, iReVa's neurons, adapters'
+low-rank terms and every hook) stays as it was.
 
 int4: w = d q + m with q in 0..15, a scale d and a minimum m per group (GGUF Q4_1: its dequantised
 weights pack back without loss). int8: w = d q with q in -127..127, a scale per group (GGUF Q8_0).
@@ -153,5 +155,6 @@ def quantise(model: Any, mode: str, blocks: Any) -> int:
     if type(head) is nn.Linear and QuantLinear.fits(head.weight):
         model.set_output_embeddings(TiedInt8Head(head))
         swapped += 1
-    log.info("quantised %d linear layers to %s (output embedding int8)", swapped, mode)
+    tiles = " (AMX tiles for 4 rows or more)" if mode == "int4" and kernels.load().tiles() else ""
+    log.info("quantised %d linear layers to %s%s (output embedding int8)", swapped, mode, tiles)
     return swapped
