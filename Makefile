@@ -66,9 +66,14 @@ kernels: $(STAMP)
 
 # llama.cpp, the speed reference of `editserve bench serving --reference llamacpp`: llama-cpp-python built
 # from its PyPI sdist (cmake and the system compiler, ~10 min). Bench-only: serving and the tests never need it.
+# Without ggml's AMX matmuls: on Sapphire Rapids machines they crash the first answer (a segfault in
+# ggml_backend_amx_mul_mat, ggml-org/llama.cpp#20824); there its AVX-512 ones serve instead.
+LLAMACPP_CMAKE := $(if $(shell grep -qs amx_int8 /proc/cpuinfo && echo amx),-DGGML_NATIVE=OFF -DGGML_AVX=ON \
+  -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON \
+  -DGGML_AVX512_BF16=ON)
 llamacpp: $(STAMP)
-	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
-	  $(BIN)/pip install -q --no-binary llama-cpp-python "$$(sed -n 's/^ *"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)"
+	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMACPP_CMAKE)" \
+	  $(BIN)/pip install -q --no-cache-dir --no-binary llama-cpp-python "$$(sed -n 's/^ *"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)"
 
 # On a machine with a CUDA device: tokens/s and the acceptance figures there (evaluation/gpu_check.py;
 # GPU_CHECK_ARGS=--full adds CounterFact's 2,000 edits). Without one it says so and succeeds.
