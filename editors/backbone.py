@@ -151,9 +151,9 @@ def load_backbone(
     for p in lm.parameters():
         p.requires_grad_(False)
     mode = quantisation.resolve(quant, device)
-    quantisation.quantise(lm, mode, transformer_blocks(lm))
+    swapped = quantisation.quantise(lm, mode, transformer_blocks(lm), lossless=quant == "auto")
     # The float32 path stays transformers' own forward: its answers are the ones recorded so far.
-    lean = LeanLlama(lm) if mode != "none" and LeanLlama.supports(lm) else None
+    lean = LeanLlama(lm) if swapped and LeanLlama.supports(lm) else None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model=lm, tokenizer=tokenizer, name=model, device=device, lean=lean)

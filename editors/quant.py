@@ -32,10 +32,18 @@ GROUP = 32  # inputs per scale (and minimum): GGUF's Q4_1 and Q8_0 blocks
 
 
 def resolve(requested: str, device: torch.device) -> str:
-    """The mode to run: `requested` by name, or "auto": int4 on a CPU, none on a GPU (which reads
-    bfloat16 weights fast enough, and whose int4 kernels need another packing)."""
+    """The mode to run: `requested` by name, or "auto": int4 on a CPU where the kernels build (only
+    the layers whose weights are exactly int4 groups: `quantise(lossless=True)`), none on a GPU (which
+    reads bfloat16 weights fast enough, and whose int4 kernels need another packing)."""
     if requested == "auto":
-        return "int4" if device.type == "cpu" else "none"
+        if device.type != "cpu":
+            return "none"
+        try:
+            kernels.load()
+        except RuntimeError as exc:  # no compiler (a slim image): float32, and the log says why
+            log.warning("quant auto: float32 weights; %s", exc)
+            return "none"
+        return "int4"
     if requested not in MODES:
         raise ValueError(f"quant: {requested!r} is not one of auto, {', '.join(MODES)}")
     if requested != "none" and device.type != "cpu":
@@ -136,25 +144,36 @@ class TiedInt8Head(Int8Linear):
         return self._tied
 
 
-def quantise(model: Any, mode: str, blocks: Any) -> int:
+def quantise(model: Any, mode: str, blocks: Any, lossless: bool = False) -> int:
     """Swap the linear layers of `blocks` (the decoder blocks) for `mode`'s, and the output embedding
     for an int8 one; returns how many layers were swapped. A layer whose inputs do not fill whole
-    groups stays float32."""
+    groups stays float32; with `lossless`, so does one whose weight does not pack back exactly (a GGUF's
+    Q4_1 and Q8_0 blocks do: its answers stay the float32 ones)."""
     if mode == "none":
         return 0
     kernels.load()  # built now, or the error says why it cannot be
     make = Int4Linear if mode == "int4" else Int8Linear
-    swapped = 0
+    swapped, kept = 0, 0
     for block in blocks:
         for parent in list(block.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear and QuantLinear.fits(child.weight):
-                    setattr(parent, name, make(child.weight, child.bias))
+                    layer = make(child.weight, child.bias)
+                    if lossless and not torch.equal(layer.weight, child.weight):
+                        kept += 1
+                        continue
+                    setattr(parent, name, layer)
                     swapped += 1
     head = model.get_output_embeddings()
     if type(head) is nn.Linear and QuantLinear.fits(head.weight):
-        model.set_output_embeddings(TiedInt8Head(head))
-        swapped += 1
+        tied = TiedInt8Head(head)
+        if lossless and not torch.equal(Int8Linear.weight.fget(tied), head.weight):  # type: ignore[attr-defined]
+            kept += 1
+        else:
+            model.set_output_embeddings(tied)
+            swapped += 1
     tiles = " (AMX tiles for 4 rows or more)" if mode == "int4" and kernels.load().tiles() else ""
-    log.info("quantised %d linear layers to %s%s (output embedding int8)", swapped, mode, tiles)
+    log.info("quantised %d linear layers to %s%s, output embedding int8", swapped, mode, tiles)
+    if kept:
+        log.info("kept %d linear layers float32: their weights are not exactly %s groups", kept, mode)
     return swapped

@@ -67,6 +67,30 @@ def test_resolve_picks_int4_on_a_cpu_and_names_the_field_when_wrong():
         quant.resolve("int3", torch.device("cpu"))
 
 
+def test_auto_runs_float32_where_the_kernels_cannot_be_built(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("the quantised kernels (qmm.cpp) could not be built: no c++")
+
+    monkeypatch.setattr(quant.kernels, "load", no_compiler)
+    assert quant.resolve("auto", torch.device("cpu")) == "none"
+    with pytest.raises(RuntimeError, match="no c\\+\\+"):  # asked for by name, it says why it cannot
+        quant.quantise(nn.Linear(32, 32), "int4", [])
+
+
+def test_lossless_quantises_only_the_layers_whose_weights_are_int4_groups():
+    backbone = tiny_backbone("llama", packaged_tokenizer(), seed=1, layers=2)
+    model = backbone.model
+    blocks = transformer_blocks(model)
+    gguf_like = blocks[0].mlp.down_proj
+    gguf_like.weight.data = q4_1_weight(*gguf_like.weight.shape)
+    ids = torch.tensor([[1, 50, 600, 7000, 42]])
+    before = model(input_ids=ids).logits
+    assert quant.quantise(model, "int4", blocks, lossless=True) == 1  # random weights and head stay float32
+    assert isinstance(blocks[0].mlp.down_proj, quant.Int4Linear)
+    assert type(blocks[0].mlp.up_proj) is nn.Linear and type(model.get_output_embeddings()) is nn.Linear
+    assert relative(model(input_ids=ids).logits, before) < 1e-5
+
+
 @pytest.mark.parametrize("mode", ["int4", "int8"])
 def test_a_quantised_model_stays_float32_with_its_hooks(mode):
     backbone = tiny_backbone("llama", packaged_tokenizer(), seed=1, layers=2)

@@ -56,8 +56,10 @@ class ServerSettings(BaseSettings):
     # The backbone's weights: auto = float32 on the CPU, bfloat16 (or float16 where it is missing) on CUDA
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # Weight-only quantisation of the decoder's linear layers (editors/quant.py; docs/results.md has
-    # its measured speed and agreement): none, int8 or int4 (CPU only); auto = int4 on a CPU, none on CUDA
-    quant: Literal["auto", "none", "int8", "int4"] = "none"
+    # its measured speed and agreement): none, int8 or int4 (CPU only); auto = int4 on a CPU for the
+    # layers whose weights are exactly int4 groups (the packaged GGUF's: the float32 answers, faster),
+    # none on CUDA or where the kernels cannot be built (no C++ compiler)
+    quant: Literal["auto", "none", "int8", "int4"] = "auto"
     torch_threads: int | None = None  # None: torch's default (all cores)
     log_level: str = "info"
     # Methods to serve, comma-separated; None serves every method in editors.registry.
