@@ -3,10 +3,10 @@
 Decoding one token reads every weight once, so on a CPU its speed is the memory's: float32 weights of
 the default model are ~540 MB a token, int4 ones ~70 MB. `quantise` swaps the decoder blocks' linear
 layers for int4 (or int8) ones that keep the weights in groups of 32 inputs, the layout of the GGUF's
-own blocks, and the output embedding for an int8 one. The matmuls (editors/kernels/qmm.cpp) unpack a
+own blocks, and the output embedding for an int8 one. The matmuls (editors/kernels/) unpack a
 group at a time and compute in float32, so a quantised layer gives the float32 matmul of its
 dequantised weight up to the order of summation, and the packaged model (Q4_1 blocks, a Q8_0
-embedding) answers as its float32 copy does. On a CPU with AMX, int4 matmuls of 4 rows or more
+embedding) answers as its float32 copy does. On a CPU with AMX, int4 matmuls of 2 rows or more
 (prompts, batches) run on its tiles, still exact: x in three bfloat16 parts that sum to it.
 Everything else (embeddings, norms, attention, the residual stream, iReVa's neurons, adapters'
 low-rank terms and every hook) stays as it was.
@@ -104,31 +104,45 @@ class Int8Linear(QuantLinear):
 
 class Int4Linear(QuantLinear):
     """Asymmetric int4 per group: w = d q + m, m the group's minimum and d = (max - min) / 15 (Q4_1).
-    Byte b of a group's 16 holds code b in its low nibble and code b + 16 in its high one."""
+    Kept in tiles of 16 outputs, the kernel's layout (editors/kernels/q4.cpp): for tile t and group g,
+    codes[t, g, j, o] holds output o's code j in its low nibble and code j + 16 in its high one, and
+    scales[t, g, o], minima[t, g, o] its scale and minimum (outputs past out_features are zero)."""
 
     minima: torch.Tensor
+    TILE = 16
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__(weight, bias)
         n, k = weight.shape
-        groups = weight.detach().float().reshape(n, k // GROUP, GROUP)
+        tiles = -(-n // self.TILE)
+        groups = torch.zeros(tiles * self.TILE, k // GROUP, GROUP)
+        groups[:n] = weight.detach().float().reshape(n, k // GROUP, GROUP)
         low, high = groups.amin(-1), groups.amax(-1)
         scales = ((high - low) / 15).clamp_min(1e-12)
         q = ((groups - low[..., None]) / scales[..., None]).round().clamp(0, 15).to(torch.uint8)
-        codes = q[..., : GROUP // 2] | (q[..., GROUP // 2 :] << 4)
-        self.register_buffer("codes", codes.reshape(n, k // 2).contiguous())
-        self.register_buffer("scales", scales.contiguous())
-        self.register_buffer("minima", low.contiguous())
+        codes = q[..., : GROUP // 2] | (q[..., GROUP // 2 :] << 4)  # (outputs, groups, j)
+
+        def tiled(t: torch.Tensor) -> torch.Tensor:  # (outputs, groups, ...) -> (tiles, groups, ..., 16)
+            t = t.reshape(tiles, self.TILE, *t.shape[1:]).movedim(1, -1)
+            return t.contiguous()
+
+        self.register_buffer("codes", tiled(codes))
+        self.register_buffer("scales", tiled(scales))
+        self.register_buffer("minima", tiled(low))
 
     def _groups(self, x):
-        return kernels.load().q4_mm(x, self.codes, self.scales, self.minima)
+        return kernels.load().q4_mm(x, self.codes, self.scales, self.minima, self.out_features)
 
     @property
     def weight(self) -> torch.Tensor:
-        n = self.codes.shape[0]
-        packed = self.codes.reshape(n, -1, GROUP // 2)
+        def untiled(t: torch.Tensor) -> torch.Tensor:  # back to (outputs, groups, ...)
+            t = t.movedim(-1, 1)
+            return t.reshape(-1, *t.shape[2:])[: self.out_features]
+
+        packed = untiled(self.codes)
         q = torch.cat([packed & 15, packed >> 4], -1).float()
-        return (q * self.scales[..., None] + self.minima[..., None]).reshape(n, self.in_features)
+        w = q * untiled(self.scales)[..., None] + untiled(self.minima)[..., None]
+        return w.reshape(self.out_features, self.in_features)
 
 
 class TiedInt8Head(Int8Linear):
@@ -172,7 +186,7 @@ def quantise(model: Any, mode: str, blocks: Any, lossless: bool = False) -> int:
         else:
             model.set_output_embeddings(tied)
             swapped += 1
-    tiles = " (AMX tiles for 4 rows or more)" if mode == "int4" and kernels.load().tiles() else ""
+    tiles = " (AMX tiles for 2 rows or more)" if mode == "int4" and kernels.load().tiles() else ""
     log.info("quantised %d linear layers to %s%s, output embedding int8", swapped, mode, tiles)
     if kept:
         log.info("kept %d linear layers float32: their weights are not exactly %s groups", kept, mode)

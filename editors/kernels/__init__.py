@@ -1,4 +1,4 @@
-"""The float32 weight-only matmuls of editors/quant.py (qmm.cpp), compiled for this CPU on first use.
+"""The float32 weight-only matmuls of editors/quant.py (q4.cpp, qmm.cpp), compiled for this CPU on first use.
 
 torch builds them with the system's C++ compiler and ninja, and keeps the build under
 $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions): a few tens of seconds once, a load after.
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-SOURCE = Path(__file__).with_name("qmm.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("qmm.cpp", "q4.cpp")]
 
 
 @functools.cache
@@ -29,10 +29,10 @@ def load() -> Any:
     try:
         return build(
             "editserve_qmm",
-            [str(SOURCE)],
+            [str(source) for source in SOURCES],
             # built where it runs: this CPU's vector instructions (AVX-512 or the compiler's own)
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
         )
     except Exception as exc:  # the compiler's own message says what is missing
-        raise RuntimeError(f"the quantised kernels ({SOURCE.name}) could not be built: {exc}") from exc
+        raise RuntimeError(f"the quantised kernels (editors/kernels/*.cpp) could not be built: {exc}") from exc
