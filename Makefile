@@ -57,9 +57,9 @@ scope: $(STAMP)
 	  EDITSERVE_EVAL_DATA="$(DATA)" $(BIN)/editserve train-scope --cache-dir "$(CACHE)" --threads 1; \
 	else echo "no $(DATA): the scope model runs untrained (editserve train-scope makes it)"; fi
 
-# The float32 int4/int8 matmuls of EDITSERVE_QUANT (editors/kernels/qmm.cpp), compiled for this CPU with
+# The float32 int4/int8 matmuls of EDITSERVE_QUANT (editors/kernels/*.cpp), compiled for this CPU with
 # the system's C++ compiler (~40 s once; torch keeps the build). Without a compiler the server still
-# serves float32 (EDITSERVE_QUANT=none, the default) and says why int4 cannot run.
+# serves: EDITSERVE_QUANT=auto (the default) falls back to float32 and says why.
 kernels: $(STAMP)
 	@$(BIN)/python -c "from editors import kernels; kernels.load()" || \
 	  echo "the quantised kernels could not be built: EDITSERVE_QUANT=int4|int8 will not start"
