@@ -130,7 +130,8 @@ def _header(r: Results) -> list[str]:
         f"{m['n_edits']} edits{sample}",
         "",
         f"- command: `editserve eval {' '.join(command_line(args))}`",
-        f"- model: {r.model}; code at start: {r.code_version}; torch threads: {r.threads}",
+        f"- model: {r.model} (quant {getattr(args, 'quant', None) or 'none'}); code at start: {r.code_version}; "
+        f"torch threads: {r.threads}",
         f"- method settings: `{json.dumps(r.description, default=str)}`",
         f"- data: {r.data_root}; NS on {len(r.questions)} NQ questions "
         f"({'efficientqa test' if args.split == 'acceptance' else 'NQ-open dev'})",
