@@ -11,10 +11,25 @@ transformers' own forward (`LeanLlama.supports`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch's intra-op threads set to one for the block (process-wide: other threads' ops run on one
+    too meanwhile), then back."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -80,15 +95,19 @@ class LeanLlama:
         slightest difference grows into another answer: attending over a padded batch at once made
         9 in 24 chat answers differ from the same question asked alone.)"""
         new, length = q.shape[2], k.shape[2]
-        if starts == [0]:
-            return self._sdpa(q, k, v)
-        out = q.new_zeros(q.shape)  # a padding position's output: never read by a real one
-        for b, start in enumerate(starts):
-            first = max(0, start - (length - new))  # the row's first real one of the new positions
-            out[b : b + 1, :, first:] = self._sdpa(
-                q[b : b + 1, :, first:], k[b : b + 1, :, start:], v[b : b + 1, :, start:]
-            )
-        return out
+        # One new position is microseconds of work a row: handing it to the thread pool costs more than
+        # it (several times over while other threads want the cores). Each row and head is computed
+        # alone either way, so the result is the same.
+        with one_thread() if new == 1 else contextlib.nullcontext():
+            if starts == [0]:
+                return self._sdpa(q, k, v)
+            out = q.new_zeros(q.shape)  # a padding position's output: never read by a real one
+            for b, start in enumerate(starts):
+                first = max(0, start - (length - new))  # the row's first real one of the new positions
+                out[b : b + 1, :, first:] = self._sdpa(
+                    q[b : b + 1, :, first:], k[b : b + 1, :, start:], v[b : b + 1, :, start:]
+                )
+            return out
 
     def _sdpa(self, q, k, v) -> torch.Tensor:
         """Causal attention of the last q positions of k's."""
