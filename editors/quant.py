@@ -70,6 +70,14 @@ class QuantLinear(nn.Module):
     def _groups(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def dequantised(self) -> torch.Tensor:
+        """The weight the codes stand for, float32 (out_features, in_features)."""
+        raise NotImplementedError
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dequantised()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         y = self._groups(x.reshape(-1, shape[-1]).float()).to(x.dtype)
@@ -96,8 +104,7 @@ class Int8Linear(QuantLinear):
     def _groups(self, x):
         return kernels.load().q8_mm(x, self.codes, self.scales)
 
-    @property
-    def weight(self) -> torch.Tensor:
+    def dequantised(self) -> torch.Tensor:
         n, k = self.codes.shape
         return (self.codes.float().reshape(n, k // GROUP, GROUP) * self.scales[..., None]).reshape(n, k)
 
@@ -133,8 +140,7 @@ class Int4Linear(QuantLinear):
     def _groups(self, x):
         return kernels.load().q4_mm(x, self.codes, self.scales, self.minima, self.out_features)
 
-    @property
-    def weight(self) -> torch.Tensor:
+    def dequantised(self) -> torch.Tensor:
         def untiled(t: torch.Tensor) -> torch.Tensor:  # back to (outputs, groups, ...)
             t = t.movedim(-1, 1)
             return t.reshape(-1, *t.shape[2:])[: self.out_features]
@@ -173,7 +179,7 @@ def quantise(model: Any, mode: str, blocks: Any, lossless: bool = False) -> int:
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear and QuantLinear.fits(child.weight):
                     layer = make(child.weight, child.bias)
-                    if lossless and not torch.equal(layer.weight, child.weight):
+                    if lossless and not torch.equal(layer.dequantised(), child.weight):
                         kept += 1
                         continue
                     setattr(parent, name, layer)
@@ -181,7 +187,7 @@ def quantise(model: Any, mode: str, blocks: Any, lossless: bool = False) -> int:
     head = model.get_output_embeddings()
     if type(head) is nn.Linear and QuantLinear.fits(head.weight):
         tied = TiedInt8Head(head)
-        if lossless and not torch.equal(Int8Linear.weight.fget(tied), head.weight):  # type: ignore[attr-defined]
+        if lossless and not torch.equal(tied.dequantised(), head.weight):
             kept += 1
         else:
             model.set_output_embeddings(tied)
