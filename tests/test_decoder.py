@@ -30,23 +30,50 @@ def ids_of(backbone: Backbone) -> list[list[int]]:
 
 
 @torch.no_grad()
-def test_one_row_gets_transformers_logits_bit_for_bit_prefill_and_decode():
+def test_one_row_gets_transformers_logits_bit_for_bit_prompt_and_within_rounding_decoding():
     for mode in ("none", "int4"):
         backbone = tiny(mode)
         ids, mask, positions = left_padded(backbone, ids_of(backbone)[2:])
-        theirs, ours = DynamicCache(config=backbone.model.config), DynamicCache(config=backbone.model.config)
+        theirs, ours = DynamicCache(config=backbone.model.config), backbone.lean.new_cache(1)
         expected = backbone.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         assert torch.equal(backbone.lean(ids, mask, positions, None, ids.shape[1]), expected), mode
         kwargs = {"attention_mask": mask, "position_ids": positions, "past_key_values": theirs, "use_cache": True}
         a = backbone.model(input_ids=ids, logits_to_keep=1, **kwargs).logits
         b = backbone.lean(ids, mask, positions, ours)
-        for _ in range(4):
-            assert torch.equal(a, b), mode
+        assert torch.equal(a, b), mode  # the prompt: transformers' ops, one for one
+        for _ in range(4):  # decoding: the kernel's attention, the same sums in another order
             token = a[:, -1].argmax(-1)[:, None]
             mask, positions = torch.cat([mask, mask.new_ones(1, 1)], 1), positions[:, -1:] + 1
             kwargs = {"attention_mask": mask, "position_ids": positions, "past_key_values": theirs, "use_cache": True}
             a = backbone.model(input_ids=token, logits_to_keep=1, **kwargs).logits
             b = backbone.lean(token, mask, positions, ours)
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), mode
+            assert ours.length == theirs.get_seq_length()
+
+
+@torch.no_grad()
+def test_the_step_kernel_attends_each_row_over_its_own_columns_only():
+    backbone = tiny("int4")
+    assert backbone.lean.kernel is not None
+    prompts = ids_of(backbone)
+    ids, mask, positions = left_padded(backbone, prompts)
+    cache = backbone.lean.new_cache(len(prompts))
+    backbone.lean(ids, mask, positions, cache)
+    garbage = mask.shape[1] - len(prompts[1])  # the short row's padding columns: never read
+    for keys in cache.keys:
+        keys[1, :, :garbage] = float("nan")
+    token = torch.tensor([[7]] * len(prompts))
+    mask2 = torch.cat([mask, mask.new_ones(len(prompts), 1)], 1)
+    together = backbone.lean(token, mask2, positions[:, -1:] + 1, cache)[:, -1]
+    assert torch.isfinite(together).all()
+    for i, prompt in enumerate(prompts):  # each row alone (its matmuls of one row sum in another order)
+        one, one_mask, one_positions = left_padded(backbone, [prompt])
+        alone = backbone.lean.new_cache(1)
+        backbone.lean(one, one_mask, one_positions, alone)
+        step = backbone.lean(
+            token[:1], torch.cat([one_mask, one_mask.new_ones(1, 1)], 1), one_positions[:, -1:] + 1, alone
+        )
+        assert torch.allclose(step[0, -1], together[i], atol=1e-5, rtol=1e-5), i
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""The float32 weight-only matmuls of editors/quant.py (q4.cpp, qmm.cpp), compiled for this CPU on first use.
+"""The float32 weight-only matmuls of editors/quant.py (q4.cpp, qmm.cpp) and the decoding step's attention of
+editors/decoder.py (attend.cpp), compiled for this CPU on first use.
 
 torch builds them with the system's C++ compiler and ninja, and keeps the build under
 $TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions): a few tens of seconds once, a load after.
@@ -12,12 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-SOURCES = [Path(__file__).with_name(name) for name in ("qmm.cpp", "q4.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("qmm.cpp", "q4.cpp", "attend.cpp")]
 
 
 @functools.cache
 def load() -> Any:
-    """The compiled module (q4_mm, q8_mm). Raises RuntimeError saying why it cannot be built."""
+    """The compiled module (q4_mm, q8_mm, decode_attend, tiles). Raises RuntimeError saying why it cannot be built."""
     try:
         import ninja  # the pip package: its binary need not be on PATH
 

@@ -1,5 +1,6 @@
 // int8 matmuls in float32 (the output embedding): y = x W^T, W as signed 8-bit codes with a scale d per
-// group of 32 inputs (GGUF Q8_0's w = d q), row by row. int4 is in q4.cpp; this file binds both.
+// group of 32 inputs (GGUF Q8_0's w = d q), row by row. int4 is in q4.cpp, a decoding step's attention in
+// attend.cpp; this file binds all three.
 //
 // The arithmetic is float32 throughout, so the result is the float32 matmul of the dequantised weight
 // up to the order of summation: greedy answers stay those of the float32 path (bfloat16 kernels
@@ -80,9 +81,14 @@ torch::Tensor q8_mm(torch::Tensor x, torch::Tensor q, torch::Tensor d) {
 // q4.cpp
 torch::Tensor q4_mm(torch::Tensor x, torch::Tensor codes, torch::Tensor scales, torch::Tensor minima, int64_t n);
 bool tiles();
+// attend.cpp
+torch::Tensor decode_attend(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor cos, torch::Tensor sin,
+                            torch::Tensor keys, torch::Tensor values, int64_t column, torch::Tensor starts,
+                            double scale);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("q4_mm", &q4_mm, "x (m, k) float32 times 4-bit codes in tiles of 16 outputs (q4.cpp) into n outputs");
   module.def("q8_mm", &q8_mm, "x (m, k) float32 times 8-bit codes (n, k) with scales (n, k/32)");
+  module.def("decode_attend", &decode_attend, "one decoding step's attention over a pre-allocated cache (attend.cpp)");
   module.def("tiles", &tiles, "whether int4 matmuls of 2 rows or more run on AMX tiles");
 }
