@@ -119,6 +119,18 @@ def test_an_edit_never_takes_a_query_about_another_subject_however_alike():
     assert off.decide(q)[0].edit_id == "einstein"  # what the anchor prevents
 
 
+def test_a_query_naming_no_edited_subject_is_decided_without_embedding_it():
+    untrained = ScopeModel.load(ScopeConfig(use_trained=False), None)
+    index = ScopeIndex(untrained)
+    index.put("einstein", "ireva", "Albert Einstein was born in")
+    embedded: list[str] = []
+    embed = untrained.embed
+    untrained.embed = lambda texts, **kw: embedded.extend(texts) or embed(texts, **kw)  # type: ignore[method-assign]
+    found = index.decide(["Isaac Newton was born in", "Where was Albert Einstein born?"])
+    assert found[0] is None and found[1] is not None and found[1].edit_id == "einstein"
+    assert embedded == ["Where was Albert Einstein born?"]  # the other could go to no row: never embedded
+
+
 def test_a_follow_up_that_names_nothing_is_read_with_the_message_that_did():
     users = ["Tell me about the Louvre.", "Is it big?"]
     assert last_named(users) == "Tell me about the Louvre." and last_named(["hi", "thanks"]) == ""

@@ -162,12 +162,11 @@ class ScopeIndex:
             queries = [self.unaliased(q) for q in queries]
             earlier = [self.unaliased(e) for e in earlier] if earlier else None
         seen = [in_context(q, e) for q, e in zip(queries, earlier or [""] * len(queries))]
-        vecs = self.model.embed(seen)
         # A sentence a query is read by is a suffix of it: no query asking for a time, no row to bar.
         may_take, of_time = self._time_rows()
         timely = may_take if any(asks_time(t) for t in queries + seen) else None
         found = self.model.decide(
-            vecs, queries, self.matrix[:n], prompts, self.anchors, named_in=seen, timely=timely, of_time=of_time
+            None, queries, self.matrix[:n], prompts, self.anchors, named_in=seen, timely=timely, of_time=of_time
         )
         out: list[Decision | None] = []
         for hit in found:

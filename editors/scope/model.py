@@ -227,7 +227,7 @@ class ScopeModel:
 
     def decide(
         self,
-        query_vecs: torch.Tensor,
+        query_vecs: torch.Tensor | None,
         queries: list[str],
         memory: torch.Tensor,
         memory_prompts: list,
@@ -241,8 +241,10 @@ class ScopeModel:
         the query itself or in `named_in` (the text the anchor reads, if not the query: a chat's follow-up
         question with the earlier message that named what "it" is). `timely`: per row, whether its
         target could be a time; the others take no query asking for one. `of_time`: per row, whether its
-        edit is of a time; those take only queries that may ask for one (when.py)."""
-        if len(queries) != query_vecs.shape[0]:
+        edit is of a time; those take only queries that may ask for one (when.py). `query_vecs` None:
+        embedded here (`named_in`, or the queries), and only the queries some row may take: with the
+        subject anchor, most queries name no edited subject, and their decision costs no embedding."""
+        if query_vecs is not None and len(queries) != query_vecs.shape[0]:
             raise ValueError(f"{query_vecs.shape[0]} query vectors for {len(queries)} queries")
         if len(queries) == 0 or memory.shape[0] == 0:
             return [None] * len(queries)
@@ -261,11 +263,16 @@ class ScopeModel:
         read = [t if a and t is not None else n for t, a, n in zip(tails, alone, named_in or queries)]
         allowed = use.allowed(read, memory.shape[0]) if use is not None else None
         allowed = _time_rules(read, queries, allowed, timely, of_time, memory.shape[0])
+        open_to = range(len(queries)) if allowed is None else torch.nonzero(allowed.any(1)).flatten().tolist()
+        if query_vecs is None:  # a query no row may take keeps a zero vector: all its rows are -inf
+            query_vecs = torch.zeros(len(queries), memory.shape[1])
+            if open_to:
+                query_vecs[open_to] = self.embed([(named_in or queries)[i] for i in open_to])
         sims = self.similarities(query_vecs, memory, memory_prompts, allowed)
-        asked = [i for i, t in enumerate(tails) if t is not None]
+        asked = [i for i in open_to if tails[i] is not None]
         if asked:
             tail_sims = self.similarities(
-                self.embed([t for t in tails if t is not None]),  # in the order of `asked`
+                self.embed([t for i in asked if (t := tails[i]) is not None]),
                 memory,
                 memory_prompts,
                 allowed[asked] if allowed is not None else None,
