@@ -41,13 +41,23 @@ class LeanCache:
     def reserve(self, new: int) -> None:
         """Room for `new` more columns."""
         if self.length + new > self.keys[0].shape[2]:
-            self.keys = [self._placed(k, self.length + new + self.SPARE, 0) for k in self.keys]
-            self.values = [self._placed(v, self.length + new + self.SPARE, 0) for v in self.values]
+            width = self.length + new + self.SPARE
+            self.keys = [self._placed([k], width, [self.length]) for k in self.keys]
+            self.values = [self._placed([v], width, [self.length]) for v in self.values]
 
-    def _placed(self, t: torch.Tensor, width: int, at: int) -> torch.Tensor:
-        """A buffer `width` columns wide holding t's filled columns from column `at` on, zeros elsewhere."""
-        out = t.new_zeros(t.shape[0], t.shape[1], width, t.shape[3])
-        out[:, :, at : at + self.length] = t[:, :, : self.length]
+    @staticmethod
+    def _placed(parts: list[torch.Tensor], width: int, lengths: list[int]) -> torch.Tensor:
+        """One buffer `width` columns wide holding the parts' rows one after another, each part's first
+        `lengths` columns right-aligned to the longest length, zeros before them. The columns after are
+        left as allocated: a column is written before it is read."""
+        first = parts[0]
+        out = first.new_empty(sum(p.shape[0] for p in parts), first.shape[1], width, first.shape[3])
+        end, row = max(lengths), 0
+        for part, length in zip(parts, lengths):
+            block = out[row : row + part.shape[0]]
+            block[:, :, : end - length] = 0
+            block[:, :, end - length : end] = part[:, :, :length]
+            row += part.shape[0]
         return out
 
     def append(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,17 +86,10 @@ class LeanCache:
 
     def merge(self, other: LeanCache) -> None:
         """other's rows after these, both left padded to the longer length."""
-        width = max(self.length, other.length)
-        spare = width + self.SPARE
-        self.keys = [
-            torch.cat([self._placed(a, spare, width - self.length), other._placed(b, spare, width - other.length)])
-            for a, b in zip(self.keys, other.keys)
-        ]
-        self.values = [
-            torch.cat([self._placed(a, spare, width - self.length), other._placed(b, spare, width - other.length)])
-            for a, b in zip(self.values, other.values)
-        ]
-        self.length = width
+        width, lengths = max(self.length, other.length) + self.SPARE, [self.length, other.length]
+        self.keys = [self._placed([a, b], width, lengths) for a, b in zip(self.keys, other.keys)]
+        self.values = [self._placed([a, b], width, lengths) for a, b in zip(self.values, other.values)]
+        self.length = max(lengths)
 
 
 class LeanLlama:
