@@ -7,12 +7,17 @@ plain transformers on the same weights.
 Server: `editserve serve` on 127.0.0.1 with EDITSERVE_TORCH_THREADS = --threads (default: the machine's
 core count). Every level is measured with no edits; with --edits N, N real iReVa inserts are then made
 through POST /edits (zsRE dev prompts, then CounterFact dev; no synthesised edits, however many: their
-time is recorded) and every level is measured again on the same server (`levels_with_edits`, and the
-ratio of tokens/s with the edits to without, per level). The clients' prompts are not the edits'
-prompts: what is measured is what holding the edits costs every other answer (the scope decision,
-the neurons beside the MLP). For each level of clients, that many threads of this process, each with
-its own editserve.client.Client, send POST /generate (a CounterFact dev prompt, which the model continues
-for the whole budget, or with --prompts nq an NQ dev question, whose answers mostly end after a few
+time is recorded) and every level is measured again on the same server (`levels_with_edits`); then
+every edit is withdrawn (DELETE /edits/{id}) and every level measured once more
+(`levels_after_withdrawal`). The ratio of tokens/s with the edits to without is per level against the
+mean of the levels before the inserts and after the withdrawals: a server drifts over the minutes of
+the inserts (docs/results.md), and the mean cancels a drift that is linear; the ratio against the
+levels before alone is reported too. The clients' prompts are not the edits' prompts: what is measured is what
+holding the edits costs every other answer (the scope decision, the neurons beside the MLP).
+
+For each level of clients, that many threads of this process, each with its own
+editserve.client.Client, send POST /generate (a CounterFact dev prompt, which the model continues for
+the whole budget, or with --prompts nq an NQ dev question, whose answers mostly end after a few
 tokens; max_new_tokens --tokens) in a closed loop for --seconds: send, wait for the answer, send the next.
 requests/s and tokens/s count the answers completed inside the window (tokens: those in the answers);
 the requests still in flight when it closes are waited for, and their latencies count in p50/p95 (of
@@ -149,6 +154,21 @@ def level(url: str, prompts: list[str], clients: int, seconds: float, tokens: in
     }
 
 
+def withdraw_all(url: str) -> dict:
+    """Withdraw every active edit through DELETE /edits/{id}."""
+    with Client(url) as client:
+        ids: list[str] = []
+        while True:
+            page = client.list_edits(status="active", limit=100, offset=len(ids))
+            ids += [e.id for e in page.data]
+            if len(page.data) < 100:
+                break
+        t0 = time.perf_counter()
+        for edit_id in ids:
+            client.withdraw_edit(edit_id)
+    return {"n_withdrawn": len(ids), "withdraw_seconds_total": time.perf_counter() - t0}
+
+
 def levels(url: str, prompts: list[str], sizes: list[int], args, label: str) -> list[dict]:
     out = []
     for clients in sizes:
@@ -229,10 +249,11 @@ def table(result: dict) -> str:
     ref = {r["batch"]: r["tokens_per_s"] for r in result["reference"]["rows"]}
     over_llama = result["ratios"].get("tokens_per_s_over_llamacpp_single_stream", {})
     edited = {r["clients"]: r for r in result.get("levels_with_edits", [])}
+    after = {r["clients"]: r for r in result.get("levels_after_withdrawal", [])}
     head = "clients  req/s  tokens/s  p50 ms  p95 ms  errors | plain transformers batch: tokens/s"
     if over_llama:
         head += " | ÷ llama.cpp 1 stream"
-    lines = [head + (f" | with {result['n_edits']} edits: tokens/s  p95 ms" if edited else "")]
+    lines = [head + (f" | with {result['n_edits']} edits: tokens/s  p95 ms | withdrawn: tokens/s" if edited else "")]
     if "llamacpp" in result:
         lines.insert(0, f"llama.cpp, one stream: {result['llamacpp']['tokens_per_s']:.1f} tokens/s")
     for r in result["levels"]:
@@ -245,7 +266,7 @@ def table(result: dict) -> str:
             line += f" | {over_llama[str(r['clients'])]:.2f}"
         e = edited.get(r["clients"])
         if e is not None:
-            line += f" | {e['tokens_per_s']:.1f}  {e['p95_ms'] or 0:.0f}"
+            line += f" | {e['tokens_per_s']:.1f}  {e['p95_ms'] or 0:.0f} | {after[r['clients']]['tokens_per_s']:.1f}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -288,6 +309,8 @@ def run(args, out: Path, root: Path) -> dict:
                 result["edits"] = make_edits(server.url, args.edits, root)
                 result["n_edits"] = result["edits"]["n_edits"]
                 result["levels_with_edits"] = levels(server.url, prompts, sizes, args, f" with {args.edits} edits")
+                result["withdrawn"] = withdraw_all(server.url)
+                result["levels_after_withdrawal"] = levels(server.url, prompts, sizes, args, " after withdrawing them")
     # The server is stopped: the reference has the machine to itself, on the same thread count.
     import torch
 
@@ -301,7 +324,12 @@ def run(args, out: Path, root: Path) -> dict:
             str(r["clients"]): _ratio(r["tokens_per_s"], single) for r in result["levels"]
         }
     if "levels_with_edits" in result:
+        triples = zip(result["levels"], result["levels_with_edits"], result["levels_after_withdrawal"])
         result["ratios"]["tokens_per_s_with_edits_over_without"] = {
+            str(a["clients"]): _ratio(b["tokens_per_s"], (a["tokens_per_s"] + c["tokens_per_s"]) / 2)
+            for a, b, c in triples
+        }
+        result["ratios"]["tokens_per_s_with_edits_over_before"] = {
             str(a["clients"]): _ratio(b["tokens_per_s"], a["tokens_per_s"])
             for a, b in zip(result["levels"], result["levels_with_edits"])
         }

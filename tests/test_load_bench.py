@@ -40,8 +40,12 @@ def test_load_part_small(tmp_path, capsys, monkeypatch, tiny_model_dir):
         "tokens_per_s_8_clients_over_plain_batch_8",
         "p95_8_clients_over_p50_1_client",
         "tokens_per_s_with_edits_over_without",
+        "tokens_per_s_with_edits_over_before",
     }
     assert set(load["ratios"]["tokens_per_s_with_edits_over_without"]) == {"1", "8"}
+    assert load["withdrawn"]["n_withdrawn"] == 2  # then every level again, the edits withdrawn
+    assert [r["clients"] for r in load["levels_after_withdrawal"]] == [1, 8]
+    assert all(r["errors"] == 0 and r["requests_ok_total"] >= 1 for r in load["levels_after_withdrawal"])
     assert (out / "load.png").stat().st_size > 0
 
 
