@@ -313,8 +313,13 @@ class Batcher:
         for i, row in enumerate(joining):
             self._emit(row, logits[i], writers[i], top[i])
         keep = [i for i, r in enumerate(joining) if not self._finished(r)]
-        joined.keep(keep)
-        batch.merge(joined)
+        try:
+            joined.keep(keep)
+            batch.merge(joined)
+        except Exception as exc:  # these rows fail; the batch runs on without them
+            for i in keep:
+                joining[i].out.put(exc)
+            return []
         return [joining[i] for i in keep]
 
     def _decode(self, rows: list[Row], batch: Rows) -> None:

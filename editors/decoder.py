@@ -4,7 +4,8 @@ recomputed each step). On a small model that machinery costs as much as the weig
 model, int4, about half of a decoding step. A prompt's pass is transformers' op for op; a decoding
 step's attention (one new position a row) is one kernel call a layer over a cache allocated ahead
 (`LeanCache`, editors/kernels/attend.cpp): the same sums in another order, so its logits equal
-transformers' to float rounding, and a row's are the same alone or beside others.
+transformers' to float rounding; the kernel computes each row over its own columns, whatever its
+neighbours.
 
 The blocks' parts are still called as modules (the norms, the projections, the MLP), so every hook an
 editor puts on them acts as before: iReVa's neurons beside an MLP, an adapter's low-rank terms on a
@@ -33,8 +34,8 @@ class LeanCache:
 
     SPARE = 64  # columns allocated beyond what is needed: one reallocation in 64 steps at most
 
-    def __init__(self, layers: int, rows: int, kv_heads: int, head_dim: int, device: torch.device):
-        empty = torch.zeros(rows, kv_heads, 0, head_dim, device=device)
+    def __init__(self, layers: int, rows: int, kv_heads: int, head_dim: int, like: torch.Tensor):
+        empty = like.new_zeros(rows, kv_heads, 0, head_dim)  # the model's device and dtype
         self.keys, self.values = [empty] * layers, [empty] * layers
         self.length = 0
 
@@ -72,8 +73,8 @@ class LeanCache:
         self.length += new
 
     def crop(self, n: int) -> None:
-        """Forget the last -n columns (n < 0), as DynamicCache.crop."""
-        self.length += min(0, n)
+        """As DynamicCache.crop: keep the first n columns, or for n < 0 forget the last -n."""
+        self.length = max(0, self.length + n) if n < 0 else min(n, self.length)
 
     def select(self, index: torch.Tensor) -> None:
         self.keys = [k.index_select(0, index) for k in self.keys]
@@ -133,13 +134,15 @@ class LeanLlama:
     def new_cache(self, rows: int) -> LeanCache:
         attention = self.blocks[0].self_attn
         kv_heads = attention.k_proj.out_features // self.head_dim
-        return LeanCache(len(self.blocks), rows, kv_heads, self.head_dim, self.embed.weight.device)
+        return LeanCache(len(self.blocks), rows, kv_heads, self.head_dim, self.embed.weight)
 
     def __call__(self, ids, mask, positions, cache: LeanCache | None = None, keep: int = 1) -> torch.Tensor:
         """Logits of the last `keep` positions, (rows, keep, vocab); `cache` is extended by these
         positions. `mask`: each row left padded, its real tokens after its padding (editors/engine.py
         `Rows`), over the cached columns and these."""
         rows, new = ids.shape
+        if cache is not None and mask.shape[1] != cache.length + new:
+            raise ValueError(f"mask covers {mask.shape[1]} columns; the cache holds {cache.length}, and {new} are new")
         starts = mask.shape[1] - mask.sum(1)  # each row's first real column
         step = cache is not None and new == 1 and self.kernel is not None
         if cache is not None:
@@ -171,7 +174,7 @@ class LeanLlama:
         result is the same, bit for bit, alone or beside rows of other lengths. (With weights computed
         in bfloat16 the slightest difference grows into another answer: attending over a padded batch
         at once made 9 in 24 chat answers differ from the same question asked alone.) Returns
-        (rows, new, heads head dim)."""
+        (rows, new, heads × head dim)."""
         rows, new = q.shape[:2]
         q = q.view(rows, new, -1, self.head_dim).transpose(1, 2)
         k = k.view(rows, new, -1, self.head_dim).transpose(1, 2)

@@ -61,8 +61,13 @@ def left_padded(backbone: Backbone, seqs: list[list[int]]) -> tuple[torch.Tensor
 
 def forward(backbone: Backbone, ids, mask, positions, cache=None, keep: int = 1) -> torch.Tensor:
     """One forward pass; the logits of the last `keep` positions, (rows, keep, vocab). The fast path's
-    lean forward where the backbone has one (editors/decoder.py), transformers' otherwise."""
-    if isinstance(cache, LeanCache) or (cache is None and backbone.lean is not None and backbone.lean.usable()):
+    lean forward (editors/decoder.py) for rows whose cache is its LeanCache (Rows.prefill chose it) and
+    for a pass without a cache while no block carries hooks; transformers' otherwise."""
+    if isinstance(cache, LeanCache):  # rows started on the lean forward stay on it
+        if not backbone.lean.usable():
+            raise RuntimeError("a block took hooks while rows ran on the lean forward, which would bypass them")
+        return backbone.lean(ids, mask, positions, cache, keep)
+    if cache is None and backbone.lean is not None and backbone.lean.usable():
         return backbone.lean(ids, mask, positions, cache, keep)
     out = backbone.model(
         input_ids=ids,
@@ -201,6 +206,8 @@ class Rows:
         if self.mask is None:
             self.cache, self.mask, self.next = other.cache, other.mask, other.next
             return
+        if type(self.cache) is not type(other.cache):
+            raise RuntimeError("rows on the lean forward and rows on transformers' cannot share a batch")
         width = max(self.mask.shape[1], other.mask.shape[1])
         self.cache.merge(other.cache)
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)], 0)

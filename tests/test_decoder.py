@@ -10,15 +10,16 @@ from transformers import DynamicCache
 from editors import quant
 from editors.backbone import Backbone, transformer_blocks
 from editors.decoder import LeanLlama
-from editors.engine import forward, left_padded
+from editors.engine import Rows, forward, left_padded
 from editors.generation import generate_batch
 from tests.tiny_models import packaged_tokenizer, tiny_backbone
 
 PROMPTS = ["The Eiffel Tower is located in", "Hi", "What is the capital of France? Answer:"]
 
 
-def tiny(mode: str = "none", kind: str = "llama") -> Backbone:
+def tiny(mode: str = "none", kind: str = "llama", dtype: torch.dtype = torch.float32) -> Backbone:
     backbone = tiny_backbone(kind, packaged_tokenizer(), seed=2, layers=2)
+    backbone.model.to(dtype)
     quant.quantise(backbone.model, mode, transformer_blocks(backbone.model))
     if LeanLlama.supports(backbone.model):
         backbone.lean = LeanLlama(backbone.model)
@@ -53,15 +54,15 @@ def test_one_row_gets_transformers_logits_bit_for_bit_prompt_and_within_rounding
 
 @torch.no_grad()
 def test_the_step_kernel_attends_each_row_over_its_own_columns_only():
-    backbone = tiny("int4")
+    backbone = tiny("int4")  # int4 needs the kernels built: the step's attention kernel is among them
     assert backbone.lean.kernel is not None
     prompts = ids_of(backbone)
     ids, mask, positions = left_padded(backbone, prompts)
     cache = backbone.lean.new_cache(len(prompts))
     backbone.lean(ids, mask, positions, cache)
     garbage = mask.shape[1] - len(prompts[1])  # the short row's padding columns: never read
-    for keys in cache.keys:
-        keys[1, :, :garbage] = float("nan")
+    for keys, values in zip(cache.keys, cache.values):
+        keys[1, :, :garbage] = values[1, :, :garbage] = float("nan")
     token = torch.tensor([[7]] * len(prompts))
     mask2 = torch.cat([mask, mask.new_ones(len(prompts), 1)], 1)
     together = backbone.lean(token, mask2, positions[:, -1:] + 1, cache)[:, -1]
@@ -85,6 +86,45 @@ def test_padded_rows_get_transformers_logits_within_float_error():
     real = mask.bool()
     assert torch.allclose(got[real], expected[real], atol=1e-5, rtol=1e-5)
     assert torch.isfinite(got).all()  # padding positions too: a NaN there would spread to the real ones
+
+
+@torch.no_grad()
+def test_rows_leaving_and_joining_a_batch_decode_each_row_as_alone():
+    backbone = tiny("int4")
+    b, c = ids_of(backbone)[1:]
+
+    def alone(prompt: list[int], steps: int) -> list[torch.Tensor]:
+        rows = Rows(backbone)
+        out = [rows.prefill([prompt])[0][0]]
+        out += [rows.decode([7], (), [[]])[0][0] for _ in range(steps)]
+        return out
+
+    expected_b, expected_c = alone(b, 73), alone(c, 70)
+    batch = Rows(backbone)
+    batch.prefill([ids_of(backbone)[0], b])  # a row that leaves, b
+    got_b = [batch.decode([7, 7], (), [[], []])[0][1] for _ in range(3)]
+    batch.keep([1])  # the first row leaves: its padding columns go
+    joined = Rows(backbone)
+    got_c = [joined.prefill([c])[0][0]]
+    batch.merge(joined)  # rows of different lengths, left padded to one
+    for _ in range(70):  # past the columns allocated ahead: the cache grows
+        logits = batch.decode([7, 7], (), [[], []])[0]
+        got_b.append(logits[0])
+        got_c.append(logits[1])
+        assert batch.cache.length == batch.mask.shape[1]
+    batch.keep([1])
+    assert batch.cache.length == batch.mask.shape[1] == len(c) + 70
+    for got, expected in ((got_b, expected_b[1:]), (got_c, expected_c)):
+        for step, (g, e) in enumerate(zip(got, expected, strict=True)):
+            assert torch.allclose(g, e, atol=1e-5, rtol=1e-5), step
+
+
+def test_the_fast_path_runs_a_half_precision_model():
+    backbone = tiny("int4", dtype=torch.bfloat16)
+    assert backbone.lean.kernel is None  # the step's kernel is float32: torch's ops serve
+    prompts = ids_of(backbone)
+    together = generate_batch(backbone, prompts, [6] * len(prompts))
+    assert all(len(row) == 6 for row in together)
 
 
 def test_a_row_answers_the_same_alone_and_beside_others_on_the_fast_path():
