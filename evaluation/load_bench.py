@@ -10,10 +10,11 @@ through POST /edits (zsRE dev prompts, then CounterFact dev; no synthesised edit
 time is recorded) and every level is measured again on the same server (`levels_with_edits`); then
 every edit is withdrawn (DELETE /edits/{id}) and every level measured once more
 (`levels_after_withdrawal`). The ratio of tokens/s with the edits to without is per level against the
-mean of the levels before the inserts and after the withdrawals: a server drifts over the minutes of
-the inserts (docs/results.md), and the mean cancels a drift that is linear; the ratio against the
-levels before alone is reported too. The clients' prompts are not the edits' prompts: what is measured is what
-holding the edits costs every other answer (the scope decision, the neurons beside the MLP).
+speed without edits at that level's time, on the line through the level before the inserts and the
+level after the withdrawals: a server drifts over the minutes of the inserts (docs/results.md), and
+so a linear drift cancels; the ratio against the levels before alone is reported too. The clients'
+prompts are not the edits' prompts: what is measured is what holding the edits costs every other
+answer (the scope decision, the neurons beside the MLP).
 
 For each level of clients, that many threads of this process, each with its own
 editserve.client.Client, send POST /generate (a CounterFact dev prompt, which the model continues for
@@ -140,6 +141,7 @@ def level(url: str, prompts: list[str], clients: int, seconds: float, tokens: in
             errors[str(r[2])] = errors.get(str(r[2]), 0) + 1
     return {
         "clients": clients,
+        "started_s": start,  # time.perf_counter() at the window's start: where the level sits in time
         "seconds": end - start,
         "requests_per_s": len(inside) / (end - start),
         "tokens_per_s": sum(r[3] for r in inside) / (end - start),
@@ -200,6 +202,14 @@ def reference(model: str, cache_dir: str, prompts: list[str], sizes: list[int], 
 
 def _ratio(a, b):
     return a / b if a is not None and b else None
+
+
+def _at_time_of(level: dict, before: dict, after: dict) -> float:
+    """The tokens/s without edits at `level`'s time: the line through the level before the inserts and
+    the level after the withdrawals (a linear drift cancels, however unequal the two gaps)."""
+    span = after["started_s"] - before["started_s"]
+    share = (level["started_s"] - before["started_s"]) / span if span > 0 else 0.5
+    return before["tokens_per_s"] + share * (after["tokens_per_s"] - before["tokens_per_s"])
 
 
 def ratios(levels: list[dict], ref: list[dict]) -> dict:
@@ -326,8 +336,7 @@ def run(args, out: Path, root: Path) -> dict:
     if "levels_with_edits" in result:
         triples = zip(result["levels"], result["levels_with_edits"], result["levels_after_withdrawal"])
         result["ratios"]["tokens_per_s_with_edits_over_without"] = {
-            str(a["clients"]): _ratio(b["tokens_per_s"], (a["tokens_per_s"] + c["tokens_per_s"]) / 2)
-            for a, b, c in triples
+            str(a["clients"]): _ratio(b["tokens_per_s"], _at_time_of(b, a, c)) for a, b, c in triples
         }
         result["ratios"]["tokens_per_s_with_edits_over_before"] = {
             str(a["clients"]): _ratio(b["tokens_per_s"], a["tokens_per_s"])

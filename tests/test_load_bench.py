@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from evaluation import datasets, serving_bench
+from evaluation import datasets, load_bench, serving_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -44,6 +44,8 @@ def test_load_part_small(tmp_path, capsys, monkeypatch, tiny_model_dir):
     }
     assert set(load["ratios"]["tokens_per_s_with_edits_over_without"]) == {"1", "8"}
     assert load["withdrawn"]["n_withdrawn"] == 2  # then every level again, the edits withdrawn
+    for a, b, c in zip(load["levels"], load["levels_with_edits"], load["levels_after_withdrawal"]):
+        assert a["started_s"] < b["started_s"] < c["started_s"]
     assert [r["clients"] for r in load["levels_after_withdrawal"]] == [1, 8]
     assert all(r["errors"] == 0 and r["requests_ok_total"] >= 1 for r in load["levels_after_withdrawal"])
     assert (out / "load.png").stat().st_size > 0
@@ -70,3 +72,9 @@ def test_the_llamacpp_reference_answers_on_the_packaged_gguf(editserve_cache, pa
     result = llamacpp_ref.run(gguf, ["The Eiffel Tower is located in"], seconds=1, tokens=4, threads=1)
     assert result["requests_ok_in_window"] >= 1 and result["tokens_per_s"] > 0
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in result["how"]
+
+
+def test_the_speed_without_edits_is_read_off_the_line_at_the_edited_level_time():
+    before, after = {"started_s": 0.0, "tokens_per_s": 50.0}, {"started_s": 100.0, "tokens_per_s": 40.0}
+    assert load_bench._at_time_of({"started_s": 80.0}, before, after) == 42.0  # not the mean, 45
+    assert load_bench._at_time_of({"started_s": 5.0}, before, {"started_s": 0.0, "tokens_per_s": 40.0}) == 45.0
