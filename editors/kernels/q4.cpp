@@ -146,7 +146,7 @@ struct alignas(64) TileConfig {
 
 // Tiles: 0 a group of the weights (16 input pairs (j, j + 16) x 16 outputs, two bfloat16 each: the
 // pair byte j of the layout holds); 2..4 x's three parts (w rows of x x 32 inputs, in that pair
-// order); 1 their products (w rows x 16 outputs). w = min(16, rows): one row of x, one row of a tile.
+// order); 1 their products (w rows x 16 outputs). w <= 16: one row of x, one row of a tile.
 inline void configure(int w) {
   TileConfig config;
   config.rows[0] = 16, config.colsb[0] = 64;
@@ -241,7 +241,10 @@ void outputs(const Weights& wt, const Rows& r, int64_t rows, int w, const uint16
 }
 
 void matmul(const Weights& w, const Rows& r, int64_t rows, int64_t tiles) {
-  const int width = int(std::min<int64_t>(16, rows));
+  // Rows spread evenly over the fewest tiles: a tile's products cost by its rows, so 18 rows as two
+  // of 9 rather than 16 and 2 padded to 16 (a prompt's pass: 36 -> 30 ms for the 210 block matrices).
+  const int64_t row_tiles = (rows + 15) / 16;
+  const int width = int((rows + row_tiles - 1) / row_tiles);
   const auto parts = split(r.x, rows, r.k, width);
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) { outputs(w, r, rows, width, parts.data(), t0, t1); });
 }
