@@ -147,8 +147,11 @@ class LeanLlama:
         step = cache is not None and new == 1 and self.kernel is not None
         if cache is not None:
             cache.reserve(new)
-        if step:
+        if step:  # each row's angles: (rows, head dim)
             cos, sin = self.cos[positions[:, 0]], self.sin[positions[:, 0]]
+        else:  # (rows, 1, new, head dim): one for every head
+            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        first_real = starts.tolist()
         h = self.embed(ids)
         for i, block in enumerate(self.blocks):
             attention = block.self_attn
@@ -161,7 +164,7 @@ class LeanLlama:
                     cache.keys[i], cache.values[i], cache.length, starts, self.scaling,
                 )[:, None]  # fmt: skip
             else:
-                o = self._attend(q, k, v, positions, cache, i, starts.tolist())
+                o = self._attend(q, k, v, cos, sin, cache, i, first_real)
             h = h + attention.o_proj(o)
             h = h + block.mlp(block.post_attention_layernorm(h))
         if cache is not None:
@@ -169,7 +172,7 @@ class LeanLlama:
         h = self.norm(h)
         return self.model.get_output_embeddings()(h[:, -keep:])
 
-    def _attend(self, q, k, v, positions, cache: LeanCache | None, layer: int, starts: list[int]) -> torch.Tensor:
+    def _attend(self, q, k, v, cos, sin, cache: LeanCache | None, layer: int, starts: list[int]) -> torch.Tensor:
         """Rotary, the cache, then attention row by row, each over its own tokens only, so that a row's
         result is the same, bit for bit, alone or beside rows of other lengths. (With weights computed
         in bfloat16 the slightest difference grows into another answer: attending over a padded batch
@@ -179,7 +182,6 @@ class LeanLlama:
         q = q.view(rows, new, -1, self.head_dim).transpose(1, 2)
         k = k.view(rows, new, -1, self.head_dim).transpose(1, 2)
         v = v.view(rows, new, -1, self.head_dim).transpose(1, 2)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
         if cache is not None:
             k, v = cache.append(layer, k, v)
