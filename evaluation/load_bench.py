@@ -13,7 +13,7 @@ every edit is withdrawn (DELETE /edits/{id}) and every level measured once more
 speed without edits at that level's time, on the line through the level before the inserts and the
 level after the withdrawals: a server drifts over the minutes of the inserts (docs/results.md), and
 so a linear drift cancels; the ratio against the levels before alone is reported too. The clients'
-prompts are not the edits' prompts: what is measured is what holding the edits costs every other
+prompts are none the inserts may edit (`load_prompts`): what is measured is what holding the edits costs every other
 answer (the scope decision, the neurons beside the MLP).
 
 For each level of clients, that many threads of this process, each with its own
@@ -48,25 +48,35 @@ from evaluation import datasets, llamacpp_ref
 from evaluation.server import Server
 
 FEW_HUNDRED = 300  # above this many edits the inserts alone take many minutes: said before they start
+SPARE_PAIRS = 100  # pairs beyond --edits that may stand in for refused ones (never the clients' prompts)
 
 
-def load_prompts(kind: str, root: Path) -> list[str]:
+def load_prompts(kind: str, root: Path, edits: int = 0) -> list[str]:
     """The clients' prompts: CounterFact dev prompts (sentences the model continues for the whole token
     budget, so every request costs alike and latencies compare), or NQ dev questions (most answers end
-    after a few tokens, at the model's end of text)."""
+    after a few tokens, at the model's end of text). None that `edits` inserts may edit: an edit's own
+    prompt is in its scope, and what is measured is the edits' cost to every other answer."""
     if kind == "nq":
-        return [q.prompt for q in datasets.nq("dev", root)]
-    return [r.prompt for r in datasets.load("counterfact", "dev", None, root)]
+        prompts = [q.prompt for q in datasets.nq("dev", root)]
+    else:
+        prompts = [r.prompt for r in datasets.load("counterfact", "dev", None, root)]
+    edited = {p for p, _ in edit_pairs(root, edits)} if edits else set()
+    return [p for p in prompts if p not in edited]
 
 
 def _pct(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
+def edit_pairs(root: Path, n: int) -> list[tuple[str, str]]:
+    """The (prompt, target) pairs the inserts may use: the first n, and SPARE_PAIRS more."""
+    return datasets.dev_edit_pairs(root)[: n + SPARE_PAIRS]
+
+
 def make_edits(url: str, n: int, root: Path) -> dict:
     """n real iReVa inserts through POST /edits; a refused pair (422, or 409 for a prompt already edited)
     is skipped and counted."""
-    pairs = datasets.dev_edit_pairs(root)  # the later ones stand in for refused pairs
+    pairs = edit_pairs(root, n)  # the later ones stand in for refused pairs
     if n > len(pairs):
         raise SystemExit(f"--edits {n}: only {len(pairs)} zsRE/CounterFact dev pairs to insert (real inserts only)")
     if n > FEW_HUNDRED:
@@ -287,7 +297,7 @@ def run(args, out: Path, root: Path) -> dict:
     if not sizes or sizes[0] < 1:
         raise SystemExit("--clients: positive integers, comma-separated")
     threads = args.threads or os.cpu_count() or 1
-    prompts = load_prompts(args.prompts, root)
+    prompts = load_prompts(args.prompts, root, args.edits)
     result = {
         "torch_threads": threads,
         "torch_threads_from": "--threads" if args.threads else "default: the machine's core count",

@@ -78,3 +78,13 @@ def test_the_speed_without_edits_is_read_off_the_line_at_the_edited_level_time()
     before, after = {"started_s": 0.0, "tokens_per_s": 50.0}, {"started_s": 100.0, "tokens_per_s": 40.0}
     assert load_bench._at_time_of({"started_s": 80.0}, before, after) == 42.0  # not the mean, 45
     assert load_bench._at_time_of({"started_s": 5.0}, before, {"started_s": 0.0, "tokens_per_s": 40.0}) == 45.0
+
+
+def test_no_client_asks_a_prompt_the_inserts_may_edit():
+    root = datasets.data_root()
+    if not (root / "counterfact").exists():
+        pytest.skip(f"no CounterFact data under {root}")
+    plain, clients = load_bench.load_prompts("counterfact", root), load_bench.load_prompts("counterfact", root, 1000)
+    edited = {p for p, _ in load_bench.edit_pairs(root, 1000)}
+    assert not edited & set(clients) and edited & set(plain)  # zsRE's 1,000 pairs, then CounterFact's
+    assert clients == [p for p in plain if p not in edited]
