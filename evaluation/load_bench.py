@@ -12,9 +12,9 @@ every edit is withdrawn (DELETE /edits/{id}) and every level measured once more
 (`levels_after_withdrawal`). The ratio of tokens/s with the edits to without is per level against the
 speed without edits at that level's time, on the line through the level before the inserts and the
 level after the withdrawals: a server drifts over the minutes of the inserts (docs/results.md), and
-so a linear drift cancels; the ratio against the levels before alone is reported too. The clients'
-prompts are none the inserts may edit (`load_prompts`): what is measured is what holding the edits costs every other
-answer (the scope decision, the neurons beside the MLP).
+so a linear drift cancels; the ratio against the levels before alone is reported too. No client asks a
+prompt the inserts may edit (`load_prompts`): what is measured is what holding the edits costs every
+other answer (the scope decision, the neurons beside the MLP).
 
 For each level of clients, that many threads of this process, each with its own
 editserve.client.Client, send POST /generate (a CounterFact dev prompt, which the model continues for

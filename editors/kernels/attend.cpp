@@ -3,9 +3,9 @@
 // row's softmax over its own cached positions only.
 //
 // Why a kernel: done with torch ops, a row's attention is a dozen small calls a layer (rotary, cache
-// concatenation, one sdpa call a row, so that padding never enters a row's sums), 6 ms of a 33 ms step
-// at 8 rows on the packaged model. Here each (row, head) is computed alone, in the same order whatever
-// its neighbours, so a row's answer is the same alone or in any batch.
+// concatenation, one sdpa call a row, so that padding never enters a row's sums): a fifth of a step at
+// 8 rows on the packaged model (docs/results.md, "Speed"). Here each (row, head) is computed alone, in
+// the same order whatever its neighbours, so a row's attention is the same alone or in any batch.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 

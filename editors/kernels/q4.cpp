@@ -242,7 +242,7 @@ void outputs(const Weights& wt, const Rows& r, int64_t rows, int w, const uint16
 
 void matmul(const Weights& w, const Rows& r, int64_t rows, int64_t tiles) {
   // Rows spread evenly over the fewest tiles: a tile's products cost by its rows, so 18 rows as two
-  // of 9 rather than 16 and 2 padded to 16 (a prompt's pass: 36 -> 30 ms for the 210 block matrices).
+  // of 9 rather than 16 and 2 padded to 16: a join's prompts are often that many (docs/results.md).
   const int64_t row_tiles = (rows + 15) / 16;
   const int width = int((rows + row_tiles - 1) / row_tiles);
   const auto parts = split(r.x, rows, r.k, width);
