@@ -138,6 +138,7 @@ class Batcher:
         self.stopping = False
         self.peak_rows = 0  # the most rows one step has decoded (the metrics and the tests read it)
         self.submitted = 0  # rows ever asked for (the tests wait on it)
+        self.mixed_joins = 0  # joins whose prompts went with the running rows' step (the tests read it)
         self._steered: tuple[list[Row], list] = ([], [])  # the rows last steered, and their steerings
 
     # -- the caller's side -------------------------------------------------------------------------
@@ -214,20 +215,26 @@ class Batcher:
             # one: a running batch lets arrivals gather for up to JOIN_WAIT steps unless JOIN_MANY wait.
             gathered = not rows or len(backlog) >= JOIN_MANY or waited > JOIN_WAIT
             room = self.max_batch - len(rows)
+            mixed = False
             if backlog and gathered and room > 0 and not self.lock.contended and self._mergeable(rows):
                 waited = 0
-                joining, backlog = backlog[:room], backlog[room:]
-                rows += self._join(self._assign(joining), batch)
+                joining, backlog = self._assign(backlog[:room]), backlog[room:]
+                mixed = self._mixable(rows, joining, batch)
+                if mixed:  # the prompts go with the running rows' next step: the weights read once
+                    rows, batch = self._decode_joining(rows, joining, batch)
+                else:
+                    rows += self._join(joining, batch)
             if not rows:
                 return backlog
             self.peak_rows = max(self.peak_rows, len(rows))
-            try:
-                self._decode(rows, batch)
-            except Exception as exc:
-                for row in rows:
-                    row.out.put(exc)
-                rows, batch = [], Rows(self.backbone)
-                continue
+            if not mixed:
+                try:
+                    self._decode(rows, batch)
+                except Exception as exc:
+                    for row in rows:
+                        row.out.put(exc)
+                    rows, batch = [], Rows(self.backbone)
+                    continue
             keep = [i for i, r in enumerate(rows) if not self._finished(r)]
             rows = [rows[i] for i in keep]
             batch.keep(keep)
@@ -321,6 +328,35 @@ class Batcher:
                 joining[i].out.put(exc)
             return []
         return [joining[i] for i in keep]
+
+    @staticmethod
+    def _mixable(rows: list[Row], joining: list[Row], batch: Rows) -> bool:
+        """Joining rows may go with the running rows' step where no row of either has an edit (an edit's
+        neurons act on each row's last position, which a mixed pass does not have) and the cache allows."""
+        return bool(rows and joining) and all(r.editor is None for r in rows + joining) and batch.mixable()
+
+    def _decode_joining(self, rows: list[Row], joining: list[Row], batch: Rows) -> tuple[list[Row], Rows]:
+        """The running rows' next tokens and the joining rows' first in one pass; the rows running after,
+        and their batch. If the pass fails, every row of both fails and a new batch starts."""
+        try:
+            logits, joined = batch.decode_joining([r.generated[-1] for r in rows], [r.ids for r in joining])
+        except Exception as exc:
+            for row in rows + joining:
+                row.out.put(exc)
+            return [], Rows(self.backbone)
+        self.mixed_joins += 1
+        top = logits.max(-1).indices.tolist()
+        for i, row in enumerate(rows + joining):
+            self._emit(row, logits[i], None, top[i])
+        keep = [i for i, r in enumerate(joining) if not self._finished(r)]
+        try:
+            joined.keep(keep)
+            batch.merge(joined)
+        except Exception as exc:  # these rows fail; the batch runs on without them
+            for i in keep:
+                joining[i].out.put(exc)
+            return rows, batch
+        return rows + [joining[i] for i in keep], batch
 
     def _decode(self, rows: list[Row], batch: Rows) -> None:
         tokens, generated = [r.generated[-1] for r in rows], [r.generated for r in rows]

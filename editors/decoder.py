@@ -5,7 +5,8 @@ model, int4, about half of a decoding step. A prompt's pass is transformers' op 
 step's attention (one new position a row) is one kernel call a layer over a cache allocated ahead
 (`LeanCache`, editors/kernels/attend.cpp): the same sums in another order, so its logits equal
 transformers' to float rounding; the kernel computes each row over its own columns, whatever its
-neighbours.
+neighbours. New rows' prompts may go through the running rows' step (`mixed`): their tokens beside
+the rows' in every projection and MLP, each part attended as it would be alone.
 
 The blocks' parts are still called as modules (the norms, the projections, the MLP), so every hook an
 editor puts on them acts as before: iReVa's neurons beside an MLP, an adapter's low-rank terms on a
@@ -172,6 +173,45 @@ class LeanLlama:
             cache.advance(new)
         h = self.norm(h)
         return self.model.get_output_embeddings()(h[:, -keep:])
+
+    def mixable(self, cache: Any) -> bool:
+        """Whether rows on this cache can take a step together with new rows' prompts (`mixed`)."""
+        return isinstance(cache, LeanCache) and self.kernel is not None and self.usable()
+
+    def mixed(
+        self, ids, mask, positions, cache: LeanCache, prompt_ids, prompt_mask, prompt_positions, joined: LeanCache
+    ) -> torch.Tensor:
+        """A decoding step of the cached rows and the prompts' pass of new rows (into `joined`, empty), in
+        one pass: the projections and the MLPs read their weights once for every token of both (vLLM's
+        chunked prefill), the attention is each part's own. Returns the logits of the rows' next tokens,
+        then of the prompts' last positions, (rows + prompts, vocab). No hook may act on a position:
+        every module sees the two parts' tokens as one sequence."""
+        rows, (joins, width) = ids.shape[0], prompt_ids.shape
+        if mask.shape[1] != cache.length + 1 or joined.length != 0:
+            raise ValueError("mixed: the mask must cover the cache and one new column, and `joined` be empty")
+        starts = mask.shape[1] - mask.sum(1)
+        prompt_starts = (width - prompt_mask.sum(1)).tolist()
+        cache.reserve(1)
+        joined.reserve(width)
+        cos, sin = self.cos[positions[:, 0]], self.sin[positions[:, 0]]
+        prompt_cos, prompt_sin = self.cos[prompt_positions][:, None], self.sin[prompt_positions][:, None]
+        h = self.embed(torch.cat([ids[:, 0], prompt_ids.reshape(-1)]))[None]  # (1, rows + joins x width, hidden)
+        for i, block in enumerate(self.blocks):
+            attention = block.self_attn
+            x = block.input_layernorm(h)
+            q, k, v = attention.q_proj(x)[0], attention.k_proj(x)[0], attention.v_proj(x)[0]
+            stepped = self.kernel.decode_attend(
+                q[:rows], k[:rows], v[:rows], cos, sin,
+                cache.keys[i], cache.values[i], cache.length, starts, self.scaling,
+            )  # fmt: skip
+            qp, kp, vp = (t[rows:].view(joins, width, -1) for t in (q, k, v))
+            prompted = self._attend(qp, kp, vp, prompt_cos, prompt_sin, joined, i, prompt_starts)
+            h = h + attention.o_proj(torch.cat([stepped, prompted.reshape(joins * width, -1)])[None])
+            h = h + block.mlp(block.post_attention_layernorm(h))
+        cache.advance(1)
+        joined.advance(width)
+        last = torch.cat([torch.arange(rows), rows + width * torch.arange(1, joins + 1) - 1]).to(h.device)
+        return self.model.get_output_embeddings()(self.norm(h[0, last]))
 
     def _attend(self, q, k, v, cos, sin, cache: LeanCache | None, layer: int, starts: list[int]) -> torch.Tensor:
         """Rotary, the cache, then attention row by row, each over its own tokens only, so that a row's

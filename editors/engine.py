@@ -184,6 +184,26 @@ class Rows:
         self.mask, self.next = mask, self.next + 1
         return logits, writers
 
+    def mixable(self) -> bool:
+        """Whether these rows can take their next step together with new rows' prompts (decode_joining)."""
+        lean = self.backbone.lean
+        return self.mask is not None and lean is not None and lean.mixable(self.cache)
+
+    @torch.no_grad()
+    def decode_joining(self, tokens: list[int], prompts: list[list[int]]) -> tuple[torch.Tensor, Rows]:
+        """decode() of these rows and prefill() of new ones in one pass, for rows that no edit steers.
+        Returns the logits (these rows, then the prompts) and the new rows, to keep() and merge()."""
+        lean = self.backbone.lean
+        ids = torch.tensor(tokens, device=self.backbone.device)[:, None]
+        mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], 1)
+        joined = Rows(self.backbone)
+        prompt_ids, prompt_mask, prompt_positions = left_padded(self.backbone, prompts)
+        joined.cache = lean.new_cache(len(prompts))
+        logits = lean.mixed(ids, mask, self.next, self.cache, prompt_ids, prompt_mask, prompt_positions, joined.cache)
+        self.mask, self.next = mask, self.next + 1
+        joined.mask, joined.next = prompt_mask, prompt_positions[:, -1:] + 1
+        return logits, joined
+
     def keep(self, index: list[int]) -> None:
         """Only these rows go on; padding that no remaining row needs is dropped."""
         if len(index) == len(self):

@@ -89,6 +89,30 @@ def test_a_request_joins_a_running_answer_and_neither_changes(slow):
     assert (joined.text, joined.tokens) == (solo_short.text, solo_short.tokens)
 
 
+def test_a_request_joins_with_the_running_rows_step_where_no_edit_acts_and_neither_changes(start):
+    client = start(quant="int4")  # the lean forward, whose decoding step can take prompts
+    create(client)  # an edit neither prompt is about
+    service = client.app.state.service
+    query, other = Query.prompt(UNRELATED), Query.prompt(GOLD)
+    solo_long, solo_short = service.generate(query, 30), service.generate(other, 8)
+    batcher = service.model.batcher
+    mixed = batcher.mixed_joins
+
+    # every pass 20 ms slower (the lean forward calls the embedding, not the model), so that the long
+    # answer still runs when the short one arrives
+    slow = service.model.backbone.model.get_input_embeddings().register_forward_pre_hook(lambda *_: time.sleep(0.02))
+    try:
+        running = service.stream(query, 30)
+        first = [next(running) for _ in range(3)]
+        joined = service.generate(other, 8)  # its prompt goes through the running row's step
+        rest = collect(running)
+    finally:
+        slow.remove()
+    assert batcher.mixed_joins == mixed + 1 and batcher.peak_rows == 2
+    assert [p.text for p in first] + [p.text for p in rest.pieces] == [p.text for p in solo_long.pieces]
+    assert (joined.text, joined.tokens) == (solo_short.text, solo_short.tokens)
+
+
 def test_a_change_waits_for_the_answers_in_flight_which_see_one_edit_set(slow):
     client = slow
     edit = create(client, PROMPT, LONG_TARGET)

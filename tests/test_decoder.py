@@ -119,6 +119,29 @@ def test_rows_leaving_and_joining_a_batch_decode_each_row_as_alone():
             assert torch.allclose(g, e, atol=1e-5, rtol=1e-5), step
 
 
+@torch.no_grad()
+def test_a_step_with_joining_prompts_is_the_step_and_the_prefill_bit_for_bit():
+    backbone = tiny("int4")
+    first, second, third = ids_of(backbone)
+
+    def running() -> Rows:
+        rows = Rows(backbone)
+        rows.prefill([first, second])
+        rows.decode([7, 9], (), [[], []])
+        return rows
+
+    apart, joined = running(), Rows(backbone)
+    expected = torch.cat([apart.decode([5, 3], (), [[], []])[0], joined.prefill([third, second])[0]])
+    apart.merge(joined)
+    mixed = running()
+    assert mixed.mixable()
+    got, joining = mixed.decode_joining([5, 3], [third, second])  # prompts of two lengths, left padded
+    mixed.merge(joining)
+    assert torch.equal(got, expected)
+    for _ in range(3):  # the caches the two ways hold the same
+        assert torch.equal(mixed.decode([4] * 4, (), [[]] * 4)[0], apart.decode([4] * 4, (), [[]] * 4)[0])
+
+
 def test_the_fast_path_runs_a_half_precision_model():
     backbone = tiny("int4", dtype=torch.bfloat16)
     assert backbone.lean.kernel is None  # the step's kernel is float32: torch's ops serve
