@@ -211,9 +211,10 @@ class Batcher:
         while True:
             backlog += self._drain()
             waited = waited + 1 if backlog and rows else 0
-            # A prefill interrupts every running row, and one of two prompts costs little more than one of
-            # one: a running batch lets arrivals gather for up to JOIN_WAIT steps unless JOIN_MANY wait.
-            gathered = not rows or len(backlog) >= JOIN_MANY or waited > JOIN_WAIT
+            # A prefill of its own interrupts every running row, and one of two prompts costs little more
+            # than one of one: a running batch lets arrivals gather for up to JOIN_WAIT steps unless
+            # JOIN_MANY wait. Where the prompts can go with the rows' step instead, they join at once.
+            gathered = not rows or len(backlog) >= JOIN_MANY or waited > JOIN_WAIT or self._mixing(rows, batch)
             room = self.max_batch - len(rows)
             mixed = False
             if backlog and gathered and room > 0 and not self.lock.contended and self._mergeable(rows):
@@ -328,6 +329,11 @@ class Batcher:
                 joining[i].out.put(exc)
             return []
         return [joining[i] for i in keep]
+
+    @staticmethod
+    def _mixing(rows: list[Row], batch: Rows) -> bool:
+        """Whether arrivals can join at the next step at little cost (as far as the running rows tell)."""
+        return all(r.editor is None for r in rows) and batch.mixable()
 
     @staticmethod
     def _mixable(rows: list[Row], joining: list[Row], batch: Rows) -> bool:
