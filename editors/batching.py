@@ -320,6 +320,10 @@ class Batcher:
         top = logits.max(-1).indices.tolist()  # argmax, in a third of its time
         for i, row in enumerate(joining):
             self._emit(row, logits[i], writers[i], top[i])
+        return self._admit(joining, joined, batch)
+
+    def _admit(self, joining: list[Row], joined: Rows, batch: Rows) -> list[Row]:
+        """The joining rows that go on after their first token, their cache merged into `batch`."""
         keep = [i for i, r in enumerate(joining) if not self._finished(r)]
         try:
             joined.keep(keep)
@@ -354,15 +358,7 @@ class Batcher:
         top = logits.max(-1).indices.tolist()
         for i, row in enumerate(rows + joining):
             self._emit(row, logits[i], None, top[i])
-        keep = [i for i, r in enumerate(joining) if not self._finished(r)]
-        try:
-            joined.keep(keep)
-            batch.merge(joined)
-        except Exception as exc:  # these rows fail; the batch runs on without them
-            for i in keep:
-                joining[i].out.put(exc)
-            return rows, batch
-        return rows + [joining[i] for i in keep], batch
+        return rows + self._admit(joining, joined, batch), batch
 
     def _decode(self, rows: list[Row], batch: Rows) -> None:
         tokens, generated = [r.generated[-1] for r in rows], [r.generated for r in rows]
