@@ -214,13 +214,15 @@ class Batcher:
             # A prefill of its own interrupts every running row, and one of two prompts costs little more
             # than one of one: a running batch lets arrivals gather for up to JOIN_WAIT steps unless
             # JOIN_MANY wait. Where the prompts can go with the rows' step instead, they join at once.
-            gathered = not rows or len(backlog) >= JOIN_MANY or waited > JOIN_WAIT or self._mixing(rows, batch)
+            gathered = bool(backlog) and (
+                not rows or len(backlog) >= JOIN_MANY or waited > JOIN_WAIT or self._mixable(rows, batch)
+            )
             room = self.max_batch - len(rows)
             mixed = False
-            if backlog and gathered and room > 0 and not self.lock.contended and self._mergeable(rows):
+            if gathered and room > 0 and not self.lock.contended and self._mergeable(rows):
                 waited = 0
                 joining, backlog = self._assign(backlog[:room]), backlog[room:]
-                mixed = self._mixable(rows, joining, batch)
+                mixed = bool(joining) and self._mixable(rows + joining, batch)
                 if mixed:  # the prompts go with the running rows' next step: the weights read once
                     rows, batch = self._decode_joining(rows, joining, batch)
                 else:
@@ -335,15 +337,11 @@ class Batcher:
         return [joining[i] for i in keep]
 
     @staticmethod
-    def _mixing(rows: list[Row], batch: Rows) -> bool:
-        """Whether arrivals can join at the next step at little cost (as far as the running rows tell)."""
-        return all(r.editor is None for r in rows) and batch.mixable()
-
-    @staticmethod
-    def _mixable(rows: list[Row], joining: list[Row], batch: Rows) -> bool:
-        """Joining rows may go with the running rows' step where no row of either has an edit (an edit's
-        neurons act on each row's last position, which a mixed pass does not have) and the cache allows."""
-        return bool(rows and joining) and all(r.editor is None for r in rows + joining) and batch.mixable()
+    def _mixable(rows: list[Row], batch: Rows) -> bool:
+        """Whether joining rows may go with the running rows' step: the batch's cache allows it and none of
+        these rows has an edit (an edit's neurons act on each row's last position, which a mixed pass
+        does not have). Asked of the running rows alone, whether arrivals may join at once."""
+        return batch.mixable() and all(r.editor is None for r in rows)
 
     def _decode_joining(self, rows: list[Row], joining: list[Row], batch: Rows) -> tuple[list[Row], Rows]:
         """The running rows' next tokens and the joining rows' first in one pass; the rows running after,

@@ -152,27 +152,40 @@ class LeanLlama:
             cos, sin = self.cos[positions[:, 0]], self.sin[positions[:, 0]]
         else:  # (rows, 1, new, head dim): one for every head
             cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        first_real = None if step else starts.tolist()  # the row-by-row attention's (a sync: not per step)
-        h = self.embed(ids)
-        for i, block in enumerate(self.blocks):
-            attention = block.self_attn
-            x = block.input_layernorm(h)
-            q, k, v = attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
-            if step:
-                assert cache is not None
-                o = self.kernel.decode_attend(
-                    q[:, 0], k[:, 0], v[:, 0], cos, sin,
-                    cache.keys[i], cache.values[i], cache.length, starts, self.scaling,
-                )[:, None]  # fmt: skip
-            else:
-                assert first_real is not None
-                o = self._attend(q, k, v, cos, sin, cache, i, first_real)
-            h = h + attention.o_proj(o)
-            h = h + block.mlp(block.post_attention_layernorm(h))
+        if step:
+            assert cache is not None
+
+            def attend(i, q, k, v):
+                return self._step(i, q[:, 0], k[:, 0], v[:, 0], cos, sin, cache, starts)[:, None]
+
+        else:
+            first_real = starts.tolist()  # the row-by-row attention's (a sync: not per step)
+
+            def attend(i, q, k, v):
+                return self._attend(q, k, v, cos, sin, cache, i, first_real)
+
+        h = self._blocks(self.embed(ids), attend)
         if cache is not None:
             cache.advance(new)
         h = self.norm(h)
         return self.model.get_output_embeddings()(h[:, -keep:])
+
+    def _blocks(self, h: torch.Tensor, attend) -> torch.Tensor:
+        """Every block over h; `attend(layer, q, k, v)` is the attention, the one part that differs
+        between a prompt's pass, a decoding step and the two mixed."""
+        for i, block in enumerate(self.blocks):
+            attention = block.self_attn
+            x = block.input_layernorm(h)
+            o = attend(i, attention.q_proj(x), attention.k_proj(x), attention.v_proj(x))
+            h = h + attention.o_proj(o)
+            h = h + block.mlp(block.post_attention_layernorm(h))
+        return h
+
+    def _step(self, layer: int, q, k, v, cos, sin, cache: LeanCache, starts) -> torch.Tensor:
+        """A decoding step's attention, one new position a row (rows, heads x head dim): the kernel."""
+        return self.kernel.decode_attend(
+            q, k, v, cos, sin, cache.keys[layer], cache.values[layer], cache.length, starts, self.scaling
+        )
 
     def mixable(self, cache: Any) -> bool:
         """Whether rows on this cache can take a step together with new rows' prompts (`mixed`)."""
@@ -195,19 +208,15 @@ class LeanLlama:
         joined.reserve(width)
         cos, sin = self.cos[positions[:, 0]], self.sin[positions[:, 0]]
         prompt_cos, prompt_sin = self.cos[prompt_positions][:, None], self.sin[prompt_positions][:, None]
-        h = self.embed(torch.cat([ids[:, 0], prompt_ids.reshape(-1)]))[None]  # (1, rows + joins x width, hidden)
-        for i, block in enumerate(self.blocks):
-            attention = block.self_attn
-            x = block.input_layernorm(h)
-            q, k, v = attention.q_proj(x)[0], attention.k_proj(x)[0], attention.v_proj(x)[0]
-            stepped = self.kernel.decode_attend(
-                q[:rows], k[:rows], v[:rows], cos, sin,
-                cache.keys[i], cache.values[i], cache.length, starts, self.scaling,
-            )  # fmt: skip
+
+        def attend(i, q, k, v):  # (1, rows + joins x width, heads x head dim): the rows' tokens first
+            q, k, v = q[0], k[0], v[0]
+            stepped = self._step(i, q[:rows], k[:rows], v[:rows], cos, sin, cache, starts)
             qp, kp, vp = (t[rows:].view(joins, width, -1) for t in (q, k, v))
             prompted = self._attend(qp, kp, vp, prompt_cos, prompt_sin, joined, i, prompt_starts)
-            h = h + attention.o_proj(torch.cat([stepped, prompted.reshape(joins * width, -1)])[None])
-            h = h + block.mlp(block.post_attention_layernorm(h))
+            return torch.cat([stepped, prompted.reshape(joins * width, -1)])[None]
+
+        h = self._blocks(self.embed(torch.cat([ids[:, 0], prompt_ids.reshape(-1)]))[None], attend)
         cache.advance(1)
         joined.advance(width)
         last = torch.cat([torch.arange(rows), rows + width * torch.arange(1, joins + 1) - 1]).to(h.device)
