@@ -85,12 +85,29 @@ class QuantLinear(nn.Module):
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
+    TILE = 16  # outputs a tile: the kernels' layout (editors/kernels/tiles.cpp), outputs in vector lanes
+
+    @classmethod
+    def _tiled(cls, t: torch.Tensor) -> torch.Tensor:
+        """(outputs, groups, ...) -> (tiles, groups, ..., 16), outputs padded to whole tiles with zeros."""
+        tiles = -(-t.shape[0] // cls.TILE)
+        padded = t.new_zeros(tiles * cls.TILE, *t.shape[1:])
+        padded[: t.shape[0]] = t
+        return padded.reshape(tiles, cls.TILE, *t.shape[1:]).movedim(1, -1).contiguous()
+
+    def _untiled(self, t: torch.Tensor) -> torch.Tensor:
+        """_tiled's inverse: (outputs, groups, ...)."""
+        t = t.movedim(-1, 1)
+        return t.reshape(-1, *t.shape[2:])[: self.out_features]
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class Int8Linear(QuantLinear):
-    """Symmetric int8, one scale per group: q = round(w / d), d = max |w| / 127."""
+    """Symmetric int8, one scale per group: q = round(w / d), d = max |w| / 127. Kept in tiles of 16
+    outputs (editors/kernels/tiles.cpp): codes[t, g, j, h 16 + o] holds output o's code h 16 + j of
+    group g, scales[t, g, o] its scale (outputs past out_features are zero)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__(weight, bias)
@@ -98,56 +115,47 @@ class Int8Linear(QuantLinear):
         groups = weight.detach().float().reshape(n, k // GROUP, GROUP)
         scales = (groups.abs().amax(-1) / 127).clamp_min(1e-12)
         codes = (groups / scales[..., None]).round().clamp(-127, 127).to(torch.int8)
-        self.register_buffer("codes", codes.reshape(n, k).contiguous())
-        self.register_buffer("scales", scales.contiguous())
+        # (outputs, groups, h, j) -> (tiles, groups, j, h, 16 outputs)
+        tiled = self._tiled(codes.reshape(n, k // GROUP, 2, GROUP // 2).transpose(2, 3))
+        self.register_buffer("codes", tiled.reshape(*tiled.shape[:3], GROUP).contiguous())
+        self.register_buffer("scales", self._tiled(scales))
 
     def _groups(self, x):
-        return kernels.load().q8_mm(x, self.codes, self.scales)
+        return kernels.load().q8_mm(x, self.codes, self.scales, self.out_features)
 
     def dequantised(self) -> torch.Tensor:
-        n, k = self.codes.shape
-        return (self.codes.float().reshape(n, k // GROUP, GROUP) * self.scales[..., None]).reshape(n, k)
+        codes = self._untiled(self.codes.reshape(*self.codes.shape[:3], 2, self.TILE))  # (outputs, groups, j, h)
+        w = codes.transpose(2, 3).float() * self._untiled(self.scales)[..., None, None]
+        return w.reshape(self.out_features, self.in_features)
 
 
 class Int4Linear(QuantLinear):
     """Asymmetric int4 per group: w = d q + m, m the group's minimum and d = (max - min) / 15 (Q4_1).
-    Kept in tiles of 16 outputs, the kernel's layout (editors/kernels/q4.cpp): for tile t and group g,
+    Kept in tiles of 16 outputs, the kernel's layout (editors/kernels/tiles.cpp): for tile t and group g,
     codes[t, g, j, o] holds output o's code j in its low nibble and code j + 16 in its high one, and
     scales[t, g, o], minima[t, g, o] its scale and minimum (outputs past out_features are zero)."""
 
     minima: torch.Tensor
-    TILE = 16
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__(weight, bias)
         n, k = weight.shape
-        tiles = -(-n // self.TILE)
-        groups = torch.zeros(tiles * self.TILE, k // GROUP, GROUP)
-        groups[:n] = weight.detach().float().reshape(n, k // GROUP, GROUP)
+        groups = weight.detach().float().reshape(n, k // GROUP, GROUP)
         low, high = groups.amin(-1), groups.amax(-1)
         scales = ((high - low) / 15).clamp_min(1e-12)
         q = ((groups - low[..., None]) / scales[..., None]).round().clamp(0, 15).to(torch.uint8)
         codes = q[..., : GROUP // 2] | (q[..., GROUP // 2 :] << 4)  # (outputs, groups, j)
-
-        def tiled(t: torch.Tensor) -> torch.Tensor:  # (outputs, groups, ...) -> (tiles, groups, ..., 16)
-            t = t.reshape(tiles, self.TILE, *t.shape[1:]).movedim(1, -1)
-            return t.contiguous()
-
-        self.register_buffer("codes", tiled(codes))
-        self.register_buffer("scales", tiled(scales))
-        self.register_buffer("minima", tiled(low))
+        self.register_buffer("codes", self._tiled(codes))
+        self.register_buffer("scales", self._tiled(scales))
+        self.register_buffer("minima", self._tiled(low))
 
     def _groups(self, x):
         return kernels.load().q4_mm(x, self.codes, self.scales, self.minima, self.out_features)
 
     def dequantised(self) -> torch.Tensor:
-        def untiled(t: torch.Tensor) -> torch.Tensor:  # back to (outputs, groups, ...)
-            t = t.movedim(-1, 1)
-            return t.reshape(-1, *t.shape[2:])[: self.out_features]
-
-        packed = untiled(self.codes)
+        packed = self._untiled(self.codes)
         q = torch.cat([packed & 15, packed >> 4], -1).float()
-        w = q * untiled(self.scales)[..., None] + untiled(self.minima)[..., None]
+        w = q * self._untiled(self.scales)[..., None] + self._untiled(self.minima)[..., None]
         return w.reshape(self.out_features, self.in_features)
 
 

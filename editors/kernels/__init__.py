@@ -1,4 +1,4 @@
-"""The float32 weight-only matmuls of editors/quant.py (q4.cpp, qmm.cpp) and the decoding step's attention of
+"""The float32 weight-only matmuls of editors/quant.py (tiles.cpp) and the decoding step's attention of
 editors/decoder.py (attend.cpp), compiled for this CPU on first use.
 
 torch builds them with the system's C++ compiler and ninja, and keeps the build under
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-SOURCES = [Path(__file__).with_name(name) for name in ("qmm.cpp", "q4.cpp", "attend.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("qmm.cpp", "tiles.cpp", "attend.cpp")]
 
 
 @functools.cache
