@@ -5,16 +5,17 @@ plain transformers on the same weights.
                             [--threads N] [--edits N]
 
 Server: `editserve serve` on 127.0.0.1 with EDITSERVE_TORCH_THREADS = --threads (default: the machine's
-core count). Every level is measured with no edits; with --edits N, N real iReVa inserts are then made
+core count). Every level is measured with no edits (`levels`). With --edits N a second, identical
+server (its twin) runs beside it, and the edits' cost is measured as the two take turns: the machine
+drifts by several per cent over minutes (docs/results.md), more than holding the edits costs, so the
+levels with and without are interleaved rather than run minutes apart. Per level, windows of --seconds
+/ 2 in the order first, twin, twin, first (a linear drift falls alike on both): once with neither
+holding edits (`twins`: how alike the two processes are), then after N real iReVa inserts into the twin
 through POST /edits (zsRE dev prompts, then CounterFact dev; no synthesised edits, however many: their
-time is recorded) and every level is measured again on the same server (`levels_with_edits`); then
-every edit is withdrawn (DELETE /edits/{id}) and every level measured once more
-(`levels_after_withdrawal`). The ratio of tokens/s with the edits to without is per level against the
-speed without edits at that level's time, on the line through the level before the inserts and the
-level after the withdrawals: a server drifts over the minutes of the inserts (docs/results.md), and
-so a linear drift cancels; the ratio against the levels before alone is reported too. No client asks a
-prompt the inserts may edit (`load_prompts`): what is measured is what holding the edits costs every
-other answer (the scope decision, the neurons beside the MLP).
+time is recorded; `levels_with_edits`). The edits' ratio is the twin's tokens over the first's with the
+edits, divided by the same ratio without them. Then every edit is withdrawn (DELETE /edits/{id}, timed).
+No client asks a prompt the inserts may edit (`load_prompts`): what is measured is what holding the
+edits costs every other answer (the scope decision, the neurons beside the MLP).
 
 For each level of clients, that many threads of this process, each with its own
 editserve.client.Client, send POST /generate (a CounterFact dev prompt, which the model continues for
@@ -34,6 +35,7 @@ Writes result["load"] (serving.json) and <out>/load.png. Timings move with machi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
@@ -189,6 +191,37 @@ def levels(url: str, prompts: list[str], sizes: list[int], args, label: str) -> 
     return out
 
 
+def paired(first: str, twin: str, prompts: list[str], sizes: list[int], args, label: str) -> list[dict]:
+    """Per level, windows of --seconds / 2 on `first`, `twin`, `twin`, `first`: the twin's tokens/s
+    (and p95, the windows' mean) and its ratio to the first's over the same minutes."""
+    out = []
+    for clients in sizes:
+        windows: dict[str, list[dict]] = {first: [], twin: []}
+        for url in (first, twin, twin, first):
+            windows[url].append(level(url, prompts, clients, args.seconds / 2, args.tokens))
+        mine, theirs = windows[twin], windows[first]
+        ratio = _ratio(sum(w["tokens_per_s"] for w in mine), sum(w["tokens_per_s"] for w in theirs))
+        out.append(
+            {
+                "clients": clients,
+                "tokens_per_s": statistics.mean(w["tokens_per_s"] for w in mine),
+                "p95_ms": _mean_of(w["p95_ms"] for w in mine),
+                "errors": sum(w["errors"] for w in mine + theirs),
+                "requests_ok_total": sum(w["requests_ok_total"] for w in mine),
+                "first_tokens_per_s": statistics.mean(w["tokens_per_s"] for w in theirs),
+                "twin_over_first": ratio,
+                "windows": {"first": theirs, "twin": mine},
+            }
+        )
+        print(f"load: {clients} clients{label}: twin {out[-1]['tokens_per_s']:.1f} tokens/s, x{ratio:.3f} the first's")
+    return out
+
+
+def _mean_of(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.mean(known) if known else None
+
+
 def reference(model: str, cache_dir: str, prompts: list[str], sizes: list[int], seconds: float, tokens: int) -> dict:
     """Plain transformers: generate_batch on the same weights, batches of each size for `seconds`."""
     from editors.backbone import encode_prompt, load_backbone
@@ -212,14 +245,6 @@ def reference(model: str, cache_dir: str, prompts: list[str], sizes: list[int], 
 
 def _ratio(a, b):
     return a / b if a is not None and b else None
-
-
-def _at_time_of(level: dict, before: dict, after: dict) -> float:
-    """The tokens/s without edits at `level`'s time: the line through the level before the inserts and
-    the level after the withdrawals (a linear drift cancels, however unequal the two gaps)."""
-    span = after["started_s"] - before["started_s"]
-    share = (level["started_s"] - before["started_s"]) / span if span > 0 else 0.5
-    return before["tokens_per_s"] + share * (after["tokens_per_s"] - before["tokens_per_s"])
 
 
 def ratios(levels: list[dict], ref: list[dict]) -> dict:
@@ -269,11 +294,11 @@ def table(result: dict) -> str:
     ref = {r["batch"]: r["tokens_per_s"] for r in result["reference"]["rows"]}
     over_llama = result["ratios"].get("tokens_per_s_over_llamacpp_single_stream", {})
     edited = {r["clients"]: r for r in result.get("levels_with_edits", [])}
-    after = {r["clients"]: r for r in result.get("levels_after_withdrawal", [])}
+    ratio = result["ratios"].get("tokens_per_s_with_edits_over_without", {})
     head = "clients  req/s  tokens/s  p50 ms  p95 ms  errors | plain transformers batch: tokens/s"
     if over_llama:
         head += " | ÷ llama.cpp 1 stream"
-    lines = [head + (f" | with {result['n_edits']} edits: tokens/s  p95 ms | withdrawn: tokens/s" if edited else "")]
+    lines = [head + (f" | twin with {result['n_edits']} edits: tokens/s  p95 ms  ratio" if edited else "")]
     if "llamacpp" in result:
         lines.insert(0, f"llama.cpp, one stream: {result['llamacpp']['tokens_per_s']:.1f} tokens/s")
     for r in result["levels"]:
@@ -286,7 +311,7 @@ def table(result: dict) -> str:
             line += f" | {over_llama[str(r['clients'])]:.2f}"
         e = edited.get(r["clients"])
         if e is not None:
-            line += f" | {e['tokens_per_s']:.1f}  {e['p95_ms'] or 0:.0f} | {after[r['clients']]['tokens_per_s']:.1f}"
+            line += f" | {e['tokens_per_s']:.1f}  {e['p95_ms'] or 0:.0f}  {ratio[str(r['clients'])]:.3f}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -319,18 +344,23 @@ def run(args, out: Path, root: Path) -> dict:
     gguf = llamacpp_ref.gguf_of(args.model, args.cache_dir) if getattr(args, "reference", None) == "llamacpp" else None
     if gguf is not None and not llamacpp_ref.available():  # said before the minutes of the levels, not after
         raise SystemExit(f"--reference llamacpp: llama-cpp-python is not installed; {llamacpp_ref.INSTALL}")
-    with tempfile.TemporaryDirectory() as tmp:
-        with Server(Path(tmp) / "data", env=env, log=out / "server-load.log") as server:
-            result["server_ready_s"] = server.ready_seconds
-            with Client(server.url) as client:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
+        server = servers.enter_context(Server(Path(tmp) / "data", env=env, log=out / "server-load.log"))
+        result["server_ready_s"] = server.ready_seconds
+        twin = None
+        if args.edits:
+            twin = servers.enter_context(Server(Path(tmp) / "twin", env=env, log=out / "server-twin.log"))
+        for url in [server.url] + ([twin.url] if twin else []):
+            with Client(url) as client:
                 client.generate(prompts[0], max_new_tokens=args.tokens)  # warm-up
-            result["levels"] = levels(server.url, prompts, sizes, args, "")
-            if args.edits:
-                result["edits"] = make_edits(server.url, args.edits, root)
-                result["n_edits"] = result["edits"]["n_edits"]
-                result["levels_with_edits"] = levels(server.url, prompts, sizes, args, f" with {args.edits} edits")
-                result["withdrawn"] = withdraw_all(server.url)
-                result["levels_after_withdrawal"] = levels(server.url, prompts, sizes, args, " after withdrawing them")
+        result["levels"] = levels(server.url, prompts, sizes, args, "")
+        if twin is not None:
+            result["twins"] = paired(server.url, twin.url, prompts, sizes, args, ", twins without edits")
+            result["edits"] = make_edits(twin.url, args.edits, root)
+            result["n_edits"] = result["edits"]["n_edits"]
+            label = f", the twin with {args.edits} edits"
+            result["levels_with_edits"] = paired(server.url, twin.url, prompts, sizes, args, label)
+            result["withdrawn"] = withdraw_all(twin.url)
     # The server is stopped: the reference has the machine to itself, on the same thread count.
     import torch
 
@@ -344,14 +374,11 @@ def run(args, out: Path, root: Path) -> dict:
             str(r["clients"]): _ratio(r["tokens_per_s"], single) for r in result["levels"]
         }
     if "levels_with_edits" in result:
-        triples = zip(result["levels"], result["levels_with_edits"], result["levels_after_withdrawal"])
+        pairs = list(zip(result["twins"], result["levels_with_edits"]))
         result["ratios"]["tokens_per_s_with_edits_over_without"] = {
-            str(a["clients"]): _ratio(b["tokens_per_s"], _at_time_of(b, a, c)) for a, b, c in triples
+            str(e["clients"]): _ratio(e["twin_over_first"], t["twin_over_first"]) for t, e in pairs
         }
-        result["ratios"]["tokens_per_s_with_edits_over_before"] = {
-            str(a["clients"]): _ratio(b["tokens_per_s"], a["tokens_per_s"])
-            for a, b in zip(result["levels"], result["levels_with_edits"])
-        }
+        result["ratios"]["twins_without_edits"] = {str(t["clients"]): t["twin_over_first"] for t, _ in pairs}
     result["loadavg_at_end"] = os.getloadavg()
     plot(out / "load.png", result)
     result["plot"] = str(out / "load.png")

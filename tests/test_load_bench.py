@@ -1,8 +1,9 @@
-"""`editserve bench serving --parts load` at a tiny scale: a real server process on the tiny model, two
-levels of clients for two seconds, two real edits, the plain-transformers reference. Checks the file's
-shape and that every request was answered, never timings."""
+"""`editserve bench serving --parts load` at a tiny scale: a real server process on the tiny model and
+its twin, two levels of clients for two seconds, two real edits, the plain-transformers reference.
+Checks the file's shape and that every request was answered, never timings."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -33,21 +34,21 @@ def test_load_part_small(tmp_path, capsys, monkeypatch, tiny_model_dir):
         assert r["p50_ms"] > 0 and r["p95_ms"] >= r["p50_ms"]
     assert [r["batch"] for r in load["reference"]["rows"]] == [1, 8]
     assert all(r["tokens_per_s"] > 0 for r in load["reference"]["rows"])
-    assert [r["clients"] for r in load["levels_with_edits"]] == [1, 8]
-    assert all(r["errors"] == 0 and r["requests_ok_total"] >= 1 for r in load["levels_with_edits"])
+    for paired in (load["twins"], load["levels_with_edits"]):  # the twin beside the first, in turns
+        assert [r["clients"] for r in paired] == [1, 8]
+        assert all(r["errors"] == 0 and r["requests_ok_total"] >= 1 for r in paired)
+        assert all(len(r["windows"]["first"]) == len(r["windows"]["twin"]) == 2 for r in paired)
+    for t, e in zip(load["twins"], load["levels_with_edits"]):  # without edits, then with them
+        assert t["windows"]["twin"][-1]["started_s"] < e["windows"]["twin"][0]["started_s"]
     assert set(load["ratios"]) == {
         "tokens_per_s_8_clients_over_1",
         "tokens_per_s_8_clients_over_plain_batch_8",
         "p95_8_clients_over_p50_1_client",
         "tokens_per_s_with_edits_over_without",
-        "tokens_per_s_with_edits_over_before",
+        "twins_without_edits",
     }
     assert set(load["ratios"]["tokens_per_s_with_edits_over_without"]) == {"1", "8"}
-    assert load["withdrawn"]["n_withdrawn"] == 2  # then every level again, the edits withdrawn
-    for a, b, c in zip(load["levels"], load["levels_with_edits"], load["levels_after_withdrawal"]):
-        assert a["started_s"] < b["started_s"] < c["started_s"]
-    assert [r["clients"] for r in load["levels_after_withdrawal"]] == [1, 8]
-    assert all(r["errors"] == 0 and r["requests_ok_total"] >= 1 for r in load["levels_after_withdrawal"])
+    assert load["withdrawn"]["n_withdrawn"] == 2
     assert (out / "load.png").stat().st_size > 0
 
 
@@ -74,10 +75,19 @@ def test_the_llamacpp_reference_answers_on_the_packaged_gguf(editserve_cache, pa
     assert "SmolLM2-135M-Instruct.Q4_1.gguf" in result["how"]
 
 
-def test_the_speed_without_edits_is_read_off_the_line_at_the_edited_level_time():
-    before, after = {"started_s": 0.0, "tokens_per_s": 50.0}, {"started_s": 100.0, "tokens_per_s": 40.0}
-    assert load_bench._at_time_of({"started_s": 80.0}, before, after) == 42.0  # not the mean, 45
-    assert load_bench._at_time_of({"started_s": 5.0}, before, {"started_s": 0.0, "tokens_per_s": 40.0}) == 45.0
+def test_twins_take_turns_first_twin_twin_first_so_that_a_linear_drift_falls_alike(monkeypatch):
+    calls = []
+
+    def level(url, prompts, clients, seconds, tokens):  # a machine slowing by 10 tokens/s a window
+        calls.append((url, clients, seconds))
+        speed = 100.0 - 10 * (len(calls) - 1)
+        return {"tokens_per_s": speed, "p95_ms": 50.0, "errors": 0, "requests_ok_total": 3}
+
+    monkeypatch.setattr(load_bench, "level", level)
+    out = load_bench.paired("a", "b", ["p"], [1, 8], SimpleNamespace(seconds=20, tokens=4), "")
+    assert [c[0] for c in calls] == ["a", "b", "b", "a"] * 2 and {c[2] for c in calls} == {10}
+    assert [r["twin_over_first"] for r in out] == [1.0, 1.0]  # equal servers read equal, drift or not
+    assert out[1]["tokens_per_s"] == 45.0 and out[1]["first_tokens_per_s"] == 45.0
 
 
 def test_no_client_asks_a_prompt_the_inserts_may_edit():
