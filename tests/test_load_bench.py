@@ -45,8 +45,13 @@ def test_load_part_small(tmp_path, capsys, monkeypatch, tiny_model_dir):
         "tokens_per_s_8_clients_over_plain_batch_8",
         "p95_8_clients_over_p50_1_client",
         "tokens_per_s_with_edits_over_without",
+        "tokens_per_s_with_edits_over_without_all_levels",
         "twins_without_edits",
+        "twin_with_edits_over_first",
     }
+    ratios = load["ratios"]["tokens_per_s_with_edits_over_without"]
+    pooled = (ratios["1"] * ratios["8"]) ** 0.5
+    assert abs(load["ratios"]["tokens_per_s_with_edits_over_without_all_levels"] - pooled) < 1e-9
     assert set(load["ratios"]["tokens_per_s_with_edits_over_without"]) == {"1", "8"}
     assert load["withdrawn"]["n_withdrawn"] == 2
     assert (out / "load.png").stat().st_size > 0
