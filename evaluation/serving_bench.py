@@ -9,8 +9,9 @@ noise falls on both alike. The bar: ratio of medians <= 1.2. Its server runs on 
 load: tokens/s and latency under 1, 4, 8, 16 closed-loop clients (--clients), beside plain transformers
 batched on the same weights and, with --reference llamacpp, llama.cpp on the same GGUF file
 (evaluation/llamacpp_ref.py); on a server of its own, quantised as --quant says (default:
-EDITSERVE_QUANT), on --threads (default: the machine's core count), after --edits real inserts
-(evaluation/load_bench.py). Also writes <out>/load.png.
+EDITSERVE_QUANT), on --threads (default: the machine's core count); with --edits N, a twin server
+takes turns with it before and after N real inserts into the twin (evaluation/load_bench.py). Also
+writes <out>/load.png.
 
 replicas: the lag of an edit made on one of two servers sharing a PostgreSQL database until the other
 applies it (evaluation/replica_bench.py; --edits changes, --database-url or a throwaway server).
