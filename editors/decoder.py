@@ -77,9 +77,17 @@ class LeanCache:
         """As DynamicCache.crop: keep the first n columns, or for n < 0 forget the last -n."""
         self.length = max(0, self.length + n) if n < 0 else min(n, self.length)
 
-    def select(self, index: torch.Tensor) -> None:
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
+    def select(self, index: list[int]) -> None:
+        """Only these rows, in this order. A run of consecutive rows is a view, nothing copied: rows
+        finish about in the order they joined, so the rows left are most often such a run."""
+        first, count = index[0], len(index)
+        if index == list(range(first, first + count)):
+            self.keys = [k[first : first + count] for k in self.keys]
+            self.values = [v[first : first + count] for v in self.values]
+            return
+        rows = torch.tensor(index, device=self.keys[0].device)
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
 
     def trim_left(self, n: int) -> None:
         """Drop the first n columns (padding no row needs any more)."""

@@ -135,8 +135,8 @@ class DynamicKV:
     def crop(self, n: int) -> None:
         self.inner.crop(n)
 
-    def select(self, index: torch.Tensor) -> None:
-        self.inner.batch_select_indices(index)
+    def select(self, index: list[int]) -> None:
+        self.inner.batch_select_indices(torch.tensor(index, device=self.inner.layers[0].keys.device))
 
     def trim_left(self, n: int) -> None:
         for layer in self.inner.layers:
@@ -211,8 +211,8 @@ class Rows:
         if not index:
             self.cache = self.mask = self.next = None
             return
+        self.cache.select(index)
         select = torch.tensor(index, device=self.mask.device)
-        self.cache.select(select)
         self.mask, self.next = self.mask[select], self.next[select]
         first_real = int(self.mask.argmax(-1).min())
         if first_real > 0:

@@ -120,6 +120,36 @@ def test_rows_leaving_and_joining_a_batch_decode_each_row_as_alone():
 
 
 @torch.no_grad()
+def test_rows_leaving_from_the_middle_or_the_front_decode_as_alone():
+    backbone = tiny("int4")
+    prompts = ids_of(backbone)
+
+    def alone(prompt: list[int], steps: int) -> list[torch.Tensor]:
+        rows = Rows(backbone)
+        return [rows.prefill([prompt])[0][0]] + [rows.decode([7], (), [[]])[0][0] for _ in range(steps)]
+
+    expected = [alone(p, 9) for p in prompts]
+    batch = Rows(backbone)
+    got = [[logits] for logits in batch.prefill(prompts)[0]]
+    live = [0, 1, 2]
+    for step in range(9):
+        if step == 3:  # the middle row leaves: the others are copied
+            batch.keep([0, 2])
+            live = [0, 2]
+        if step == 6:  # then the first: the row left is a view of the same keys and values
+            storage = batch.cache.keys[0].untyped_storage().data_ptr()
+            batch.keep([1])
+            live = [2]
+            assert batch.cache.keys[0].untyped_storage().data_ptr() == storage
+        logits = batch.decode([7] * len(live), (), [[]] * len(live))[0]
+        for i, row in enumerate(live):
+            got[row].append(logits[i])
+    for row, steps in enumerate((7, 4, 10)):
+        for g, e in zip(got[row], expected[row][:steps], strict=True):
+            assert torch.allclose(g, e, atol=1e-5, rtol=1e-5), row
+
+
+@torch.no_grad()
 def test_a_step_with_joining_prompts_is_the_step_and_the_prefill_bit_for_bit():
     backbone = tiny("int4")
     first, second, third = ids_of(backbone)
