@@ -31,29 +31,47 @@ class LeanCache:
     """Every layer's keys and values in buffers allocated ahead, (rows, kv heads, capacity, head dim), the
     first `length` columns filled, each row left padded as its mask (editors/engine.py `Rows`). A step
     writes its column in place: transformers' DynamicCache concatenates every layer every step, copying
-    the whole cache."""
+    the whole cache. `keys` and `values` are views of the rows held (`rows` of the buffers) from the
+    first column kept: rows leaving as a run and padding dropped on the left move the view, not the data,
+    and rows joining are written into the buffers' spare rows."""
 
     SPARE = 64  # columns allocated beyond what is needed: one reallocation in 64 steps at most
+    SPARE_ROWS = 8  # rows allocated beyond those held: as many joins before the buffers are copied
 
     def __init__(self, layers: int, rows: int, kv_heads: int, head_dim: int, like: torch.Tensor):
         empty = like.new_zeros(rows, kv_heads, 0, head_dim)  # the model's device and dtype
-        self.keys, self.values = [empty] * layers, [empty] * layers
+        self._keys, self._values = [empty] * layers, [empty] * layers  # the buffers
+        self.rows, self.first_column = (0, rows), 0
         self.length = 0
+        self._view()
+
+    def _view(self) -> None:
+        (r0, r1), c0 = self.rows, self.first_column
+        self.keys = [b[r0:r1, :, c0:] for b in self._keys]
+        self.values = [b[r0:r1, :, c0:] for b in self._values]
+
+    def _reset(self, keys: list[torch.Tensor], values: list[torch.Tensor], rows: int) -> None:
+        """New buffers, holding their first `rows` rows from column 0."""
+        self._keys, self._values = keys, values
+        self.rows, self.first_column = (0, rows), 0
+        self._view()
 
     def reserve(self, new: int) -> None:
         """Room for `new` more columns."""
         if self.length + new > self.keys[0].shape[2]:
-            width = self.length + new + self.SPARE
-            self.keys = [self._placed([k], width, [self.length]) for k in self.keys]
-            self.values = [self._placed([v], width, [self.length]) for v in self.values]
+            width, rows = self.length + new + self.SPARE, self.keys[0].shape[0]
+            keys = [self._placed([k], width, [self.length], self.SPARE_ROWS) for k in self.keys]
+            values = [self._placed([v], width, [self.length], self.SPARE_ROWS) for v in self.values]
+            self._reset(keys, values, rows)
 
     @staticmethod
-    def _placed(parts: list[torch.Tensor], width: int, lengths: list[int]) -> torch.Tensor:
+    def _placed(parts: list[torch.Tensor], width: int, lengths: list[int], spare_rows: int = 0) -> torch.Tensor:
         """One buffer `width` columns wide holding the parts' rows one after another, each part's first
-        `lengths` columns right-aligned to the longest length, zeros before them. The columns after are
-        left as allocated: a column is written before it is read."""
+        `lengths` columns right-aligned to the longest length, zeros before them, then `spare_rows`
+        rows. The columns after, and the spare rows, are left as allocated: written before read."""
         first = parts[0]
-        out = first.new_empty(sum(p.shape[0] for p in parts), first.shape[1], width, first.shape[3])
+        rows = sum(p.shape[0] for p in parts)
+        out = first.new_empty(rows + spare_rows, first.shape[1], width, first.shape[3])
         end, row = max(lengths), 0
         for part, length in zip(parts, lengths):
             block = out[row : row + part.shape[0]]
@@ -82,23 +100,42 @@ class LeanCache:
         finish about in the order they joined, so the rows left are most often such a run."""
         first, count = index[0], len(index)
         if index == list(range(first, first + count)):
-            self.keys = [k[first : first + count] for k in self.keys]
-            self.values = [v[first : first + count] for v in self.values]
+            start = self.rows[0] + first
+            self.rows = (start, start + count)
+            self._view()
             return
         rows = torch.tensor(index, device=self.keys[0].device)
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
+
+        def chosen(t: torch.Tensor) -> torch.Tensor:  # into new buffers with spare rows
+            out = t.new_empty(count + self.SPARE_ROWS, *t.shape[1:])
+            torch.index_select(t, 0, rows, out=out[:count])
+            return out
+
+        self._reset([chosen(k) for k in self.keys], [chosen(v) for v in self.values], count)
 
     def trim_left(self, n: int) -> None:
         """Drop the first n columns (padding no row needs any more)."""
-        self.keys, self.values = [k[:, :, n:] for k in self.keys], [v[:, :, n:] for v in self.values]
+        self.first_column += n
         self.length -= n
+        self._view()
 
     def merge(self, other: LeanCache) -> None:
-        """other's rows after these, both left padded to the longer length."""
+        """other's rows after these, both left padded to the longer length: written into the spare rows
+        where they fit (no longer than these), the buffers copied otherwise."""
+        joining, (r0, r1), c0 = other.keys[0].shape[0], self.rows, self.first_column
+        if other.length <= self.length and r1 + joining <= self._keys[0].shape[0]:
+            pad = self.length - other.length
+            for buffer, part in zip(self._keys + self._values, other.keys + other.values):
+                block = buffer[r1 : r1 + joining, :, c0 : c0 + self.length]
+                block[:, :, :pad] = 0
+                block[:, :, pad:] = part[:, :, : other.length]
+            self.rows = (r0, r1 + joining)
+            self._view()
+            return
         width, lengths = max(self.length, other.length) + self.SPARE, [self.length, other.length]
-        self.keys = [self._placed([a, b], width, lengths) for a, b in zip(self.keys, other.keys)]
-        self.values = [self._placed([a, b], width, lengths) for a, b in zip(self.values, other.values)]
+        keys = [self._placed([a, b], width, lengths, self.SPARE_ROWS) for a, b in zip(self.keys, other.keys)]
+        values = [self._placed([a, b], width, lengths, self.SPARE_ROWS) for a, b in zip(self.values, other.values)]
+        self._reset(keys, values, r1 - r0 + joining)
         self.length = max(lengths)
 
 

@@ -120,7 +120,7 @@ def test_rows_leaving_and_joining_a_batch_decode_each_row_as_alone():
 
 
 @torch.no_grad()
-def test_rows_leaving_from_the_middle_or_the_front_decode_as_alone():
+def test_rows_leaving_and_joining_move_the_views_not_the_data_and_decode_as_alone():
     backbone = tiny("int4")
     prompts = ids_of(backbone)
 
@@ -128,23 +128,26 @@ def test_rows_leaving_from_the_middle_or_the_front_decode_as_alone():
         rows = Rows(backbone)
         return [rows.prefill([prompt])[0][0]] + [rows.decode([7], (), [[]])[0][0] for _ in range(steps)]
 
-    expected = [alone(p, 9) for p in prompts]
+    expected = [alone(p, 9) for p in prompts] + [alone(prompts[1], 3)]
     batch = Rows(backbone)
-    got = [[logits] for logits in batch.prefill(prompts)[0]]
+    got = [[logits] for logits in batch.prefill(prompts)[0]] + [[]]
     live = [0, 1, 2]
     for step in range(9):
         if step == 3:  # the middle row leaves: the others are copied
             batch.keep([0, 2])
             live = [0, 2]
-        if step == 6:  # then the first: the row left is a view of the same keys and values
+        if step == 6:  # then the first: the row left is a view of the same buffers
             storage = batch.cache.keys[0].untyped_storage().data_ptr()
             batch.keep([1])
-            live = [2]
+            joined = Rows(backbone)  # and a shorter prompt joins into their spare rows
+            got[3].append(joined.prefill([prompts[1]])[0][0])
+            batch.merge(joined)
+            live = [2, 3]
             assert batch.cache.keys[0].untyped_storage().data_ptr() == storage
         logits = batch.decode([7] * len(live), (), [[]] * len(live))[0]
         for i, row in enumerate(live):
             got[row].append(logits[i])
-    for row, steps in enumerate((7, 4, 10)):
+    for row, steps in enumerate((7, 4, 10, 4)):
         for g, e in zip(got[row], expected[row][:steps], strict=True):
             assert torch.allclose(g, e, atol=1e-5, rtol=1e-5), row
 
