@@ -331,14 +331,19 @@ void check_scales(const torch::Tensor& s, int64_t tiles, int64_t groups, const c
               name, " must be float32 (tiles, in_features / 32, 16)");
 }
 
+void check_codes(const torch::Tensor& codes, int64_t tiles, int64_t groups, int64_t bytes, torch::ScalarType type,
+                 const char* kind) {
+  TORCH_CHECK(codes.dim() == 4 && codes.size(0) == tiles && codes.size(1) == groups && codes.size(2) == 16 &&
+                  codes.size(3) == bytes && codes.scalar_type() == type && codes.is_contiguous(),
+              "codes must be ", kind, " (tiles of 16 outputs, in_features / 32, 16, ", bytes, ")");
+}
+
 }  // namespace
 
 torch::Tensor q4_mm(torch::Tensor x, torch::Tensor codes, torch::Tensor scales, torch::Tensor minima, int64_t n) {
   x = checked_x(x);
   const int64_t rows = x.size(0), k = x.size(1), groups = k / 32, tiles = (n + 15) / 16;
-  TORCH_CHECK(codes.dim() == 4 && codes.size(0) == tiles && codes.size(1) == groups && codes.size(2) == 16 &&
-                  codes.size(3) == 16 && codes.scalar_type() == torch::kUInt8 && codes.is_contiguous(),
-              "codes must be uint8 (tiles of 16 outputs, in_features / 32, 16, 16)");
+  check_codes(codes, tiles, groups, 16, torch::kUInt8, "uint8");
   check_scales(scales, tiles, groups, "scales");
   check_scales(minima, tiles, groups, "minima");
   auto y = torch::empty({rows, n}, x.options());
@@ -354,9 +359,7 @@ torch::Tensor q4_mm(torch::Tensor x, torch::Tensor codes, torch::Tensor scales, 
 torch::Tensor q8_mm(torch::Tensor x, torch::Tensor codes, torch::Tensor scales, int64_t n) {
   x = checked_x(x);
   const int64_t rows = x.size(0), k = x.size(1), groups = k / 32, tiles = (n + 15) / 16;
-  TORCH_CHECK(codes.dim() == 4 && codes.size(0) == tiles && codes.size(1) == groups && codes.size(2) == 16 &&
-                  codes.size(3) == 32 && codes.scalar_type() == torch::kInt8 && codes.is_contiguous(),
-              "codes must be int8 (tiles of 16 outputs, in_features / 32, 16, 32)");
+  check_codes(codes, tiles, groups, 32, torch::kInt8, "int8");
   check_scales(scales, tiles, groups, "scales");
   auto y = torch::empty({rows, n}, x.options());
   const Weights w{reinterpret_cast<const uint8_t*>(codes.data_ptr<int8_t>()), scales.data_ptr<float>(), nullptr, groups, 512};
