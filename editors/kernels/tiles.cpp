@@ -47,6 +47,7 @@ struct Rows {
 #if defined(__AVX512F__)
 // Asks for the codes PREFETCH bytes ahead of these while these are computed: the hardware's own
 // prefetcher stops at every 4 KiB page, and a decoding step of one row waits on memory (docs/results.md).
+// A prefetch never faults, so asking past the last codes is harmless.
 constexpr int64_t PREFETCH = 1024;
 inline void ahead(const uint8_t* codes, int64_t bytes) {
   for (int64_t line = 0; line < bytes; line += 64) _mm_prefetch((const char*)codes + PREFETCH + line, _MM_HINT_T0);
