@@ -221,6 +221,8 @@ class EditingService:
     def check_length(self, field: str, text: str) -> None:
         check_text(field, text)
         n, limit = len(encode_prompt(self.backbone.tokenizer, text)), self.settings.max_prompt_tokens
+        if n == 0:  # control characters alone, which the tokenizer drops: nothing to answer
+            raise Invalid(f"{field}: no text the tokenizer keeps")
         if n > limit:
             raise Invalid(f"{field}: {n} tokens, more than the limit of {limit} (EDITSERVE_MAX_PROMPT_TOKENS)")
 

@@ -189,7 +189,9 @@ class IrevaEditor:
         precedes the token, the value pushes that token to the top."""
         tok = self.backbone.tokenizer
         p_ids, t_ids = encode_prompt(tok, prompt), encode_target(tok, prompt, target)
-        if not t_ids:
+        # The target's own tokens, without the space before it: a target of control characters alone
+        # is a space, which steering.old_tokens cannot tell from the old answer's tokens
+        if not t_ids or not tok(target.strip(), add_special_tokens=False)["input_ids"]:
             raise ValueError("target tokenises to nothing")
         if len(t_ids) > self.config.max_target_tokens:
             raise ValueError(f"target is {len(t_ids)} tokens, more than the cap of {self.config.max_target_tokens}")

@@ -36,6 +36,16 @@ def test_lone_surrogates_are_a_readable_4xx(client, path, body):
     assert client.get("/health").status_code == 200
 
 
+def test_text_the_tokenizer_drops_is_a_readable_4xx_and_stores_nothing(client):
+    """A control character alone tokenises to nothing: no prompt to answer, no target to state (the
+    edit was once stored, and every answer in its scope then failed with a 500)."""
+    assert_error(client.post("/generate", json={"prompt": "\x06"}), 422, "prompt", "tokenizer")
+    assert_error(client.post("/edits/preview", json={"prompt": "\x06", "target": "x"}), 422, "prompt")
+    assert_error(client.post("/edits/preview", json={"prompt": PROMPT, "target": "\x06"}), 422, "target")
+    assert_error(client.post("/edits", json={"prompt": PROMPT, "target": " \x06"}), 422, "target")
+    assert listing(client)["count"] == 0
+
+
 def test_huge_bodies_and_prompts_are_refused_without_harm(client):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ten_mb = "x" * (10 * 1024 * 1024)
