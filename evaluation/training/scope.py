@@ -202,7 +202,7 @@ def cross_pairs(units, mined, nq, rng):
                 if anchor.named_in(normalise(q)):
                     pairs.append((mask(u.edit, anchor), mask(q, anchor), 1.0, "pos-masked"))
             ssubj = [n for n in u.negatives if n[1] == "ssubj" and anchor.named_in(normalise(n[0]))]
-            for q, kind, _ in rng.sample(ssubj, min(len(ssubj), 2)):
+            for q, kind, _ in rng.sample(ssubj, min(len(ssubj), 1 + (rng.random() < 0.5))):
                 pairs.append((mask(u.edit, anchor), mask(q, anchor), 0.0, kind + "-masked"))
         for q, _ in rng.sample(pos, min(len(pos), 1)):
             pairs.append((u.edit, q, 1.0, "pos"))
@@ -259,7 +259,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=None, help="set both --embed-steps and --cross-steps")
     ap.add_argument("--embed-steps", type=int, default=60)
-    ap.add_argument("--cross-steps", type=int, default=800)
+    ap.add_argument("--cross-steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32, help="Embed: edits per step (x3 texts)")
     ap.add_argument("--cross-batch", type=int, default=32, help="Cross: pairs per step")
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -267,7 +267,7 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--temperature", type=float, default=0.05)
     ap.add_argument("--max-length", type=int, default=48, help="Embed tokens per text")
     ap.add_argument("--cross-max-length", type=int, default=64, help="Cross tokens per pair")
-    ap.add_argument("--pararel-n", type=int, default=2000, help="PARAREL train facts used")
+    ap.add_argument("--pararel-n", type=int, default=1600, help="PARAREL train facts used")
     ap.add_argument("--cf-n", type=int, default=500, help="CounterFact train records used")
     ap.add_argument("--ke-n", type=int, default=600, help="KnowEdit train records used")
     ap.add_argument("--eval-pararel-n", type=int, default=1200, help="PARAREL edits in the dev/test memory")

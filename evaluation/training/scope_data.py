@@ -44,17 +44,6 @@ GENERIC = [(g["template"], set(g["kinds"]), set(g["near"])) for g in TEMPLATES["
 # properties, as further same-subject negatives: (label, kinds, relations it could be the same as).
 LABELS = TEMPLATES["labels"]
 OTHER_LABELS = [(g["label"], set(g["kinds"]), set(g["near"])) for g in TEMPLATES["other_labels"]]
-# Relations beyond PARAREL's, written by hand (who founded an organisation, whom a person married, how
-# many live in a place ...): a scope model that only saw PARAREL's 22 took "Where is X headquartered?"
-# as a question about "X was founded by". Each is asked of the subjects of the PARAREL relations in its
-# "subjects_from" (EXTRA_SUBJECTS of them, picked by a seeded hash), with its own cloze prompts.
-EXTRA = TEMPLATES["extra"]
-EXTRA_SUBJECTS = 250
-for _rel, _t in EXTRA.items():
-    QUESTIONS[_rel] = (_t["questions"], _t["indirect"])
-    YES_NO[_rel] = _t["yes_no"]
-    LABELS[_rel] = [_t["label"]]
-    SUBJECT_KINDS[_t["kind"]].add(_rel)
 # How many of the last entries of each list only dev/test see: phrasings the models never trained on.
 HELD_OUT = {"questions": 1, "chat": 1, "generic": 5, "other_labels": 10, "yes_no": 1, "open": 1}
 
@@ -75,7 +64,7 @@ def generic_questions(rel: str, train: bool) -> list[str]:
 def other_labels(rel: str, train: bool) -> list[str]:
     kinds = _kinds(rel)
     labels = _train_part(OTHER_LABELS, "other_labels", train)
-    return [t for t, suits, near in labels if suits & kinds and rel not in near and t not in LABELS[rel]]
+    return [t for t, suits, near in labels if suits & kinds and rel not in near]
 
 
 def terse(label: str, subj: str, rng: random.Random) -> str:
@@ -125,8 +114,7 @@ class Pararel:
     @classmethod
     def load(cls, seed: int) -> Pararel:
         self = cls(seed)
-        subjects: dict[str, list[str]] = {}
-        for rel in sorted((r for r in QUESTIONS if r not in EXTRA), key=lambda r: int(r[1:])):
+        for rel in sorted(QUESTIONS, key=lambda r: int(r[1:])):
             assert int(rel[1:]) < 200, rel  # relations >= 200 are acceptance data
             pats = cloze_patterns(rel)
             if not pats:
@@ -143,13 +131,6 @@ class Pararel:
                 if s not in seen:
                     seen.add(s)
                     self.facts.setdefault(split_of(s, seed), []).append((rel, s))
-            subjects[rel] = list(seen)
-        for rel, t in EXTRA.items():
-            self.patterns[rel], self.objects[rel] = t["cloze"], t["objects"]
-            pool = sorted({s for r in t["subjects_from"] for s in subjects.get(r, [])})
-            pool.sort(key=lambda s: hashlib.sha256(f"{seed}:{rel}:{s}".encode()).hexdigest())
-            for s in pool[:EXTRA_SUBJECTS]:
-                self.facts.setdefault(split_of(s, seed), []).append((rel, s))
         return self
 
     def cloze(self, rel: str, subj: str, rng: random.Random, avoid: str | None = None) -> str:
@@ -238,17 +219,13 @@ class Unit:
 
 
 def same_scope(a: Key, b: Key) -> bool:
-    """Could a query about fact b be in the scope of edit a? Only PARAREL's relations and the extra ones
-    are known; for the other sets the same subject is enough to keep a pair out of the negatives."""
+    """Could a query about fact b be in the scope of edit a? Only PARAREL's relations are known; for
+    the other sets the same subject is enough to keep a pair out of the negatives."""
     if a[0] is None or a[0] != b[0]:
         return False
-    if known(a[1]) and known(b[1]):
+    if a[1].startswith("P") and b[1].startswith("P"):
         return confusable(a[1], b[1])
     return True
-
-
-def known(rel: str) -> bool:
-    return rel in QUESTIONS
 
 
 def pararel_unit(

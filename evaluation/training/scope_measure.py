@@ -13,7 +13,6 @@ from editors.scope.subject import AnchorIndex, anchor_for
 from evaluation.training.scope_eval_set import IN_KINDS, OUT_KINDS, EvalSet
 
 NEG_WEIGHTS = {"srel": 2.0, "ssubj": 2.0, "nq": 1.0}  # hard negatives count double in the threshold fit
-FIT_TOLERANCE = 0.002  # balanced dev scores this close are equal: a few of the dev set's 1,800 queries
 
 
 def decisions(scope: ScopeModel, ev: EvalSet, batch: int = 64):
@@ -75,11 +74,9 @@ def fit_thresholds(scope: ScopeModel, dev: EvalSet, recall: float) -> dict:
         found += scope.decide(qv[s : s + 64], [q[0] for q in part], memory, dev.memory, anchors)
     grid = [round(0.01 * i, 2) for i in range(2, 99)]
     scores = [table(dev, found, t)["balanced"] for t in grid]
-    # Cross is sure of most pairs, so the dev score barely moves over a wide range of thresholds and its
-    # best point is a matter of a query or two. Within that range the highest threshold is taken: an
-    # edit taking a question it should not changes an answer the user did not ask to change.
     best = max(scores)
-    threshold = max(t for t, s in zip(grid, scores) if s >= best - FIT_TOLERANCE)
+    tied = [t for t, s in zip(grid, scores) if s == best]
+    threshold = tied[len(tied) // 2]  # the middle of the best plateau
     return {
         "embed_floor": floor,
         "cross_threshold": threshold,
