@@ -208,6 +208,12 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return tokenizer(prompt)["input_ids"]
 
 
+def keeps_text(tokenizer, text: str) -> bool:
+    """Whether the tokenizer keeps any of `text` besides the spaces around it: control characters
+    alone it drops, and an edit's target of them alone would be a bare space."""
+    return bool(tokenizer(text.strip(), add_special_tokens=False)["input_ids"])
+
+
 def encode_target(tokenizer, prompt: str, target: str) -> list[int]:
     """Target ids as a continuation of the prompt. Tokenised apart from the prompt so that the
     prompt's ids stay the ones generation sees; a space joins the two unless either side has one."""

@@ -31,7 +31,7 @@ from app.services.errors import (
 )
 from app.services.queue import Busy, GenerationQueue
 from app.services.replica import LogFollower, catch_up
-from editors.backbone import encode_prompt
+from editors.backbone import encode_prompt, keeps_text
 from editors.edited import EditedModel, Query, Restore
 from editors.generation import GREEDY, Sampling
 from editors.method import Editor
@@ -108,6 +108,7 @@ class EditingService:
             check_text(field, text, stored=True)
         aliases = check_aliases(aliases)
         self.check_length("prompt", prompt)
+        self.check_target(target)
         with self._change(), self.metrics.insert_seconds.time():
             self.refuse_duplicate(prompt)
             edit_id = str(uuid.uuid4())
@@ -137,6 +138,7 @@ class EditingService:
             check_text("target", target, stored=True)
             aliases = None if aliases is None else check_aliases(aliases)
             self.check_length("prompt", prompt)
+            self.check_target(target)
             if prompt != record.prompt or record.status != ACTIVE:
                 self.refuse_duplicate(prompt)
             before = self.model.snapshot(edit_id, record.method, record.prompt, record.target, *_names(record))
@@ -217,6 +219,11 @@ class EditingService:
                 raise Invalid(str(exc)) from exc
         self.check_length("prompt" if prompt is not None else "messages", query.text)
         return query
+
+    def check_target(self, target: str) -> None:
+        """422 for a target the tokenizer drops whole: an edit of every method would state nothing."""
+        if not keeps_text(self.backbone.tokenizer, target):
+            raise Invalid("target: no text the tokenizer keeps")
 
     def check_length(self, field: str, text: str) -> None:
         check_text(field, text)

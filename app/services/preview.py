@@ -31,6 +31,7 @@ def preview(
     check_retrofit(editor, retrofit)
     check_text("target", target)
     service.check_length("prompt", prompt)
+    service.check_target(target)
     with service.writes, service.model.lock:
         service.refuse_duplicate(prompt)
         near = service.model.scope.nearest(prompt, PREVIEW_NEIGHBOURS)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from editors.backbone import Backbone, encode_prompt, encode_target, final_norm, mlp_of
+from editors.backbone import Backbone, encode_prompt, encode_target, final_norm, keeps_text, mlp_of
 from editors.calibration import CALIBRATION_TEXTS
 from editors.ireva.config import IrevaConfig
 from editors.ireva.layer import KeyValueAdaptor
@@ -189,9 +189,9 @@ class IrevaEditor:
         precedes the token, the value pushes that token to the top."""
         tok = self.backbone.tokenizer
         p_ids, t_ids = encode_prompt(tok, prompt), encode_target(tok, prompt, target)
-        # The target's own tokens, without the space before it: a target of control characters alone
-        # is a space, which steering.old_tokens cannot tell from the old answer's tokens
-        if not t_ids or not tok(target.strip(), add_special_tokens=False)["input_ids"]:
+        # A bare space (a target of control characters alone) steering.old_tokens cannot tell from the
+        # old answer's tokens
+        if not t_ids or not keeps_text(tok, target):
             raise ValueError("target tokenises to nothing")
         if len(t_ids) > self.config.max_target_tokens:
             raise ValueError(f"target is {len(t_ids)} tokens, more than the cap of {self.config.max_target_tokens}")

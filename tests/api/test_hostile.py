@@ -43,7 +43,13 @@ def test_text_the_tokenizer_drops_is_a_readable_4xx_and_stores_nothing(client):
     assert_error(client.post("/edits/preview", json={"prompt": "\x06", "target": "x"}), 422, "prompt")
     assert_error(client.post("/edits/preview", json={"prompt": PROMPT, "target": "\x06"}), 422, "target")
     assert_error(client.post("/edits", json={"prompt": PROMPT, "target": " \x06"}), 422, "target")
+    # every method, and a change as well as an insert: the check is the service's, not iReVa's
+    serac = {"prompt": PROMPT, "target": "\x06", "method": "serac"}
+    assert_error(client.post("/edits", json=serac), 422, "target", "tokenizer")
     assert listing(client)["count"] == 0
+    edit = create(client)
+    assert_error(client.put(f"/edits/{edit['id']}", json={"target": "\x06"}), 422, "target", "tokenizer")
+    assert client.get(f"/edits/{edit['id']}").json()["target"] == TARGET
 
 
 def test_huge_bodies_and_prompts_are_refused_without_harm(client):
