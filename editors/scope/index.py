@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from editors.scope.answer import asks
 from editors.scope.model import ScopeModel
 from editors.scope.subject import AnchorIndex, anchor_for, in_context
 from editors.scope.when import answers_time, asks_time, is_of_time
@@ -31,10 +32,13 @@ class Entry:
     # Read off prompt and target (when.py): it may take "When ...?" / it only takes queries of time.
     timely: bool = field(init=False)
     of_time: bool = field(init=False)
+    # The kind of answer its prompt asks for (answer.py): a place, an agent, or neither.
+    asks: int = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timely", answers_time(self.prompt, self.target))
         object.__setattr__(self, "of_time", is_of_time(self.prompt, self.target))
+        object.__setattr__(self, "asks", asks(self.prompt))
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class ScopeIndex:
         self.anchors = AnchorIndex()  # editors/scope/subject.py
         self.aliases: dict[str, tuple[re.Pattern, str]] = {}  # edit id -> (its aliases, its subject's name)
         self.alias_starts: dict[str, set[str]] = {}  # an alias's first word -> the edits giving it
-        self._times: tuple[torch.Tensor, torch.Tensor | None] | None = None  # _time_rows(), until a change
+        self._rules: tuple | None = None  # _row_rules(), until a change
 
     def __len__(self) -> int:
         return sum(1 for e in self.rows if e is not None and e.live)
@@ -72,7 +76,7 @@ class ScopeIndex:
         `known` holds prompts' vectors embedded before by this model; returns how many were embedded."""
         if not entries:
             return 0
-        self._times = None
+        self._rules = None
         known = known or {}
         missing = list(dict.fromkeys(e.prompt for e in entries if e.prompt not in known))
         fresh = dict(zip(missing, self.model.embed(missing))) if missing else {}
@@ -122,7 +126,7 @@ class ScopeIndex:
 
     def remove(self, edit_id: str) -> None:
         row = self.slot.pop(edit_id)
-        self._times = None
+        self._rules = None
         gone = self.rows[row]
         self.rows[row] = None
         self.matrix[row] = 0.0
@@ -163,10 +167,18 @@ class ScopeIndex:
             earlier = [self.unaliased(e) for e in earlier] if earlier else None
         seen = [in_context(q, e) for q, e in zip(queries, earlier or [""] * len(queries))]
         # A sentence a query is read by is a suffix of it: no query asking for a time, no row to bar.
-        may_take, of_time = self._time_rows()
+        may_take, of_time, kinds = self._row_rules()
         timely = may_take if any(asks_time(t) for t in queries + seen) else None
         found = self.model.decide(
-            None, queries, self.matrix[:n], prompts, self.anchors, named_in=seen, timely=timely, of_time=of_time
+            None,
+            queries,
+            self.matrix[:n],
+            prompts,
+            self.anchors,
+            named_in=seen,
+            timely=timely,
+            of_time=of_time,
+            kinds=kinds,
         )
         out: list[Decision | None] = []
         for hit in found:
@@ -174,14 +186,16 @@ class ScopeIndex:
             out.append(Decision(e.edit_id, e.method, hit[1]) if hit is not None and e is not None and e.live else None)
         return out
 
-    def _time_rows(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per row: may it take a question of time, and is its edit of a time (None where no edit is)
-        (when.py). Kept until the rows change: a decision would otherwise walk every row twice."""
-        if self._times is None:
+    def _row_rules(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Per row: may it take a question of time, is its edit of a time (when.py), and the kind of
+        answer its prompt asks for (answer.py); None where no row has one. Kept until the rows change:
+        a decision would otherwise walk every row thrice."""
+        if self._rules is None:
             timely = torch.tensor([e is None or e.timely for e in self.rows], dtype=torch.bool)
             of_time = torch.tensor([e is not None and e.of_time for e in self.rows], dtype=torch.bool)
-            self._times = (timely, of_time if bool(of_time.any()) else None)
-        return self._times
+            kinds = torch.tensor([e.asks if e is not None else 0 for e in self.rows], dtype=torch.int8)
+            self._rules = (timely, of_time if bool(of_time.any()) else None, kinds if bool(kinds.any()) else None)
+        return self._rules
 
     def nearest(self, text: str, k: int) -> list[Entry]:
         """The live entries whose prompts the scope model's embedding puts nearest to `text`: the edits a

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from editors.scope.answer import AGENT, PLACE, asks
 from editors.scope.config import ScopeConfig
 from editors.scope.subject import AnchorIndex, asks_afresh, last_sentence, mask, names_its_own
 from editors.scope.when import asks_time, may_ask_time
@@ -235,14 +236,16 @@ class ScopeModel:
         named_in: list[str] | None = None,
         timely: torch.Tensor | None = None,
         of_time: torch.Tensor | None = None,
+        kinds: torch.Tensor | None = None,
     ) -> list[tuple[int, float] | None]:
         """For each query, (memory row, score) of the edit whose scope holds it, or None. `anchors`: the
         rows' subject anchors (subject.py); a row is only a candidate for queries naming its subject, in
         the query itself or in `named_in` (the text the anchor reads, if not the query: a chat's follow-up
         question with the earlier message that named what "it" is). `timely`: per row, whether its
         target could be a time; the others take no query asking for one. `of_time`: per row, whether its
-        edit is of a time; those take only queries that may ask for one (when.py). `query_vecs` None:
-        embedded here (`named_in`, or the queries), and only the queries some row may take: with the
+        edit is of a time; those take only queries that may ask for one (when.py). `kinds`: per row, the
+        kind of answer its prompt asks for; a query asking for the other is not its (answer.py).
+        `query_vecs` None: embedded here (`named_in`, or the queries), and only the queries some row may take: with the
         subject anchor, most queries name no edited subject, and their decision costs no embedding."""
         if query_vecs is not None and len(queries) != query_vecs.shape[0]:
             raise ValueError(f"{query_vecs.shape[0]} query vectors for {len(queries)} queries")
@@ -263,6 +266,8 @@ class ScopeModel:
         read = [t if a and t is not None else n for t, a, n in zip(tails, alone, named_in or queries)]
         allowed = use.allowed(read, memory.shape[0]) if use is not None else None
         allowed = _time_rules(read, queries, allowed, timely, of_time, memory.shape[0])
+        asked_in = [t if a and t is not None else q for t, a, q in zip(tails, alone, queries)]
+        allowed = _kind_rule(asked_in, allowed, kinds, memory.shape[0])
         open_to = range(len(queries)) if allowed is None else torch.nonzero(allowed.any(1)).flatten().tolist()
         if query_vecs is None:  # a query no row may take keeps a zero vector: all its rows are -inf
             query_vecs = torch.zeros(len(queries), memory.shape[1])
@@ -367,3 +372,18 @@ def _time_rules(read, queries, allowed, timely, of_time, rows: int) -> torch.Ten
         if bool(timeless.any()):
             allowed = narrowed(timeless, of_time)
     return allowed
+
+
+def _kind_rule(texts: list[str], allowed, kinds: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """`allowed` narrowed so that a query asking for a place goes to no row whose prompt asks for an
+    agent, nor the reverse (answer.py). Each query is read by the sentence it asks (its own words, not
+    the earlier message that named its subject)."""
+    if kinds is None:
+        return allowed
+    wanted = [asks(t) for t in texts]
+    if not any(wanted):
+        return allowed
+    out = allowed if allowed is not None else torch.ones(len(texts), rows, dtype=torch.bool)
+    # kinds are 0, PLACE (1) or AGENT (2): only a place and an agent sum to 3
+    out &= (torch.tensor(wanted, dtype=torch.int8)[:, None] + kinds[None, :rows]) != PLACE + AGENT
+    return out

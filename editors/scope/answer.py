@@ -1,0 +1,69 @@
+"""Where, or who: a question of place is not answered by an edit of who made a thing, nor the reverse.
+
+The scope models judge a query against an edit's prompt with the subject masked, and relations that
+PARAREL (their training data) lacks read near any other: "Apple was founded by" took "Where is Apple
+headquartered?" (Cross .999) and "Toyota is headquartered in" took "Who founded Toyota?" (.991). The
+kind of answer a text asks for is read off its words, as when.py reads a question of time: a place
+("Where ...?", "in which city ...", "... is located in") or an agent ("Who ...?", "... was founded
+by"). A query asking for one kind goes to no edit whose prompt asks for the other; a text with no such
+words asks for neither and is decided as before.
+
+"Who is Marie Curie?" asks about her as a whole, like "Tell me about ...", and asks for no agent. A
+text about work or a name asks for neither: "Where does she work?" is answered by an employer, and
+"Where does the name of X come from?" by a person as often as a place.
+"""
+
+from __future__ import annotations
+
+import re
+
+PLACE, AGENT = 1, 2
+
+_PLACE_NOUN = r"(?:city|cities|country|countries|town|state|province|region|place|location|continent|county|village)"
+_PLACE = re.compile(
+    "|".join(
+        [
+            r"\bwhere\s+(?:is|was|are|were|did|does|do|can|could|would|will|has|have|had)\b",
+            r"\bwhere['’]s\b",
+            rf"\b(?:in|at|from)\s+(?:which|what)\s+{_PLACE_NOUN}\b",
+            rf"\b(?:which|what)\s+{_PLACE_NOUN}\s+(?:is|was|are|were)\b",
+            # a completion that ends where a place is to be named
+            r"\b(?:located|headquartered|based|situated)\s+in\s*$",
+            rf"\bin\s+the\s+{_PLACE_NOUN}\s+of\s*$",
+            r"\bheadquarters\s+(?:is|are|was|were)\s+(?:located\s+)?in\s*$",
+        ]
+    ),
+    re.IGNORECASE,
+)
+_MADE = (
+    r"(?:founded|co-founded|established|created|developed|produced|manufactured|made|built|designed|"
+    r"written|composed|directed|invented|discovered|published|owned|operated|run|led|painted|"
+    r"performed|recorded|sung|authored|engineered|launched|started|formed)"
+)
+_ROLE = (
+    r"(?:CEO|chief\s+executive|founder|co-founder|president|chairman|chairwoman|chairperson|mayor|director|"
+    r"owner|author|creator|inventor|designer|architect|composer|leader|head|spouse|wife|husband|father|mother|"
+    r"king|queen|prime\s+minister|governor|manager|coach|captain)"
+)
+# "... was founded by", "The CEO of X is": a completion that ends where an agent is to be named
+_AGENT_CLOZE = re.compile(rf"\b{_MADE}\s+by\s*$|^\W*the\s+{_ROLE}\s+of\b.*\b(?:is|was)\s*$", re.IGNORECASE)
+# An employer is where one works and who one works for; a name comes from a person or a place.
+_EITHER = re.compile(r"\b(?:work|works|worked|working|employ\w*|name|named|names)\b", re.IGNORECASE)
+# "Who" opening the question (or after "tell me", "do you know"), not a relative "... who ..."
+_WHO = re.compile(r"(?:^|[.!?:]\s*|\b(?:me|know|wondering)\s+)(?:who|whom)\b", re.IGNORECASE)
+# "Who is Marie Curie?": the rest is a name, capitalised words alone
+_WHO_IS_NAME = re.compile(r"^\W*[Ww]ho\s+(?:is|was|are|were)\s+(?:(?:the\s+)?[A-Z][\w.'’-]*\s*)+[?.!]?\s*$")
+
+
+def asks(text: str) -> int:
+    """PLACE, AGENT, or 0: the kind of answer the text asks for, read off its words."""
+    t = text.strip()
+    if _EITHER.search(t):
+        return 0
+    if _PLACE.search(t):
+        return PLACE
+    if _AGENT_CLOZE.search(t):
+        return AGENT
+    if _WHO.search(t) and not _WHO_IS_NAME.match(t):
+        return AGENT
+    return 0

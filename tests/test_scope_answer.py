@@ -1,0 +1,59 @@
+"""A question of place is not taken by an edit of who made a thing, nor the reverse (editors/scope/answer.py)."""
+
+from editors.scope.answer import AGENT, PLACE, asks
+from editors.scope.config import ScopeConfig
+from editors.scope.index import ScopeIndex
+from editors.scope.model import ScopeModel
+
+
+def test_the_kind_of_answer_is_told_by_the_words():
+    for text in [
+        "Where is Apple headquartered?",
+        "Where's the Louvre?",
+        "In which city is the Louvre?",
+        "What country is Lyon in?",
+        "Toyota is headquartered in",
+        "The Louvre is located in",
+        "Romeo and Juliet is set in the city of",
+    ]:
+        assert asks(text) == PLACE, text
+    for text in [
+        "Who founded Toyota?",
+        "Who is the CEO of Microsoft?",
+        "Tell me who the founder of Apple is.",
+        "Quick question: who designed the Louvre?",
+        "Apple was founded by",
+        "The Eiffel Tower was designed by",
+        "The CEO of Microsoft is",
+    ]:
+        assert asks(text) == AGENT, text
+    for text in [
+        "Who is Marie Curie?",  # about her as a whole, as "Tell me about Marie Curie."
+        "Who was Pablo Picasso?",
+        "Where does Marie Curie work?",  # an employer answers it as well as a place
+        "Who does Marie Curie work for?",
+        "Where does the name of Lyon come from?",
+        "Which country developed the Su-57?",
+        "Is Apple headquartered in Cupertino?",
+        "Steve Jobs, who founded Apple, was born in",
+        "What did Marie Curie discover?",
+        "Tell me about Apple.",
+    ]:
+        assert asks(text) == 0, text
+
+
+def test_the_scope_index_keeps_a_question_of_place_from_an_edit_of_its_founder():
+    index = ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None))
+    index.put("f", "ireva", "Apple was founded by", target="Bill Gates")
+    index.put("h", "ireva", "Toyota is headquartered in", target="Lyon")
+    queries = [
+        "Who founded Apple?",
+        "Where is Apple headquartered?",
+        "Tell me about Apple.",
+        "Where is Toyota headquartered?",
+        "Who founded Toyota?",
+        "Who is Toyota?",
+    ]
+    assert [d.edit_id if d else None for d in index.decide(queries)] == ["f", None, "f", "h", None, "h"]
+    # the rule reads the question asked, not the earlier message that named the subject
+    assert [d.edit_id if d else None for d in index.decide(["Who founded it?"], ["Where is Apple?"])] == ["f"]
