@@ -1,6 +1,6 @@
 """A question of place is not taken by an edit of who made a thing, nor the reverse (editors/scope/answer.py)."""
 
-from editors.scope.answer import AGENT, PLACE, asks
+from editors.scope.answer import AGENT, PLACE, asks, may_ask_agent
 from editors.scope.config import ScopeConfig
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
@@ -57,3 +57,36 @@ def test_the_scope_index_keeps_a_question_of_place_from_an_edit_of_its_founder()
     assert [d.edit_id if d else None for d in index.decide(queries)] == ["f", None, "f", "h", None, "h"]
     # the rule reads the question asked, not the earlier message that named the subject
     assert [d.edit_id if d else None for d in index.decide(["Who founded it?"], ["Where is Apple?"])] == ["f"]
+
+
+def test_a_query_that_may_ask_for_an_agent_is_read_loosely():
+    for q in [
+        "Who painted the Mona Lisa?",
+        "The artist who painted the Mona Lisa is",
+        "Was the Mona Lisa painted by Rembrandt?",
+        "The company that makes the iPhone is",
+        "Which company developed Windows?",
+        "Tesla is run by its chief executive",
+        "Tell me about the Mona Lisa.",
+        "Who is Marie Curie?",
+    ]:
+        assert may_ask_agent(q), q
+    for q in [
+        "The Mona Lisa is displayed in the",
+        "Windows is an operating system for",
+        "Microsoft is a company that sells",
+    ]:
+        assert not may_ask_agent(q), q
+
+
+def test_an_edit_of_an_agent_keeps_out_of_the_subjects_other_facts():
+    index = ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None))
+    index.put("m", "ireva", "The Mona Lisa was painted by", target="Rembrandt")
+    queries = [
+        "The Mona Lisa was painted by",
+        "Who painted the Mona Lisa?",
+        "Tell me about the Mona Lisa.",
+        "The Mona Lisa is displayed in the",
+        "The Mona Lisa is a painting that hangs in the",
+    ]
+    assert [d.edit_id if d else None for d in index.decide(queries)] == ["m", "m", "m", None, None]

@@ -8,6 +8,11 @@ kind of answer a text asks for is read off its words, as when.py reads a questio
 by"). A query asking for one kind goes to no edit whose prompt asks for the other; a text with no such
 words asks for neither and is decided as before.
 
+The other way round, as when.py keeps an edit of a time to queries that may ask for one, an edit that
+asks for an agent only takes a query with a word of one in it (who, by, a maker's verb or noun, a role)
+or one about its subject as a whole: "The Mona Lisa was painted by" had taken "The Mona Lisa is
+displayed in the", and "The CEO of Microsoft is" "Microsoft is a company that sells".
+
 "Who is Marie Curie?" asks about her as a whole, like "Tell me about ...", and asks for no agent. A
 text about work or a name asks for neither: "Where does she work?" is answered by an employer, and
 "Where does the name of X come from?" by a person as often as a place.
@@ -16,6 +21,8 @@ text about work or a name asks for neither: "Where does she work?" is answered b
 from __future__ import annotations
 
 import re
+
+from editors.scope.when import about_whole
 
 PLACE, AGENT = 1, 2
 
@@ -67,3 +74,23 @@ def asks(text: str) -> int:
     if _WHO.search(t) and not _WHO_IS_NAME.match(t):
         return AGENT
     return 0
+
+
+_AGENT_WORDS = re.compile(
+    rf"\b(?:who|whom|whose|by|{_MADE}|{_ROLE}|"
+    r"paint|paints|write|writes|wrote|author|writer|novelist|poet|artist|painter|sculptor|singer|band|"
+    r"develop|develops|developer|create|creates|creator|found|founds|founders|design|designs|compose|composes|"
+    r"direct|directs|invent|invents|build|builds|builder|produce|produces|producer|publish|publishes|publisher|"
+    r"make|makes|manufacture|manufactures|manufacturer|maker|product|own|owns|runs|lead|leads|heads|chief|executive|"
+    r"boss|person|woman|lady|parent|parents|child|children|son|daughter|brother|sister|spouse|partner|married|marry|"
+    r"engineer|discover|discovers|discoverer|discovery|explorer|illustrate|illustrated|illustrator|"
+    r"responsible|(?:which|what)\s+(?:company|firm|studio|label|team|group|brand))\b",
+    re.IGNORECASE,
+)
+
+
+def may_ask_agent(query: str) -> bool:
+    """The query may be answered by an agent: it has a word of one in it, or asks about its subject as
+    a whole. Read loosely: a query this lets through is decided as before."""
+    q = query.strip()
+    return bool(_AGENT_WORDS.search(q) or about_whole(q) or _WHO_IS_NAME.match(q))

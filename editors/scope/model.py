@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from editors.scope.answer import AGENT, PLACE, asks
+from editors.scope.answer import AGENT, PLACE, asks, may_ask_agent
 from editors.scope.config import ScopeConfig
 from editors.scope.subject import AnchorIndex, asks_afresh, last_sentence, mask, names_its_own
 from editors.scope.when import asks_time, may_ask_time
@@ -267,7 +267,7 @@ class ScopeModel:
         allowed = use.allowed(read, memory.shape[0]) if use is not None else None
         allowed = _time_rules(read, queries, allowed, timely, of_time, memory.shape[0])
         asked_in = [t if a and t is not None else q for t, a, q in zip(tails, alone, queries)]
-        allowed = _kind_rule(asked_in, allowed, kinds, memory.shape[0])
+        allowed = _kind_rule(asked_in, queries, allowed, kinds, memory.shape[0])
         open_to = range(len(queries)) if allowed is None else torch.nonzero(allowed.any(1)).flatten().tolist()
         if query_vecs is None:  # a query no row may take keeps a zero vector: all its rows are -inf
             query_vecs = torch.zeros(len(queries), memory.shape[1])
@@ -374,16 +374,24 @@ def _time_rules(read, queries, allowed, timely, of_time, rows: int) -> torch.Ten
     return allowed
 
 
-def _kind_rule(texts: list[str], allowed, kinds: torch.Tensor | None, rows: int) -> torch.Tensor | None:
-    """`allowed` narrowed so that a query asking for a place goes to no row whose prompt asks for an
-    agent, nor the reverse (answer.py). Each query is read by the sentence it asks (its own words, not
-    the earlier message that named its subject)."""
+def _kind_rule(texts: list[str], queries: list[str], allowed, kinds: torch.Tensor | None, rows: int):
+    """`allowed` narrowed by the kinds of answer (answer.py): a query asking for a place goes to no row
+    whose prompt asks for an agent, nor the reverse; and a row asking for an agent takes only queries
+    that may ask for one. `texts`: the sentence each query asks (its own words, not the earlier message
+    that named its subject); read loosely, the query as a whole counts too."""
     if kinds is None:
         return allowed
-    wanted = [asks(t) for t in texts]
-    if not any(wanted):
+    wanted = torch.tensor([asks(t) for t in texts], dtype=torch.int8)
+    of_agent = kinds[:rows] == AGENT
+    some = bool(of_agent.any())
+    agentless = torch.tensor(
+        [some and not (may_ask_agent(t) or may_ask_agent(q)) for t, q in zip(texts, queries)], dtype=torch.bool
+    )
+    if not bool(wanted.any()) and not bool(agentless.any()):
         return allowed
     out = allowed if allowed is not None else torch.ones(len(texts), rows, dtype=torch.bool)
     # kinds are 0, PLACE (1) or AGENT (2): only a place and an agent sum to 3
-    out &= (torch.tensor(wanted, dtype=torch.int8)[:, None] + kinds[None, :rows]) != PLACE + AGENT
+    out &= (wanted[:, None] + kinds[None, :rows]) != PLACE + AGENT
+    if bool(agentless.any()):
+        out[agentless] &= ~of_agent
     return out

@@ -97,7 +97,12 @@ def may_ask_time(query: str) -> bool:
     complete, or asks about its subject as a whole. Read loosely: a query this lets through is decided
     as before."""
     q = query.strip()
-    return bool(_TIMELY_WORDS.search(q) or _WHOLE.search(q) or _TIME.search(_no_digits(q)))
+    return bool(_TIMELY_WORDS.search(q) or about_whole(q) or _TIME.search(_no_digits(q)))
+
+
+def about_whole(query: str) -> bool:
+    """The query asks about its subject as a whole ("Tell me about ...", "Describe ...")."""
+    return bool(_WHOLE.search(query))
 
 
 def _no_digits(text: str) -> str:
