@@ -67,6 +67,8 @@ def test_a_query_that_may_ask_for_an_agent_is_read_loosely():
         "The company that makes the iPhone is",
         "Which company developed Windows?",
         "Tesla is run by its chief executive",
+        "What is the name of Ada Lovelace's dad?",
+        "The production company of Casablanca is",
         "Tell me about the Mona Lisa.",
         "Who is Marie Curie?",
     ]:

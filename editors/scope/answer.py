@@ -84,7 +84,8 @@ _AGENT_WORDS = re.compile(
     r"make|makes|manufacture|manufactures|manufacturer|maker|product|own|owns|runs|lead|leads|heads|chief|executive|"
     r"boss|person|woman|lady|parent|parents|child|children|son|daughter|brother|sister|spouse|partner|married|marry|"
     r"engineer|discover|discovers|discoverer|discovery|explorer|illustrate|illustrated|illustrator|"
-    r"responsible|(?:which|what)\s+(?:company|firm|studio|label|team|group|brand))\b",
+    r"responsible|dad|mom|mum|grandfather|grandmother|uncle|aunt|sibling|siblings|cousin|"
+    r"production\s+company|(?:which|what)\s+(?:company|firm|studio|label|team|group|brand))\b",
     re.IGNORECASE,
 )
 
