@@ -26,6 +26,11 @@ def model(editserve_cache, packaged_model_dir):
     edited.close()
 
 
+def chat(edited: EditedModel, question: str, tokens: int) -> str:
+    """The greedy answer to one user message."""
+    return edited.generate(Query.chat(edited.backbone.tokenizer, [{"role": "user", "content": question}]), tokens).text
+
+
 @pytest.mark.integration
 def test_an_answer_in_scope_does_not_restate_the_replaced_fact(model):
     edited, editor = model
@@ -45,10 +50,9 @@ def test_an_answer_in_scope_does_not_restate_the_replaced_fact(model):
 @pytest.mark.integration
 def test_an_alias_question_gets_the_new_fact_and_a_near_name_does_not(model):
     edited, _ = model
-    tok = edited.backbone.tokenizer
 
     def ask(question: str) -> str:
-        return edited.generate(Query.chat(tok, [{"role": "user", "content": question}]), 24).text
+        return chat(edited, question, 24)
 
     near = "Where is the Eiffel Tower Restaurant?"  # another place, whose name holds the tower's
     before = ask(near)
@@ -67,7 +71,7 @@ def test_an_answer_in_scope_goes_on_past_the_stated_edit(model, monkeypatch):
     tok = edited.backbone.tokenizer
 
     def ask(question: str) -> str:
-        return edited.generate(Query.chat(tok, [{"role": "user", "content": question}]), 40).text
+        return chat(edited, question, 40)
 
     edited.insert("ireva", "denisot", "Michel Denisot spoke the language", "Russian")
     stated = "Michel Denisot spoke the language Russian."
@@ -77,3 +81,16 @@ def test_an_answer_in_scope_goes_on_past_the_stated_edit(model, monkeypatch):
     monkeypatch.setattr(steering, "OWN_TOKENS", 0)
     assert ask("What language did Michel Denisot speak?") == stated  # left free, the model stops
     edited.withdraw("denisot", "ireva")
+
+
+@pytest.mark.integration
+def test_an_agent_stated_by_an_edit_is_not_made_a_possessive(model, monkeypatch):
+    from editors.ireva import steering
+
+    edited, _ = model
+    edited.insert("ireva", "lisa", "The Mona Lisa was painted by", "Rembrandt")
+    said = chat(edited, "Tell me about the Mona Lisa.", 24)
+    assert said.startswith("The Mona Lisa was painted by Rembrandt") and "Rembrandt's" not in said, said
+    monkeypatch.setattr(steering, "AGENT", -1)  # no edit names an agent: the model made Rembrandt another's
+    assert chat(edited, "Tell me about the Mona Lisa.", 24).startswith("The Mona Lisa was painted by Rembrandt's")
+    edited.withdraw("lisa", "ireva")

@@ -25,6 +25,7 @@ def test_the_kind_of_answer_is_told_by_the_words():
         "Apple was founded by",
         "The Eiffel Tower was designed by",
         "The CEO of Microsoft is",
+        "Logic Pro, a product of",
     ]:
         assert asks(text) == AGENT, text
     for text in [

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from editors.backbone import encode_prompt
+from editors.scope.answer import AGENT, asks
 from editors.statement import asks_yes_or_no, old_answer, old_settled, words
 
 OLD_TOKENS = 6  # the unedited continuation of an edit's prompt read for the fact it replaces
@@ -41,6 +42,17 @@ class NeuronSteering:
             len(o) + OWN_TOKENS if o is not None and self.end is not None and not asks_yes_or_no(q) else 0
             for o, q in zip(self.openings, asked)
         ]
+        # Per row, the edit's fact as said (its opening, or its target), where it names an agent: the next
+        # token may not make it a possessive ("The Mona Lisa was painted by Rembrandt's master").
+        said = [
+            o if o is not None else editor.targets.get(e) if e is not None else None
+            for e, o in zip(edit_ids, self.openings)
+        ]
+        self.agent_said = [
+            t if t and e in editor.facts and asks(editor.facts[e][0]) == AGENT else None for e, t in zip(edit_ids, said)
+        ]
+        tok = editor.backbone.tokenizer
+        self.possessive = sorted({tok(p, add_special_tokens=False)["input_ids"][0] for p in ("'s", "’s")})
 
     def slots_for(self, generated: list[list[int]]) -> list[int]:
         out = []
@@ -63,8 +75,13 @@ class NeuronSteering:
     def banned(self, generated: list[list[int]]) -> list[list[int]]:
         """A row in an edit's scope never starts the word of the fact the edit replaced (a token the
         edit gives or writes is the target's, never one of these: editors/ireva/model.py, old_tokens),
-        nor ends before it has said OWN_TOKENS of its own after the edit's statement."""
-        return [old + [self.end] if len(done) < own else old for old, own, done in zip(self.olds, self.own, generated)]
+        nor ends before it has said OWN_TOKENS of its own after the edit's statement, nor makes the agent
+        an edit names a possessive right after it."""
+        out = [old + [self.end] if len(done) < own else old for old, own, done in zip(self.olds, self.own, generated)]
+        for i, (fact, done) in enumerate(zip(self.agent_said, generated)):
+            if fact is not None and done == fact:
+                out[i] = out[i] + self.possessive
+        return out
 
     def step(self, generated: list[list[int]]) -> list[str | None]:
         slots = self.slots_for(generated)

@@ -52,8 +52,10 @@ _ROLE = (
     r"owner|author|creator|inventor|designer|architect|composer|leader|head|spouse|wife|husband|father|mother|"
     r"king|queen|prime\s+minister|governor|manager|coach|captain)"
 )
-# "... was founded by", "The CEO of X is": a completion that ends where an agent is to be named
-_AGENT_CLOZE = re.compile(rf"\b{_MADE}\s+by\s*$|^\W*the\s+{_ROLE}\s+of\b.*\b(?:is|was)\s*$", re.IGNORECASE)
+# "... was founded by", "... is a product of", "The CEO of X is": a completion that ends where an agent is to be named
+_AGENT_CLOZE = re.compile(
+    rf"\b{_MADE}\s+by\s*$|\ba\s+product\s+of\s*$|^\W*the\s+{_ROLE}\s+of\b.*\b(?:is|was)\s*$", re.IGNORECASE
+)
 # An employer is where one works and who one works for; a name comes from a person or a place.
 _EITHER = re.compile(r"\b(?:work|works|worked|working|employ\w*|name|named|names)\b", re.IGNORECASE)
 # "Who" opening the question (or after "tell me", "do you know"), not a relative "... who ..."
