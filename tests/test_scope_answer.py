@@ -1,9 +1,7 @@
 """A question of place is not taken by an edit of who made a thing, nor the reverse (editors/scope/answer.py)."""
 
 from editors.scope.answer import AGENT, PLACE, asks, may_ask_agent
-from editors.scope.config import ScopeConfig
-from editors.scope.index import ScopeIndex
-from editors.scope.model import ScopeModel
+from tests.scope_index import decided, untrained_index
 
 
 def test_the_kind_of_answer_is_told_by_the_words():
@@ -44,7 +42,7 @@ def test_the_kind_of_answer_is_told_by_the_words():
 
 
 def test_the_scope_index_keeps_a_question_of_place_from_an_edit_of_its_founder():
-    index = ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None))
+    index = untrained_index()
     index.put("f", "ireva", "Apple was founded by", target="Bill Gates")
     index.put("h", "ireva", "Toyota is headquartered in", target="Lyon")
     queries = [
@@ -55,9 +53,9 @@ def test_the_scope_index_keeps_a_question_of_place_from_an_edit_of_its_founder()
         "Who founded Toyota?",
         "Who is Toyota?",
     ]
-    assert [d.edit_id if d else None for d in index.decide(queries)] == ["f", None, "f", "h", None, "h"]
+    assert decided(index, queries) == ["f", None, "f", "h", None, "h"]
     # the rule reads the question asked, not the earlier message that named the subject
-    assert [d.edit_id if d else None for d in index.decide(["Who founded it?"], ["Where is Apple?"])] == ["f"]
+    assert decided(index, ["Who founded it?"], ["Where is Apple?"]) == ["f"]
 
 
 def test_a_query_that_may_ask_for_an_agent_is_read_loosely():
@@ -83,7 +81,7 @@ def test_a_query_that_may_ask_for_an_agent_is_read_loosely():
 
 
 def test_an_edit_of_an_agent_keeps_out_of_the_subjects_other_facts():
-    index = ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None))
+    index = untrained_index()
     index.put("m", "ireva", "The Mona Lisa was painted by", target="Rembrandt")
     queries = [
         "The Mona Lisa was painted by",
@@ -92,4 +90,4 @@ def test_an_edit_of_an_agent_keeps_out_of_the_subjects_other_facts():
         "The Mona Lisa is displayed in the",
         "The Mona Lisa is a painting that hangs in the",
     ]
-    assert [d.edit_id if d else None for d in index.decide(queries)] == ["m", "m", "m", None, None]
+    assert decided(index, queries) == ["m", "m", "m", None, None]

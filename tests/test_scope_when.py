@@ -1,9 +1,7 @@
 """A question of time is not taken by an edit whose target is no time (editors/scope/when.py)."""
 
-from editors.scope.config import ScopeConfig
-from editors.scope.index import ScopeIndex
-from editors.scope.model import ScopeModel
 from editors.scope.when import answers_time, asks_time, is_of_time, may_ask_time
+from tests.scope_index import decided, untrained_index
 
 
 def test_a_question_of_time_is_told_by_its_words():
@@ -46,13 +44,13 @@ def test_an_edit_answers_time_by_its_target_or_its_own_prompt():
 
 
 def test_the_scope_index_keeps_questions_of_time_from_an_edit_of_place():
-    index = ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None))
+    index = untrained_index()
     index.put("t", "ireva", "The Titanic sank in the", target="Pacific Ocean")
     queries = ["The Titanic sank in the year", "When did the Titanic sink?", "Where did the Titanic sink?"]
-    assert [d.edit_id if d else None for d in index.decide(queries)] == [None, None, "t"]
+    assert decided(index, queries) == [None, None, "t"]
     index.put("t", "ireva", "The Titanic sank in the", target="the 20th century")
     # an edit of a time takes the questions of time, and no longer "Where ...?" (below)
-    assert [d.edit_id if d else None for d in index.decide(queries)] == ["t", "t", None]
+    assert decided(index, queries) == ["t", "t", None]
     index.retire("t")  # a withdrawn row keeps what it knew, and takes no query at all
     assert index.entry("t").timely and index.decide(queries) == [None, None, None]
 
@@ -79,7 +77,7 @@ def test_a_query_that_may_ask_for_a_time_is_read_loosely():
 
 
 def test_an_edit_of_a_time_keeps_out_of_the_subjects_other_facts():
-    index = ScopeIndex(ScopeModel.load(ScopeConfig(use_trained=False), None))
+    index = untrained_index()
     index.put("t", "ireva", "When did the Battle of the Java Sea occur?", target="1955")
     queries = [
         "When did the Battle of the Java Sea occur?",
@@ -88,4 +86,4 @@ def test_an_edit_of_a_time_keeps_out_of_the_subjects_other_facts():
         "The Battle of the Java Sea was part of",
         "Who won the Battle of the Java Sea?",
     ]
-    assert [d.edit_id if d else None for d in index.decide(queries)] == ["t", "t", "t", None, None]
+    assert decided(index, queries) == ["t", "t", "t", None, None]

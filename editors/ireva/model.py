@@ -15,7 +15,7 @@ from editors.backbone import Backbone, encode_prompt, encode_target, final_norm,
 from editors.calibration import CALIBRATION_TEXTS
 from editors.ireva.config import IrevaConfig
 from editors.ireva.layer import KeyValueAdaptor
-from editors.ireva.steering import NeuronSteering, old_tokens
+from editors.ireva.steering import NeuronSteering, old_tokens, possessive_ids
 from editors.statement import opening_ids
 
 
@@ -57,6 +57,7 @@ class IrevaEditor:
         self.targets: dict[str, list[int]] = {}  # live edit id -> its target token ids
         self.facts: dict[str, tuple[str, str]] = {}  # live edit id -> (prompt, target)
         self.olds: dict[str, list[int]] = {}  # live edit id -> first tokens of the fact it replaces (read once)
+        self.possessive = possessive_ids(backbone.tokenizer)  # banned right after an agent an edit states
 
     # -- forward passes ------------------------------------------------------------------------------
     def capture(self, ids: list[int], logits_kept: int = 0) -> Capture:

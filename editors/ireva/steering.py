@@ -51,8 +51,6 @@ class NeuronSteering:
         self.agent_said = [
             t if t and e in editor.facts and asks(editor.facts[e][0]) == AGENT else None for e, t in zip(edit_ids, said)
         ]
-        tok = editor.backbone.tokenizer
-        self.possessive = sorted({tok(p, add_special_tokens=False)["input_ids"][0] for p in ("'s", "’s")})
 
     def slots_for(self, generated: list[list[int]]) -> list[int]:
         out = []
@@ -80,7 +78,7 @@ class NeuronSteering:
         out = [old + [self.end] if len(done) < own else old for old, own, done in zip(self.olds, self.own, generated)]
         for i, (fact, done) in enumerate(zip(self.agent_said, generated)):
             if fact is not None and done == fact:
-                out[i] = out[i] + self.possessive
+                out[i] = out[i] + self.editor.possessive
         return out
 
     def step(self, generated: list[list[int]]) -> list[str | None]:
@@ -94,6 +92,11 @@ class NeuronSteering:
     def without_edit(self):
         # Above the top layer nothing reads the cached states of the position the neuron wrote at.
         return None if self.editor.is_top_layer else self.editor.adaptor.disabled()
+
+
+def possessive_ids(tokenizer) -> list[int]:
+    """The tokens a possessive after a name opens with ("'s", or "'" where the tokenizer splits it)."""
+    return sorted({tokenizer(p, add_special_tokens=False)["input_ids"][0] for p in ("'s", "’s")})
 
 
 def old_tokens(editor: Any, prompt: str, target: str) -> list[int]:

@@ -244,9 +244,10 @@ class ScopeModel:
         question with the earlier message that named what "it" is). `timely`: per row, whether its
         target could be a time; the others take no query asking for one. `of_time`: per row, whether its
         edit is of a time; those take only queries that may ask for one (when.py). `kinds`: per row, the
-        kind of answer its prompt asks for; a query asking for the other is not its (answer.py).
-        `query_vecs` None: embedded here (`named_in`, or the queries), and only the queries some row may take: with the
-        subject anchor, most queries name no edited subject, and their decision costs no embedding."""
+        kind of answer its prompt asks for (answer.py); a query asking for the other is not its, and a
+        row asking for an agent takes only queries that may ask for one. `query_vecs` None: embedded here
+        (`named_in`, or the queries), and only the queries some row may take: with the subject anchor,
+        most queries name no edited subject, and their decision costs no embedding."""
         if query_vecs is not None and len(queries) != query_vecs.shape[0]:
             raise ValueError(f"{query_vecs.shape[0]} query vectors for {len(queries)} queries")
         if len(queries) == 0 or memory.shape[0] == 0:
