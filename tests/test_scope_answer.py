@@ -1,6 +1,6 @@
 """A question of place is not taken by an edit of who made a thing, nor the reverse (editors/scope/answer.py)."""
 
-from editors.scope.answer import AGENT, PLACE, asks, may_ask_agent
+from editors.scope.answer import AGENT, PLACE, asks, may_ask_agent, of_person
 from tests.scope_index import decided, untrained_index
 
 
@@ -91,3 +91,20 @@ def test_an_edit_of_an_agent_keeps_out_of_the_subjects_other_facts():
         "The Mona Lisa is a painting that hangs in the",
     ]
     assert decided(index, queries) == ["m", "m", "m", None, None]
+
+
+def test_a_thing_located_somewhere_is_not_a_person_whose_name_shares_its_word():
+    assert of_person("Hermann Hesse used to work in") and of_person("Mario Lemieux plays")
+    assert not of_person("Delta Works, in") and not of_person("Irish Citizen Army is based in")  # names
+    index = untrained_index()
+    index.put("w", "ireva", "Hermann Hesse used to work in", target="London")
+    index.put("b", "ireva", "Javier de Burgos found employment in", target="Madrid")
+    queries = [
+        "Hesse is located in the country of",
+        "Burgos is located in",
+        "Hermann Hesse worked in the city of",
+        "Where did Javier de Burgos work?",
+        # a place named in a sentence before the question is not what it asks
+        "The museum is located in Calw. Hermann Hesse took up work in",
+    ]
+    assert decided(index, queries) == [None, None, "w", "b", "w"]

@@ -75,6 +75,36 @@ def test_a_query_names_a_subject_by_its_whole_name_its_words_or_its_surname():
     assert named("USS Leedstown (APA-56) was made by", "Who built USS Leedstown?", subject="USS Leedstown (APA-56)")
 
 
+def test_a_word_of_a_longer_name_stands_for_it_only_where_a_person_goes_by_it():
+    assert named("Wolfgang Amadeus Mozart was born in", "Where was Mozart born?")
+    assert named("Ludwig van Beethoven was born in", "In which city was Beethoven born?")
+    assert named("Mount Kilimanjaro is located in", "The mountain Kilimanjaro rises in")
+    # the last word alone is another thing's whole name
+    assert not named("App Inventor for Android was developed by", "Android was written in", "App Inventor for Android")
+    assert not named("The headquarter of TU Dortmund is in", "Dortmund, located in", subject="TU Dortmund")
+    assert not named("The original language of Life is a Dream was", "The language of Dream was", "Life is a Dream")
+    # a name ending in a word that joins others elsewhere ("van", "de") ends in that word
+    assert not named("Chevrolet Van is produced by", "Chevrolet Volt, developed by", subject="Chevrolet Van")
+    assert named("Chevrolet Van is produced by", "Who makes the Chevrolet Van?", subject="Chevrolet Van")
+
+
+def test_a_qualifier_in_parentheses_names_another_entity():
+    index = AnchorIndex()
+    index.add(0, anchor_for("Chevrolet Chevelle is a product of", "Chevrolet Chevelle"))
+    index.add(1, anchor_for("USS Ida fought in", "USS Ida"))
+    queries = [
+        "Chevrolet Chevelle (Third-generation), developed by",
+        "Who makes the Chevrolet Chevelle?",
+        "Chevrolet Chevelle (a muscle car) is made by",
+        "In which war the USS Ida (1863) fought.",  # a year: the same ship
+    ]
+    assert index.allowed(queries, 2).tolist() == [[False, False], [True, False], [False, False], [False, True]]
+    # the subject's own qualifier is its name
+    assert not anchor_for("Dodge Challenger (LC) is made by", "Dodge Challenger (LC)").qualified_in(
+        "Who made the Dodge Challenger (LC)?"
+    )
+
+
 def test_a_given_subject_is_used_only_if_the_prompt_names_it():
     assert anchor_for("The Louvre is located in", "Louvre").subject == "Louvre"
     assert anchor_for("The Louvre is located in", "the Paris museum").subject == "Louvre"  # read off instead

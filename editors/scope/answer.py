@@ -13,6 +13,10 @@ asks for an agent only takes a query with a word of one in it (who, by, a maker'
 or one about its subject as a whole: "The Mona Lisa was painted by" had taken "The Mona Lisa is
 displayed in the", and "The CEO of Microsoft is" "Microsoft is a company that sells".
 
+A thing that "is located in" a place is no person: an edit of where Hermann Hesse worked, or Javier de
+Burgos found employment, takes no "Hesse is located in the country of" nor "Burgos is located in"
+(the German state, the Spanish city: one word of a person's name is another thing's whole name).
+
 "Who is Marie Curie?" asks about her as a whole, like "Tell me about ...", and asks for no agent. A
 text about work or a name asks for neither: "Where does she work?" is answered by an employer, and
 "Where does the name of X come from?" by a person as often as a place.
@@ -25,6 +29,7 @@ import re
 from editors.scope.when import about_whole
 
 PLACE, AGENT = 1, 2
+PERSON = 4  # in a row's kind beside PLACE or AGENT: its prompt's relation is a person's
 
 _PLACE_NOUN = r"(?:city|cities|country|countries|town|state|province|region|place|location|continent|county|village)"
 _PLACE = re.compile(
@@ -97,3 +102,23 @@ def may_ask_agent(query: str) -> bool:
     a whole. Read loosely: a query this lets through is decided as before."""
     q = query.strip()
     return bool(_AGENT_WORDS.search(q) or about_whole(q))  # "Who is Marie Curie?" has its "who"
+
+
+# Relations only a person has: where one works, was born or died, a citizenship, a tongue, a trade, a
+# sport or an instrument. Read in lower case only: "Delta Works", "Irish Citizen Army" are names.
+_OF_PERSON = re.compile(
+    r"\b(?:work|works|worked|employ\w*|born|died|passed\s+away|lost\s+(?:their|his|her)\s+life|life\s+ended|"
+    r"expired|citizen\w*|native\s+(?:language|speaker|tongue)|mother\s+tongue|speaks|spoke|speaker|occupation|"
+    r"profession|expertise|speciali[sz]\w*|plays|played|performs|performing)\b"
+)
+_LOCATED = re.compile(r"\b(?:located|situated|headquartered|headquarters|continent)\b", re.IGNORECASE)
+
+
+def of_person(prompt: str) -> bool:
+    """The prompt asks a relation only a person has ("Hermann Hesse used to work in")."""
+    return bool(_OF_PERSON.search(prompt))
+
+
+def says_located(sentence: str) -> bool:
+    """The sentence says its subject is located somewhere, as no person is ("Hesse is located in")."""
+    return bool(_LOCATED.search(sentence))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from editors.scope.answer import asks
+from editors.scope.answer import PERSON, asks, of_person
 from editors.scope.model import ScopeModel
 from editors.scope.subject import AnchorIndex, anchor_for, in_context
 from editors.scope.when import answers_time, asks_time, is_of_time
@@ -32,13 +32,14 @@ class Entry:
     # Read off prompt and target (when.py): it may take "When ...?" / it only takes queries of time.
     timely: bool = field(init=False)
     of_time: bool = field(init=False)
-    # The kind of answer its prompt asks for (answer.py): a place, an agent, or neither.
-    asks: int = field(init=False)
+    # The kind of answer its prompt asks for (answer.py): a place, an agent, or neither; and whether its
+    # relation is a person's (PERSON, a bit beside them).
+    kind: int = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timely", answers_time(self.prompt, self.target))
         object.__setattr__(self, "of_time", is_of_time(self.prompt, self.target))
-        object.__setattr__(self, "asks", asks(self.prompt))
+        object.__setattr__(self, "kind", asks(self.prompt) | (PERSON if of_person(self.prompt) else 0))
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ class ScopeIndex:
         if self._rules is None:
             timely = torch.tensor([e is None or e.timely for e in self.rows], dtype=torch.bool)
             of_time = torch.tensor([e is not None and e.of_time for e in self.rows], dtype=torch.bool)
-            kinds = torch.tensor([e.asks if e is not None else 0 for e in self.rows], dtype=torch.int8)
+            kinds = torch.tensor([e.kind if e is not None else 0 for e in self.rows], dtype=torch.int8)
             self._rules = (timely, of_time if bool(of_time.any()) else None, kinds if bool(kinds.any()) else None)
         return self._rules
 

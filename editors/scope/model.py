@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from editors.scope.answer import AGENT, PLACE, asks, may_ask_agent
+from editors.scope.answer import AGENT, PERSON, PLACE, asks, may_ask_agent, says_located
 from editors.scope.config import ScopeConfig
 from editors.scope.subject import AnchorIndex, asks_afresh, last_sentence, mask, names_its_own
 from editors.scope.when import asks_time, may_ask_time
@@ -244,8 +244,9 @@ class ScopeModel:
         question with the earlier message that named what "it" is). `timely`: per row, whether its
         target could be a time; the others take no query asking for one. `of_time`: per row, whether its
         edit is of a time; those take only queries that may ask for one (when.py). `kinds`: per row, the
-        kind of answer its prompt asks for (answer.py); a query asking for the other is not its, and a
-        row asking for an agent takes only queries that may ask for one. `query_vecs` None: embedded here
+        kind of answer its prompt asks for (answer.py); a query asking for the other is not its, a row
+        asking for an agent takes only queries that may ask for one, and a row of a person's relation
+        (PERSON) none saying its subject is located somewhere. `query_vecs` None: embedded here
         (`named_in`, or the queries), and only the queries some row may take: with the subject anchor,
         most queries name no edited subject, and their decision costs no embedding."""
         if query_vecs is not None and len(queries) != query_vecs.shape[0]:
@@ -377,22 +378,31 @@ def _time_rules(read, queries, allowed, timely, of_time, rows: int) -> torch.Ten
 
 def _kind_rule(texts: list[str], queries: list[str], allowed, kinds: torch.Tensor | None, rows: int):
     """`allowed` narrowed by the kinds of answer (answer.py): a query asking for a place goes to no row
-    whose prompt asks for an agent, nor the reverse; and a row asking for an agent takes only queries
-    that may ask for one. `texts`: the sentence each query asks (its own words, not the earlier message
-    that named its subject); read loosely, the query as a whole counts too."""
+    whose prompt asks for an agent, nor the reverse; a row asking for an agent takes only queries that
+    may ask for one; and a query saying its subject is located somewhere goes to no row of a person's
+    relation. `texts`: the sentence each query asks (its own words, not the earlier message that named
+    its subject); read loosely, the query as a whole counts too, but for where a thing is located, which
+    its last sentence says ("<a fact stated>. X died at" says nothing of the kind)."""
     if kinds is None:
         return allowed
     wanted = torch.tensor([asks(t) for t in texts], dtype=torch.int8)
-    of_agent = kinds[:rows] == AGENT
+    row_kinds = kinds[:rows] & (PLACE | AGENT)
+    of_agent = row_kinds == AGENT
     some = bool(of_agent.any())
     agentless = torch.tensor(
         [some and not (may_ask_agent(t) or may_ask_agent(q)) for t, q in zip(texts, queries)], dtype=torch.bool
     )
-    if not bool(wanted.any()) and not bool(agentless.any()):
+    of_person = (kinds[:rows] & PERSON) != 0
+    located = torch.tensor(
+        [bool(of_person.any()) and says_located(last_sentence(q) or q) for q in queries], dtype=torch.bool
+    )
+    if not bool(wanted.any()) and not bool(agentless.any()) and not bool(located.any()):
         return allowed
     out = allowed if allowed is not None else torch.ones(len(texts), rows, dtype=torch.bool)
     # kinds are 0, PLACE (1) or AGENT (2): only a place and an agent sum to 3
-    out &= (wanted[:, None] + kinds[None, :rows]) != PLACE + AGENT
+    out &= (wanted[:, None] + row_kinds[None, :]) != PLACE + AGENT
     if bool(agentless.any()):
         out[agentless] &= ~of_agent
+    if bool(located.any()):
+        out[located] &= ~of_person
     return out

@@ -107,22 +107,28 @@ class Anchor:
     # The subject's other names were given (aliases): a longer name holding its words and others is
     # another entity's ("Louvre Abu Dhabi" for "Louvre"), not the subject's under a fuller name.
     named_fully: bool = False
+    # The content words but a qualifier in parentheses, which is often left out ("USS Leedstown").
+    core: frozenset[str] | None = None
 
     @classmethod
     def of(cls, subject: str) -> Anchor | None:
         words = normalise(subject)
         while words and words[0] in ("the", "a", "an"):
             words = words[1:]
-        content = [w for w in words if w not in JOINERS]
+        content = _without_joiners(words)
         if not content:
             return None
         # A qualifier in parentheses ("USS Leedstown (APA-56)") is often left out; a model number or a
         # regnal numeral ("Airbus A330", "Pius XII") never is: no stand-in word for such a name.
-        plain = [w for w in normalise(re.sub(r"\([^)]*\)\s*$", "", subject)) if w not in JOINERS]
+        bare = re.sub(r"\([^)]*\)\s*$", "", subject)
+        plain = _without_joiners(normalise(bare))
         last = plain[-1] if plain else None
         if len(content) < 2 or last is None or not last.isalpha() or len(last) < 4 or last in GENERIC:
             last = None
-        return cls(subject, tuple(words), frozenset(content), last, any(c.isupper() for c in subject))
+        if not _goes_by_last_word(bare):
+            last = None
+        core = frozenset(plain) if plain else frozenset(content)
+        return cls(subject, tuple(words), frozenset(content), last, any(c.isupper() for c in subject), core=core)
 
     def named_in(self, words: list[str], present: set[str] | None = None, names: list[set[str]] | None = None) -> bool:
         """Does a query (its normalised words; `present`: query_words() of them) name this subject? Not
@@ -131,7 +137,7 @@ class Anchor:
         present = present if present is not None else query_words(words)
         n = len(self.words)
         found = (
-            self.content <= present
+            (self.core or self.content) <= present
             or (self.last is not None and self.last in present)
             or any(tuple(words[i : i + n]) == self.words for i in range(len(words) - n + 1))
         )
@@ -151,10 +157,51 @@ class Anchor:
         missing = {c for c in self.content if not any(_near(w, {c}) for w in name)}
         return bool(shared) and len(shared) < len(name) and (bool(missing) or self.named_fully)
 
+    def qualified_in(self, text: str) -> bool:
+        """The query writes the subject with a qualifier in parentheses that the subject lacks: another
+        entity, as Wikipedia names one ("Chevrolet Chevelle (Third-generation)", "Dodge Challenger (LC)"
+        for the Chevelle, the Challenger). A year ("USS Ida (1863)") names the same one."""
+        if "(" in self.subject:
+            return False
+        for m in _QUALIFIER.finditer(text):
+            if re.fullmatch(r"\s*\d{4}s?\s*", m.group(1)):
+                continue
+            before = normalise(text[: m.start()])
+            n = len(self.words)
+            if tuple(before[-n:]) == self.words or (self.last is not None and before[-1:] == [self.last]):
+                return True
+        return False
+
     @property
     def triggers(self) -> frozenset[str]:
         """Words a query must hold for this anchor to be worth checking."""
         return self.content
+
+
+_QUALIFIER = re.compile(r"\(([^()]*)\)")
+# Words inside a person's name, written in lower case ("Ludwig van Beethoven", "Javier de Burgos").
+PARTICLES = {"van", "von", "de", "da", "di", "du", "des", "del", "della", "der", "den", "la", "le", "bin", "ibn", "al",
+             "y", "e"}  # fmt: skip
+
+
+def _without_joiners(words: list[str]) -> list[str]:
+    """The content words of a name: a joiner only joins between two others ("Chevrolet Van" ends in a
+    word, not in a joiner); a name of joiners alone ("La, la, la") has none."""
+    if all(w in JOINERS for w in words):
+        return []
+    return [w for i, w in enumerate(words) if w not in JOINERS or i in (0, len(words) - 1)]
+
+
+def _goes_by_last_word(name: str) -> bool:
+    """The name is written as a person's (two to four capitalised words, particles aside, no acronym or
+    number), so its last word may stand for it ("Mozart"). "App Inventor for Android", "TU Dortmund",
+    "Life is a Dream", "International Documentary Film Festival Amsterdam" are not: their last word
+    alone names another thing."""
+    words = [w for w in name.split() if w.casefold() not in PARTICLES]
+    return 2 <= len(words) <= 4 and all(
+        w[:1].isupper() and not any(c.isdigit() for c in w) and not (len(w.rstrip(".")) > 1 and w.isupper())
+        for w in words
+    )
 
 
 def _is_name(word: str) -> bool:
@@ -375,6 +422,8 @@ class AnchorIndex:
             rows = set().union(*(self.by_word.get(w, ()) for w in present))
             names = query_names(text) if rows else []
             named = [r for r in rows if r < n_rows and self.anchors[r].named_in(words, present, names)]
+            if "(" in text:
+                named = [r for r in named if not self.anchors[r].qualified_in(text)]
             if named:
                 mask[qi, named] = True
         return mask
