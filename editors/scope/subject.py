@@ -4,8 +4,10 @@ A fact edited about the Louvre says nothing about the Prado, however alike the t
 cross-encoder, which reads the relation far better than the name, is not trusted to tell them apart.
 So before any model scores a pair, an edit whose prompt names a subject ("The Louvre is located in")
 is only a candidate for queries that name that subject too: the whole name, all of its words in any
-order, or the last word of a longer name ("Mozart" for "Wolfgang Amadeus Mozart"). Case, accents,
-punctuation and a possessive "'s" do not matter.
+order, or the last word of a longer name ("Mozart" for "Wolfgang Amadeus Mozart") where that word
+alone names nothing else ("Android" is not "App Inventor for Android"). Case, accents, punctuation and
+a possessive "'s" do not matter. A name the query writes with a qualifier in parentheses the subject
+lacks ("Chevrolet Chevelle (Third-generation)") is another entity.
 
 The subject is the edit's `subject` when the user gives one that its prompt names; otherwise it is read
 off the prompt: the longest run of capitalised words (a capital anywhere in a word, or a digit, counts;
@@ -112,16 +114,14 @@ class Anchor:
 
     @classmethod
     def of(cls, subject: str) -> Anchor | None:
-        words = normalise(subject)
-        while words and words[0] in ("the", "a", "an"):
-            words = words[1:]
+        words = _name_words(subject)
         content = _without_joiners(words)
         if not content:
             return None
         # A qualifier in parentheses ("USS Leedstown (APA-56)") is often left out; a model number or a
         # regnal numeral ("Airbus A330", "Pius XII") never is: no stand-in word for such a name.
         bare = re.sub(r"\([^)]*\)\s*$", "", subject)
-        plain = _without_joiners(normalise(bare))
+        plain = _without_joiners(_name_words(bare))
         last = plain[-1] if plain else None
         if len(content) < 2 or last is None or not last.isalpha() or len(last) < 4 or last in GENERIC:
             last = None
@@ -159,12 +159,14 @@ class Anchor:
 
     def qualified_in(self, text: str) -> bool:
         """The query writes the subject with a qualifier in parentheses that the subject lacks: another
-        entity, as Wikipedia names one ("Chevrolet Chevelle (Third-generation)", "Dodge Challenger (LC)"
-        for the Chevelle, the Challenger). A year ("USS Ida (1863)") names the same one."""
+        entity, as Wikipedia names one: a generation, a model, a namesake ("Chevrolet Chevelle
+        (Third-generation)", "Toyota Camry (XV50)"). A year or a span of them ("USS Ida (1863)", "Joseph
+        Lowe (1903-1979)") or a tag in capitals ("Lange, Reinerus (ADB)", an article about him) names the
+        same one."""
         if "(" in self.subject:
             return False
         for m in _QUALIFIER.finditer(text):
-            if re.fullmatch(r"\s*\d{4}s?\s*", m.group(1)):
+            if _SAME_ENTITY.fullmatch(m.group(1).strip()):
                 continue
             before = normalise(text[: m.start()])
             n = len(self.words)
@@ -179,9 +181,19 @@ class Anchor:
 
 
 _QUALIFIER = re.compile(r"\(([^()]*)\)")
+# A qualifier that names the same entity: years ("1863", "1903-1979", "395-476 AD"), a tag in capitals.
+_SAME_ENTITY = re.compile(r"(?:c\.\s*)?\d{3,4}s?(?:\s*[-–]\s*\d{2,4})?(?:\s*(?:AD|BC|CE|BCE))?|[A-Z]+(?:\s+[A-Z]+)*")
 # Words inside a person's name, written in lower case ("Ludwig van Beethoven", "Javier de Burgos").
 PARTICLES = {"van", "von", "de", "da", "di", "du", "des", "del", "della", "der", "den", "la", "le", "bin", "ibn", "al",
              "y", "e"}  # fmt: skip
+
+
+def _name_words(name: str) -> list[str]:
+    """A name's normalised words, without the article it may open with."""
+    words = normalise(name)
+    while words and words[0] in ("the", "a", "an"):
+        words = words[1:]
+    return words
 
 
 def _without_joiners(words: list[str]) -> list[str]:
@@ -193,15 +205,21 @@ def _without_joiners(words: list[str]) -> list[str]:
 
 
 def _goes_by_last_word(name: str) -> bool:
-    """The name is written as a person's (two to four capitalised words, particles aside, no acronym or
-    number), so its last word may stand for it ("Mozart"). "App Inventor for Android", "TU Dortmund",
-    "Life is a Dream", "International Documentary Film Festival Amsterdam" are not: their last word
-    alone names another thing."""
-    words = [w for w in name.split() if w.casefold() not in PARTICLES]
-    return 2 <= len(words) <= 4 and all(
-        w[:1].isupper() and not any(c.isdigit() for c in w) and not (len(w.rstrip(".")) > 1 and w.isupper())
-        for w in words
-    )
+    """The name's last word may stand for it ("Mozart", "Kilimanjaro", "Mikko" for "1549 Mikko"), unless
+    the name holds a word in lower case but a particle ("App Inventor for Android", "Life is a Dream"),
+    a head noun past its first word or "of" ("International Documentary Film Festival Amsterdam",
+    "Kingdom of Saxony"), or an acronym ("TU Dortmund"): its last word alone names another thing."""
+    words = name.split()
+    for i, word in enumerate(words):
+        bare = word.strip(".,;:'’\"()")
+        lowered = bare.casefold()
+        if lowered == "of" or (i > 0 and lowered in GENERIC):
+            return False
+        if bare[:1].islower() and lowered not in PARTICLES:
+            return False
+        if len(bare) > 1 and bare.isalpha() and bare.isupper() and not re.fullmatch(r"[IVXLC]+", bare):
+            return False
+    return True
 
 
 def _is_name(word: str) -> bool:
