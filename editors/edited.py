@@ -20,7 +20,7 @@ from editors.engine import next_tokens
 from editors.generation import GREEDY, Sampling, generate_batch, steps
 from editors.method import Editor, Tensors
 from editors.scope.index import Decision, Entry, ScopeIndex
-from editors.scope.subject import last_named
+from editors.scope.sentences import last_named
 from editors.text_stream import Answer, Generation, collect, text_pieces
 
 

@@ -8,13 +8,11 @@ import pytest
 from editors.scope.config import ScopeConfig
 from editors.scope.index import ScopeIndex
 from editors.scope.model import ScopeModel
+from editors.scope.sentences import in_context, last_named, last_sentence
 from editors.scope.subject import (
     AnchorIndex,
     anchor_for,
-    in_context,
     infer_subject,
-    last_named,
-    last_sentence,
     mask,
     normalise,
     query_names,
@@ -197,7 +195,7 @@ def test_the_last_sentence_of_a_prompt_is_what_it_asks():
 
 def test_a_last_sentence_names_its_own_subject_only_by_a_real_name():
     from editors.scope.model import _after_a_statement
-    from editors.scope.subject import names_its_own
+    from editors.scope.sentences import names_its_own
 
     assert names_its_own("John Lennon performs on the") and names_its_own("The Prado is located in")
     assert names_its_own("Quora is written in") and names_its_own("Hauschka plays")
@@ -210,7 +208,7 @@ def test_a_last_sentence_names_its_own_subject_only_by_a_real_name():
 
 
 def test_a_question_that_points_back_to_nothing_asks_afresh():
-    from editors.scope.subject import asks_afresh
+    from editors.scope.sentences import asks_afresh
 
     assert asks_afresh("nq question: who sang rocket man") and asks_afresh("Who is the president of France?")
     assert asks_afresh("how many seasons of the bastard executioner are there") is False  # "there" points back

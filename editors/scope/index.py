@@ -16,7 +16,8 @@ import torch
 
 from editors.scope.answer import PERSON, asks, of_person
 from editors.scope.model import ScopeModel
-from editors.scope.subject import AnchorIndex, anchor_for, in_context
+from editors.scope.sentences import in_context
+from editors.scope.subject import AnchorIndex, anchor_for
 from editors.scope.when import answers_time, asks_time, is_of_time
 
 

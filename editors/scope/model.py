@@ -20,7 +20,8 @@ import torch
 
 from editors.scope.answer import AGENT, PERSON, PLACE, asks, may_ask_agent, says_located
 from editors.scope.config import ScopeConfig
-from editors.scope.subject import AnchorIndex, asks_afresh, last_sentence, mask, names_its_own
+from editors.scope.sentences import asks_afresh, last_sentence, names_its_own
+from editors.scope.subject import AnchorIndex, mask
 from editors.scope.when import asks_time, may_ask_time
 
 log = logging.getLogger(__name__)
