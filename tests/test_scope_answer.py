@@ -42,9 +42,7 @@ def test_the_kind_of_answer_is_told_by_the_words():
 
 
 def test_the_scope_index_keeps_a_question_of_place_from_an_edit_of_its_founder():
-    index = untrained_index()
-    index.put("f", "ireva", "Apple was founded by", target="Bill Gates")
-    index.put("h", "ireva", "Toyota is headquartered in", target="Lyon")
+    index = untrained_index(("f", "Apple was founded by", "Bill Gates"), ("h", "Toyota is headquartered in", "Lyon"))
     queries = [
         "Who founded Apple?",
         "Where is Apple headquartered?",
@@ -81,8 +79,7 @@ def test_a_query_that_may_ask_for_an_agent_is_read_loosely():
 
 
 def test_an_edit_of_an_agent_keeps_out_of_the_subjects_other_facts():
-    index = untrained_index()
-    index.put("m", "ireva", "The Mona Lisa was painted by", target="Rembrandt")
+    index = untrained_index(("m", "The Mona Lisa was painted by", "Rembrandt"))
     queries = [
         "The Mona Lisa was painted by",
         "Who painted the Mona Lisa?",
@@ -96,9 +93,9 @@ def test_an_edit_of_an_agent_keeps_out_of_the_subjects_other_facts():
 def test_a_thing_located_somewhere_is_not_a_person_whose_name_shares_its_word():
     assert of_person("Hermann Hesse used to work in") and of_person("Mario Lemieux plays")
     assert not of_person("Delta Works, in") and not of_person("Irish Citizen Army is based in")  # names
-    index = untrained_index()
-    index.put("w", "ireva", "Hermann Hesse used to work in", target="London")
-    index.put("b", "ireva", "Javier de Burgos found employment in", target="Madrid")
+    index = untrained_index(
+        ("w", "Hermann Hesse used to work in", "London"), ("b", "Javier de Burgos found employment in", "Madrid")
+    )
     queries = [
         "Hesse is located in the country of",
         "Burgos is located in",

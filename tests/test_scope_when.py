@@ -44,8 +44,7 @@ def test_an_edit_answers_time_by_its_target_or_its_own_prompt():
 
 
 def test_the_scope_index_keeps_questions_of_time_from_an_edit_of_place():
-    index = untrained_index()
-    index.put("t", "ireva", "The Titanic sank in the", target="Pacific Ocean")
+    index = untrained_index(("t", "The Titanic sank in the", "Pacific Ocean"))
     queries = ["The Titanic sank in the year", "When did the Titanic sink?", "Where did the Titanic sink?"]
     assert decided(index, queries) == [None, None, "t"]
     index.put("t", "ireva", "The Titanic sank in the", target="the 20th century")
@@ -77,8 +76,7 @@ def test_a_query_that_may_ask_for_a_time_is_read_loosely():
 
 
 def test_an_edit_of_a_time_keeps_out_of_the_subjects_other_facts():
-    index = untrained_index()
-    index.put("t", "ireva", "When did the Battle of the Java Sea occur?", target="1955")
+    index = untrained_index(("t", "When did the Battle of the Java Sea occur?", "1955"))
     queries = [
         "When did the Battle of the Java Sea occur?",
         "In what year did the Battle of the Java Sea take place?",

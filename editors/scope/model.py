@@ -270,7 +270,7 @@ class ScopeModel:
         allowed = use.allowed(read, memory.shape[0]) if use is not None else None
         allowed = _time_rules(read, queries, allowed, timely, of_time, memory.shape[0])
         asked_in = [t if a and t is not None else q for t, a, q in zip(tails, alone, queries)]
-        allowed = _kind_rule(asked_in, queries, allowed, kinds, memory.shape[0])
+        allowed = _kind_rule(asked_in, queries, tails, allowed, kinds, memory.shape[0])
         open_to = range(len(queries)) if allowed is None else torch.nonzero(allowed.any(1)).flatten().tolist()
         if query_vecs is None:  # a query no row may take keeps a zero vector: all its rows are -inf
             query_vecs = torch.zeros(len(queries), memory.shape[1])
@@ -377,13 +377,13 @@ def _time_rules(read, queries, allowed, timely, of_time, rows: int) -> torch.Ten
     return allowed
 
 
-def _kind_rule(texts: list[str], queries: list[str], allowed, kinds: torch.Tensor | None, rows: int):
+def _kind_rule(texts: list[str], queries: list[str], tails: list, allowed, kinds: torch.Tensor | None, rows: int):
     """`allowed` narrowed by the kinds of answer (answer.py): a query asking for a place goes to no row
     whose prompt asks for an agent, nor the reverse; a row asking for an agent takes only queries that
     may ask for one; and a query saying its subject is located somewhere goes to no row of a person's
     relation. `texts`: the sentence each query asks (its own words, not the earlier message that named
     its subject); read loosely, the query as a whole counts too, but for where a thing is located, which
-    its last sentence says ("<a fact stated>. X died at" says nothing of the kind)."""
+    its last sentence (`tails`, None for one) says ("<a fact stated>. X died at" says nothing of it)."""
     if kinds is None:
         return allowed
     wanted = torch.tensor([asks(t) for t in texts], dtype=torch.int8)
@@ -395,7 +395,7 @@ def _kind_rule(texts: list[str], queries: list[str], allowed, kinds: torch.Tenso
     )
     of_person = (kinds[:rows] & PERSON) != 0
     located = torch.tensor(
-        [bool(of_person.any()) and says_located(last_sentence(q) or q) for q in queries], dtype=torch.bool
+        [bool(of_person.any()) and says_located(t or q) for t, q in zip(tails, queries)], dtype=torch.bool
     )
     if not bool(wanted.any()) and not bool(agentless.any()) and not bool(located.any()):
         return allowed

@@ -102,6 +102,7 @@ class Anchor:
     subject: str
     words: tuple[str, ...]  # normalised, in order
     content: frozenset[str]  # without joiners
+    core: frozenset[str]  # the content words but a qualifier in parentheses, often left out ("USS Leedstown")
     # The word that stands for the whole name (a surname): the last content word of 4+ letters of a name
     # of two or more, unless it is a GENERIC head noun. None: only the whole name will do.
     last: str | None
@@ -109,8 +110,6 @@ class Anchor:
     # The subject's other names were given (aliases): a longer name holding its words and others is
     # another entity's ("Louvre Abu Dhabi" for "Louvre"), not the subject's under a fuller name.
     named_fully: bool = False
-    # The content words but a qualifier in parentheses, which is often left out ("USS Leedstown").
-    core: frozenset[str] | None = None
 
     @classmethod
     def of(cls, subject: str) -> Anchor | None:
@@ -125,10 +124,10 @@ class Anchor:
         last = plain[-1] if plain else None
         if len(content) < 2 or last is None or not last.isalpha() or len(last) < 4 or last in GENERIC:
             last = None
-        if not _goes_by_last_word(bare):
+        elif not _goes_by_last_word(bare):
             last = None
-        core = frozenset(plain) if plain else frozenset(content)
-        return cls(subject, tuple(words), frozenset(content), last, any(c.isupper() for c in subject), core=core)
+        core = frozenset(plain or content)
+        return cls(subject, tuple(words), frozenset(content), core, last, any(c.isupper() for c in subject))
 
     def named_in(self, words: list[str], present: set[str] | None = None, names: list[set[str]] | None = None) -> bool:
         """Does a query (its normalised words; `present`: query_words() of them) name this subject? Not
@@ -137,7 +136,7 @@ class Anchor:
         present = present if present is not None else query_words(words)
         n = len(self.words)
         found = (
-            (self.core or self.content) <= present
+            self.core <= present
             or (self.last is not None and self.last in present)
             or any(tuple(words[i : i + n]) == self.words for i in range(len(words) - n + 1))
         )
